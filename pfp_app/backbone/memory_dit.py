@@ -1,0 +1,108 @@
+"""Memory-conditioned Wan DiT: diffusers' `WanTransformer3DModel` run with extra clean memory tokens.
+
+We do not fork the model: its own patch embedding, condition embedder, blocks, output norm
+and head are called in order, so published Wan 2.1 weights load and behave as released. What
+changes is the token sequence: memory tokens (already in the DiT's hidden width, produced by
+the memory encoder φ) are appended after the patch embedding, every token gets RoPE from its
+own (t, h, w) coordinate, memory tokens get timestep 0 through the per-token timestep path
+(the 4-D `temb` that Wan's blocks accept), and they are dropped before the output head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import WanTransformer3DModel
+
+from .rope import grid_coords, rope_at_coords
+
+
+@dataclass
+class MemoryTokens:
+    """The compressed history φ(H): tokens in the DiT's hidden width and their grid coordinates."""
+
+    tokens: torch.Tensor  # (B, N, D)
+    coords: torch.Tensor  # (N, 3) float (t, h, w) in the DiT's token grid of the history
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens.shape[1]
+
+
+def patch_grid(transformer: WanTransformer3DModel, latent_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Token grid (T', H', W') of latents (B, C, T, H, W) under the DiT's patch size."""
+    p_t, p_h, p_w = transformer.config.patch_size
+    _, _, t, h, w = latent_shape
+    return t // p_t, h // p_h, w // p_w
+
+
+def memory_dit_forward(
+    transformer: WanTransformer3DModel,
+    latents: torch.Tensor,
+    timestep: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    memory: MemoryTokens | None = None,
+    frame_positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Predict the flow velocity of noisy latents given text and (optionally) memory tokens.
+
+    latents (B, C, T, H, W) noisy; timestep (B,) in Wan's 0..1000 scale; text_embeddings (B, L, text_dim);
+    frame_positions (T // p_t,) temporal coordinate of each latent token frame (default 0..T'-1):
+    for a next segment after a 40-frame history these are 40, 41, ...; for a retrieval query,
+    the queried frames' own times. Returns the velocity (B, C, T, H, W).
+    """
+    cfg = transformer.config
+    batch, _, num_frames, height, width = latents.shape
+    p_t, p_h, p_w = cfg.patch_size
+    grid_t, grid_h, grid_w = patch_grid(transformer, latents.shape)
+    if frame_positions is None:
+        frame_positions = torch.arange(grid_t, device=latents.device)
+    if frame_positions.shape != (grid_t,):
+        raise ValueError(f"frame_positions must have {grid_t} entries, got {tuple(frame_positions.shape)}")
+
+    x = transformer.patch_embedding(latents)  # (B, D, T', H', W')
+    x = x.flatten(2).transpose(1, 2).contiguous()  # (B, Nq, D)
+    num_query = x.shape[1]
+    coords = grid_coords(frame_positions, grid_h, grid_w)  # (Nq, 3)
+
+    if memory is not None and memory.num_tokens > 0:
+        x = torch.cat([x, memory.tokens.to(x.dtype)], dim=1)  # (B, Nq + Nm, D)
+        coords = torch.cat([coords, memory.coords.to(coords.device, coords.dtype)], dim=0)
+        has_memory = True
+    else:
+        has_memory = False
+
+    rope_dtype = transformer.rope.freqs_cos.dtype
+    rotary_emb = rope_at_coords(coords, cfg.attention_head_dim, dtype=rope_dtype)
+    rotary_emb = tuple(r.to(latents.device) for r in rotary_emb)  # (1, N, 1, head_dim) each
+
+    timestep = timestep.reshape(-1).expand(batch) if timestep.numel() == 1 else timestep
+    if has_memory:
+        # Two timesteps per sample: the noisy queries' t and the clean memory's 0, embedded once
+        # each and then spread over the tokens (Wan 2.2 TI2V's per-token path).
+        ts_pair = torch.stack([timestep, torch.zeros_like(timestep)], dim=1)  # (B, 2)
+        temb, timestep_proj, text, _ = transformer.condition_embedder(
+            ts_pair.flatten(), text_embeddings, None, timestep_seq_len=2
+        )  # temb (B, 2, D), timestep_proj (B, 2, 6D)
+        token_kind = torch.zeros(x.shape[1], dtype=torch.long, device=x.device)
+        token_kind[num_query:] = 1
+        block_temb = timestep_proj.unflatten(2, (6, -1))[:, token_kind]  # (B, N, 6, D)
+        head_temb = temb[:, 0]  # (B, D): the head only sees query tokens
+    else:
+        head_temb, timestep_proj, text, _ = transformer.condition_embedder(timestep, text_embeddings, None)
+        block_temb = timestep_proj.unflatten(1, (6, -1))  # (B, 6, D)
+
+    for block in transformer.blocks:
+        if torch.is_grad_enabled() and transformer.gradient_checkpointing:
+            x = transformer._gradient_checkpointing_func(block, x, text, block_temb, rotary_emb)
+        else:
+            x = block(x, text, block_temb, rotary_emb)  # (B, N, D)
+
+    x = x[:, :num_query]  # memory tokens leave before the output head
+    shift, scale = (transformer.scale_shift_table.to(head_temb.device) + head_temb.unsqueeze(1)).chunk(2, dim=1)
+    x = (transformer.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
+    x = transformer.proj_out(x)  # (B, Nq, C * p_t * p_h * p_w)
+    x = x.reshape(batch, grid_t, grid_h, grid_w, p_t, p_h, p_w, -1)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)  # (B, C, T, H, W)

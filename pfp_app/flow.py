@@ -1,0 +1,120 @@
+"""Rectified flow: noising, the two training objectives of the paper, and sampling.
+
+x_t = (1 - t) x_0 + t ε, the DiT predicts v = ε - x_0 (Wan's flow prediction), timesteps are t * 1000.
+Stage 1 (frame retrieval): compress the whole clip H with φ, pick a random set Ω of its latent frames,
+noise them, and denoise H_Ω given φ(H) with the queries at their true time positions in the history.
+Stage 2 (next segment): denoise the segment that follows a history, given φ(history).
+Sampling goes through diffusers' flow-matching schedulers (Euler, UniPC) with timestep shift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+from .backbone.memory_dit import MemoryTokens, memory_dit_forward
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x0, noise (B, ...), t (B,) in [0, 1] -> x_t = (1 - t) x0 + t noise."""
+    t = t.view(-1, *([1] * (x0.ndim - 1)))
+    return (1 - t) * x0 + t * noise
+
+
+def sample_train_t(batch: int, shift: float, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+    """Logit-normal t, shifted toward noise like Wan's sampling schedule (SD3 / Wan practice)."""
+    u = torch.sigmoid(torch.randn(batch, generator=generator, device=device))
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def flow_loss(model, latents_x0, text, memory, frame_positions, shift, generator=None) -> torch.Tensor:
+    """MSE between predicted and true velocity for x0 (B, C, T, H, W)."""
+    b = latents_x0.shape[0]
+    t = sample_train_t(b, shift, generator, latents_x0.device)
+    noise = torch.randn(latents_x0.shape, generator=generator, device=latents_x0.device, dtype=latents_x0.dtype)
+    x_t = add_noise(latents_x0, noise, t)
+    v = model(x_t, t * NUM_TRAIN_TIMESTEPS, text, memory, frame_positions)
+    return F.mse_loss(v.float(), (noise - latents_x0).float())
+
+
+def retrieval_batch(history: torch.Tensor, num_query: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Ω: a sorted random set of `num_query` latent frame indices of the history (T,) -> (num_query,)."""
+    t = history.shape[2]
+    return torch.randperm(t, generator=generator)[: min(num_query, t)].sort().values
+
+
+def retrieval_loss(model, encoder, history, text, num_query, shift, generator=None) -> torch.Tensor:
+    """Stage 1: history (B, C, T, H, W); denoise H_Ω given φ(H); queries keep their true time positions."""
+    omega = retrieval_batch(history, num_query, generator).to(history.device)
+    memory = encoder(history)
+    return flow_loss(model, history[:, :, omega], text, memory, omega.float(), shift, generator)
+
+
+def next_segment_loss(model, encoder, clip, text, segment_frames, shift, generator=None, min_history=1) -> torch.Tensor:
+    """Stage 2: clip (B, C, T, H, W); a random split s: denoise clip[s:s+n] given φ(clip[:s])."""
+    t = clip.shape[2]
+    if t < min_history + segment_frames:
+        raise ValueError(f"clip of {t} latent frames is too short for a {segment_frames}-frame segment")
+    s = int(torch.randint(min_history, t - segment_frames + 1, (1,), generator=generator))
+    memory = encoder(clip[:, :, :s])
+    positions = torch.arange(s, s + segment_frames, device=clip.device, dtype=torch.float32)
+    return flow_loss(model, clip[:, :, s : s + segment_frames], text, memory, positions, shift, generator)
+
+
+def make_scheduler(name: str, shift: float):
+    """diffusers' flow-matching schedulers: 'euler' or 'unipc' (Wan's default), with timestep shift."""
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift)
+    if name == "unipc":
+        return UniPCMultistepScheduler(
+            num_train_timesteps=NUM_TRAIN_TIMESTEPS, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift
+        )
+    raise ValueError(f"unknown sampler {name!r}; choose 'euler' or 'unipc'")
+
+
+@dataclass
+class SamplerSettings:
+    steps: int = 20
+    sampler: str = "unipc"
+    shift: float = 3.0
+    guidance_scale: float = 1.0
+
+
+@torch.no_grad()
+def sample(
+    model: Callable,
+    shape: tuple[int, ...],
+    text: torch.Tensor,
+    memory: MemoryTokens | None,
+    frame_positions: torch.Tensor,
+    settings: SamplerSettings,
+    generator: torch.Generator | None = None,
+    null_text: torch.Tensor | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    device="cpu",
+    dtype=torch.float32,
+) -> torch.Tensor:
+    """Integrate the flow from noise to latents of `shape` (B, C, T, H, W). Classifier-free guidance
+    when guidance_scale != 1 (needs null_text). on_step(i, n) is called after every step."""
+    scheduler = make_scheduler(settings.sampler, settings.shift)
+    scheduler.set_timesteps(settings.steps, device=device)
+    x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+    use_cfg = settings.guidance_scale != 1.0
+    if use_cfg and null_text is None:
+        raise ValueError("guidance needs the unconditional text embedding")
+    for i, t in enumerate(scheduler.timesteps):
+        ts = t.expand(shape[0]).to(device)
+        v = model(x.to(dtype), ts, text, memory, frame_positions).float()
+        if use_cfg:
+            v_null = model(x.to(dtype), ts, null_text, memory, frame_positions).float()
+            v = v_null + settings.guidance_scale * (v - v_null)
+        x = scheduler.step(v, t, x, return_dict=False)[0]
+        if on_step is not None:
+            on_step(i + 1, settings.steps)
+    return x

@@ -1,0 +1,282 @@
+"""Storyboard -> one continuous video, segment by segment, each seeing the whole history through φ.
+
+Thin orchestration (diffusers-pipeline style) over the model bundle:
+  for each segment: φ(history latents) -> sample the segment -> decode -> save -> append.
+φ is causal in time, so the memory is extended incrementally instead of re-encoding the history.
+`recall` reconstructs any past frame from φ(history) alone: the memory inspector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .flow import SamplerSettings, sample
+from .memory.encoder import MemoryCache
+from .metrics import history_mean_frame, psnr, ssim
+from .model import PFPModel
+from .project import Project
+from .storyboard import Segment, Storyboard, format_storyboard, parse_storyboard, segment_schedule
+from .video_io import tensor_to_frames, write_mp4
+
+DECODE_CONTEXT_LATENTS = 2  # latent frames decoded before a new segment to warm the causal VAE decoder
+
+
+def segment_seed(seed: int, index: int) -> int:
+    """Independent, reproducible seed per segment: regenerating segment k alone reproduces it."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:4], "little")
+
+
+@dataclass
+class GenerationSettings:
+    seed: int = 0
+    steps: int | None = None  # None: the model's default
+    sampler: str | None = None
+    shift: float | None = None
+    guidance_scale: float | None = None
+
+    def sampler_settings(self, model: PFPModel) -> SamplerSettings:
+        v = model.video
+        return SamplerSettings(
+            steps=self.steps or v.steps, sampler=self.sampler or v.sampler,
+            shift=self.shift if self.shift is not None else v.shift,
+            guidance_scale=self.guidance_scale if self.guidance_scale is not None else v.guidance_scale,
+        )
+
+
+@dataclass
+class SegmentResult:
+    segment: Segment
+    latents: torch.Tensor  # (1, C, n, H', W')
+    frames: torch.Tensor  # (3, T, H, W) in [-1, 1]: this segment's pixel frames
+    memory_tokens: int
+    seconds: float
+
+
+@dataclass
+class RecallResult:
+    frame_index: int
+    recalled: torch.Tensor  # (3, H, W) in [-1, 1], from memory alone
+    truth: torch.Tensor | None  # (3, H, W) the true frame, when known
+    psnr: float | None
+    ssim: float | None
+    baseline_psnr: float | None  # the history's mean frame vs the truth: what recall must beat
+    memory_tokens: int
+    history_latent_values: int
+    seconds: float
+
+    @property
+    def compression_ratio(self) -> float:
+        """Latent values of the history per memory token (each token is one DiT-width vector)."""
+        return self.history_latent_values / max(self.memory_tokens, 1)
+
+
+class GenerationStopped(Exception):
+    """Raised between segments when the caller asks to stop; finished segments stay on disk."""
+
+
+@dataclass
+class PFPPipeline:
+    model: PFPModel
+    device: torch.device | str = "cpu"
+    dtype: torch.dtype = torch.float32
+
+    # geometry ----------------------------------------------------------------------------------
+    @property
+    def segment_seconds(self) -> float:
+        v = self.model.video
+        return self.model.codec.temporal_ratio * v.segment_latent_frames / v.fps
+
+    def schedule(self, storyboard: Storyboard) -> list[Segment]:
+        return segment_schedule(storyboard, self.segment_seconds)
+
+    def latent_shape(self, num_latent_frames: int) -> tuple[int, int, int, int, int]:
+        v, c = self.model.video, self.model.codec
+        return (1, c.latent_channels, num_latent_frames, v.height // c.spatial_ratio, v.width // c.spatial_ratio)
+
+    def _velocity(self, x, t, text, memory, positions):
+        return self.model.velocity(x, t, text.to(self.device, self.dtype), memory, positions)
+
+    def _text(self, prompts: list[str]) -> torch.Tensor:
+        return self.model.text_encoder.encode(prompts).to(self.device, self.dtype)
+
+    # generation ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        storyboard: Storyboard | str,
+        settings: GenerationSettings | None = None,
+        project: Project | None = None,
+        start_segment: int = 0,
+        on_segment: Callable[[SegmentResult], None] | None = None,
+        on_step: Callable[[int, int, int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[SegmentResult]:
+        """Generate segments start_segment.. of the storyboard; earlier ones are read from `project`.
+
+        on_step(segment_index, num_segments, step, steps); should_stop() is checked between segments
+        and between steps (a stop mid-segment discards only that segment).
+        """
+        sb = parse_storyboard(storyboard) if isinstance(storyboard, str) else storyboard
+        settings = settings or GenerationSettings()
+        sampler = settings.sampler_settings(self.model)
+        segments = self.schedule(sb)
+        n = self.model.video.segment_latent_frames
+        if project is not None:
+            project.write_storyboard(format_storyboard(sb))
+            project.write_settings(self.settings_record(sb, settings))
+        history = project.load_history(start_segment) if (project is not None and start_segment > 0) else None
+        if start_segment > 0 and (history is None or history.shape[2] != start_segment * n):
+            raise ValueError(f"cannot continue from segment {start_segment}: the project holds "
+                             f"{0 if history is None else history.shape[2] // n} finished segments")
+        if history is not None:
+            history = history.to(self.device)
+        cache: MemoryCache | None = None
+        null_text = None
+        results = []
+        for seg in segments[start_segment:]:
+            if should_stop is not None and should_stop():
+                raise GenerationStopped(f"stopped before segment {seg.index}")
+            t0 = time.perf_counter()
+            memory = None
+            if history is not None:
+                memory, cache = self.model.memory_encoder.encode_incremental(history.to(self.dtype), cache)
+            text = self._text([seg.prompt])
+            if sampler.guidance_scale != 1.0:
+                null_text = self.model.text_encoder.null(1).to(self.device, self.dtype)
+            t_hist = 0 if history is None else history.shape[2]
+            positions = torch.arange(t_hist, t_hist + n, dtype=torch.float32, device=self.device)
+
+            def step_cb(i, steps, k=seg.index):
+                if should_stop is not None and should_stop():
+                    raise GenerationStopped(f"stopped during segment {k}")
+                if on_step is not None:
+                    on_step(k, len(segments), i, steps)
+
+            gen = torch.Generator().manual_seed(segment_seed(settings.seed, seg.index))
+            latents = sample(self._velocity, self.latent_shape(n), text, memory, positions, sampler, gen,
+                             null_text=null_text, on_step=step_cb, device=self.device, dtype=self.dtype)
+            context = None if history is None else history[:, :, -DECODE_CONTEXT_LATENTS:]
+            frames = self.model.codec.decode_continuation(context, latents)[0]  # (3, T, H, W)
+            history = latents if history is None else torch.cat([history, latents], dim=2)
+            result = SegmentResult(seg, latents, frames.cpu(), 0 if memory is None else memory.num_tokens,
+                                   time.perf_counter() - t0)
+            if project is not None:  # the video first: saved latents mark a segment as finished
+                write_mp4(project.segment_video_path(seg.index), frames.cpu(), self.model.video.fps, crf=12)
+                project.save_segment_latents(seg.index, latents[0], {"prompt": seg.prompt, "seed": settings.seed})
+            results.append(result)
+            if on_segment is not None:
+                on_segment(result)
+        return results
+
+    def settings_record(self, sb: Storyboard, settings: GenerationSettings) -> dict:
+        v = self.model.video
+        return {
+            "model": self.model.name, "trained": self.model.trained, **asdict(settings),
+            "sampler_settings": asdict(settings.sampler_settings(self.model)),
+            "video": asdict(v), "memory_rate": self.model.memory_encoder.config.rate,
+            "memory_variant": self.model.memory_encoder.config.variant,
+            "segment_seconds": self.segment_seconds, "num_segments": len(self.schedule(sb)),
+        }
+
+    def first_segment_of_shot(self, storyboard: Storyboard, shot_index: int) -> int:
+        for seg in self.schedule(storyboard):
+            if seg.shot_index >= shot_index:
+                return seg.index
+        raise ValueError(f"shot {shot_index} starts after the last segment")
+
+    def regenerate_shot(self, project: Project, storyboard: Storyboard, shot_index: int,
+                        settings: GenerationSettings | None = None, **callbacks) -> list[SegmentResult]:
+        """Regenerate shot `shot_index` (new prompt in `storyboard`, or new seed) and everything after it;
+        the segments before it are kept as they are and form the history."""
+        start = self.first_segment_of_shot(storyboard, shot_index)
+        available = project.finished_segments()
+        start = min(start, available)
+        project.drop_segments_from(start)
+        return self.generate(storyboard, settings, project, start_segment=start, **callbacks)
+
+    def decode_history(self, history: torch.Tensor) -> torch.Tensor:
+        """All pixel frames (3, T, H, W) of a latent history (1, C, T', H', W'), decoded segment-wise
+        exactly as they were previewed during generation."""
+        n = self.model.video.segment_latent_frames
+        parts = []
+        for k in range(0, history.shape[2], n):
+            context = None if k == 0 else history[:, :, max(0, k - DECODE_CONTEXT_LATENTS) : k]
+            parts.append(self.model.codec.decode_continuation(context, history[:, :, k : k + n])[0])
+        return torch.cat(parts, dim=1)
+
+    def export(self, project: Project, out_path=None, crf: int = 18, segments: range | None = None) -> Path:
+        """Write the film (or a range of segments, e.g. one shot) as H.264 MP4, storyboard in its comment."""
+        segments = segments if segments is not None else range(project.finished_segments())
+        if len(segments) == 0:
+            raise ValueError("nothing to export: the project has no finished segment")
+        frames = torch.cat([_read_segment(project.segment_video_path(i)) for i in segments], dim=1)  # (3, T, H, W)
+        settings = project.read_settings()
+        comment = f"PFP Studio | model={settings.get('model')} seed={settings.get('seed')}\n{project.read_storyboard()}"
+        return write_mp4(out_path or project.film_path, frames, self.model.video.fps, crf=crf, comment=comment)
+
+    # memory inspection ---------------------------------------------------------------------------
+    @staticmethod
+    def latent_index_of_frame(frame_index: int, temporal_ratio: int) -> tuple[int, int]:
+        """Pixel frame -> (latent frame, offset among the pixel frames that latent decodes to)."""
+        if frame_index == 0:
+            return 0, 0
+        return 1 + (frame_index - 1) // temporal_ratio, (frame_index - 1) % temporal_ratio
+
+    @torch.no_grad()
+    def recall(
+        self,
+        history: torch.Tensor,
+        frame_index: int,
+        truth_frames: torch.Tensor | None = None,
+        prompt: str = "",
+        steps: int | None = None,
+        seed: int = 0,
+        window: int = 2,
+    ) -> RecallResult:
+        """Reconstruct pixel frame `frame_index` of a latent history (1, C, T', H', W') from φ(history) alone.
+
+        The latent frames around it (a window ending at its latent) are denoised from pure noise given
+        only the memory tokens, at their true time positions, then decoded. truth_frames (3, T, H, W):
+        the true video, for PSNR/SSIM and the history-mean baseline.
+        """
+        t0 = time.perf_counter()
+        r = self.model.codec.temporal_ratio
+        j, offset = self.latent_index_of_frame(frame_index, r)
+        if not 0 <= j < history.shape[2]:
+            raise ValueError(f"frame {frame_index} is outside the history ({self.model.codec.pixel_frames(history.shape[2])} frames)")
+        history = history.to(self.device, self.dtype)
+        memory = self.model.memory_encoder(history)
+        first = max(0, j - window + 1)
+        positions = torch.arange(first, j + 1, dtype=torch.float32, device=self.device)
+        sampler = GenerationSettings(seed=seed, steps=steps).sampler_settings(self.model)
+        sampler.guidance_scale = 1.0
+        shape = self.latent_shape(len(positions))
+        latents = sample(self._velocity, shape, self._text([prompt]), memory, positions, sampler,
+                         torch.Generator().manual_seed(seed), device=self.device, dtype=self.dtype)
+        frames = self.model.codec.decode(latents)[0]  # (3, 1 + r (w - 1), H, W)
+        recalled = frames[:, 0] if j == 0 else frames[:, -r + offset]
+        truth = psnr_v = ssim_v = base = None
+        if truth_frames is not None:
+            truth = truth_frames[:, frame_index].to(recalled)
+            psnr_v, ssim_v = psnr(recalled, truth), ssim(recalled, truth)
+            base = psnr(history_mean_frame(truth_frames).to(recalled), truth)
+        return RecallResult(frame_index, recalled.cpu(), None if truth is None else truth.cpu(), psnr_v, ssim_v, base,
+                            memory.num_tokens, history[0].numel(), time.perf_counter() - t0)
+
+
+def _read_segment(path) -> torch.Tensor:
+    from .video_io import frames_to_tensor, read_video
+
+    frames, _ = read_video(path)
+    return frames_to_tensor(frames)
+
+
+def seconds_to_frame(seconds: float, fps: float) -> int:
+    return int(math.floor(seconds * fps + 1e-6))
