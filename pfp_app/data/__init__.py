@@ -1,0 +1,35 @@
+"""Training data: the procedural storyboard world and folders of real videos."""
+
+from pfp_app.data.world import (
+    WorldClip,
+    WorldClipDataset,
+    all_captions,
+    appearance_signature,
+    caption_for,
+    collate_clips,
+    frames_for_seconds,
+    parse_caption,
+    render_storyboard,
+    sample_clip,
+    sample_storyboard,
+    signature_agreement,
+    view_agreement,
+)
+from pfp_app.data.video_folder import VideoFolderDataset
+
+__all__ = [
+    "VideoFolderDataset",
+    "WorldClip",
+    "WorldClipDataset",
+    "all_captions",
+    "appearance_signature",
+    "caption_for",
+    "collate_clips",
+    "frames_for_seconds",
+    "parse_caption",
+    "render_storyboard",
+    "sample_clip",
+    "sample_storyboard",
+    "signature_agreement",
+    "view_agreement",
+]
