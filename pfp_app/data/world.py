@@ -29,7 +29,7 @@ Rendering rules (what the consistency benchmarks rely on):
 * A new shot is a camera cut.  Each place has a canonical camera start (a function
   of the place and the clip seed), so every shot at a place starts from the same
   view; during a shot the camera pans at 1 px/frame (at 128 px, 8 fps), bouncing off
-  the image border.
+  the image border (the step scales with size/fps, at least 1 px per frame).
 * Characters follow a smooth Lissajous path determined by (seed, identity); in a
   two-character shot the first keeps to the left half and the second to the right
   half, so they never occlude each other (they may jump at the cut).  A
@@ -84,6 +84,7 @@ __all__ = [
     "sample_clip",
     "storyboard_returns",
     "collate_clips",
+    "clip_to_item",
     "appearance_signature",
     "signature_agreement",
     "view_agreement",
@@ -671,8 +672,9 @@ def sample_storyboard(
     max_shots: int = 5,
     return_prob: float = 0.9,
 ) -> Storyboard:
-    """A random storyboard of 2-8 s shots (at most ``max_shots``, at least
-    ``min_shots`` where the length allows) with cuts and returns.
+    """A random storyboard of 2-8 s shots with cuts and returns: ``min_shots`` to
+    ``max_shots`` shots, as far as the 2-8 s rule allows (a 60 s storyboard gets at
+    least 8 shots, a 4 s one at most 2).
 
     With probability ``return_prob`` (default 0.9) the storyboard contains a return
     (see :func:`storyboard_returns`); half of those are asked for a character that
@@ -685,10 +687,11 @@ def sample_storyboard(
     seconds = float(seconds)
     if seconds < 2.0:
         raise ValueError(f"seconds must be >= 2, got {seconds}")
-    lo_n = max(int(min_shots), int(math.ceil(seconds / 8.0 - 1e-9)), 1)
-    hi_n = min(int(max_shots), int(math.floor(seconds / 2.0 + 1e-9)))
-    lo_n = min(lo_n, max(hi_n, 1))
-    hi_n = max(hi_n, lo_n)
+    # the 2-8 s shot-length rule wins over min_shots / max_shots
+    n_fewest = max(1, int(math.ceil(seconds / 8.0 - 1e-9)))
+    n_most = max(1, int(math.floor(seconds / 2.0 + 1e-9)))
+    lo_n = min(max(int(min_shots), n_fewest), n_most)
+    hi_n = max(min(int(max_shots), n_most), lo_n)
     u = rng.random()
     want = "none" if u >= return_prob else ("character" if u < return_prob / 2 else "any")
     chars = all_characters()
