@@ -1,0 +1,209 @@
+"""Command line: `python -m pfp_app generate|recall|...` — the same core the UI calls.
+
+Every expected failure (bad storyboard, missing or corrupt file, wrong model folder, time outside the
+video, out of GPU memory) ends with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, KeyError)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="'default' (the embedded model in assets/), 'tiny-random' (untrained, for tests), "
+                        "a PFP model folder, or a Wan 2.1 diffusers folder")
+    p.add_argument("--memory", default=None, help="folder with φ weights (memory_encoder/) for a Wan 2.1 folder")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pfp_app", description="PFP Studio: long, consistent video with a memory you can inspect.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="render a storyboard to an MP4 (and a project folder beside it)")
+    g.add_argument("--storyboard", required=True, help="storyboard text file: one '12s: prompt' per line")
+    g.add_argument("--out", required=True, help="output .mp4")
+    g.add_argument("--project", default=None, help="project folder (default: OUT's name + '_project' beside it)")
+    g.add_argument("--fps", type=int, default=None, help="frame rate of the MP4 (default: the model's; frames are resampled, duration kept)")
+    g.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (0-51)")
+    _add_model_args(g)
+
+    r = sub.add_parser("recall", help="compress a video's history and reconstruct one of its frames from memory alone")
+    r.add_argument("--video", required=True)
+    r.add_argument("--at", type=float, required=True, help="time of the frame to recall, in seconds from the video's start")
+    r.add_argument("--out", required=True, help="output .png: true frame | recalled frame | error map")
+    r.add_argument("--history", type=float, default=20.0, help="seconds before the video's end to compress (default 20)")
+    _add_model_args(r)
+
+    return parser
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+    return name
+
+
+def _load(args):
+    from .model import load_model
+    from .pipeline import PFPPipeline
+
+    model = load_model(args.model, memory_dir=args.memory)
+    device = _device(args.device)
+    model.to(device)
+    if not model.trained:
+        print(f"note: model {model.label}", file=sys.stderr)
+    return PFPPipeline(model, device=device)
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .pipeline import GenerationSettings
+    from .project import Project
+    from .storyboard import parse_storyboard
+    from .video_io import read_video, write_mp4
+
+    sb_path = Path(args.storyboard)
+    if not sb_path.is_file():
+        raise FileNotFoundError(f"storyboard file '{sb_path}' not found")
+    storyboard = parse_storyboard(sb_path.read_text(errors="replace"))
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        raise ValueError(f"--out must end in .mp4, got '{out.name}'")
+    if args.fps is not None and not 1 <= args.fps <= 120:
+        raise ValueError("--fps must be between 1 and 120")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    project = Project(args.project or out.with_name(out.stem + "_project"))
+    pipe = _load(args)
+    segments = pipe.schedule(storyboard)
+    print(f"{pipe.model.label}: {len(segments)} segments of {pipe.segment_seconds:.2f} s for {storyboard.duration:g} s "
+          f"-> project '{project.folder}'", file=sys.stderr)
+
+    def on_segment(res):
+        print(f"segment {res.segment.index + 1}/{len(segments)} [{res.segment.start:.1f}-{res.segment.end:.1f} s] "
+              f"{res.memory_tokens} memory tokens, {res.seconds:.1f} s: {res.segment.prompt}", file=sys.stderr)
+
+    settings = GenerationSettings(seed=args.seed, steps=args.steps)
+    start = resume_point(project, pipe, storyboard, settings)
+    if start:
+        print(f"resuming: {start} finished segments found in the project", file=sys.stderr)
+    if start < len(segments):
+        pipe.generate(storyboard, settings, project, start_segment=start, on_segment=on_segment)
+    film = pipe.export(project, crf=args.crf)
+    frames, fps = read_video(film)
+    target_fps = args.fps or pipe.model.video.fps
+    if target_fps != pipe.model.video.fps:  # nearest-frame resampling keeps the duration
+        n_out = max(1, round(len(frames) * target_fps / fps))
+        idx = torch.clamp((torch.arange(n_out) * fps / target_fps).round().long(), max=len(frames) - 1)
+        frames = frames[idx.numpy()]
+    write_mp4(out, frames, target_fps, crf=args.crf, comment=_comment(project))
+    print(f"wrote {out} ({len(frames)} frames at {target_fps} fps)")
+    return 0
+
+
+def resume_point(project, pipe, storyboard, settings) -> int:
+    """Finished segments to keep: all of them when the project holds this very storyboard and these
+    settings (a killed run resumes), 0 for an empty project; another project's work is never overwritten."""
+    from .storyboard import format_storyboard
+
+    if project.finished_segments() == 0:
+        return 0
+    same = (project.read_storyboard() == format_storyboard(storyboard)
+            and project.read_settings() == pipe.settings_record(storyboard, settings))
+    if not same:
+        raise ValueError(f"project folder '{project.folder}' holds another storyboard or other settings; "
+                         "choose another --project (nothing was overwritten)")
+    return project.finished_segments()
+
+
+def _comment(project) -> str:
+    s = project.read_settings()
+    return f"PFP Studio | model={s.get('model')} seed={s.get('seed')}\n{project.read_storyboard()}"
+
+
+def cmd_recall(args) -> int:
+    import numpy as np
+    import torch
+
+    from .metrics import error_heatmap
+    from .video_io import frames_to_tensor, read_video, tensor_to_frames, video_info
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must end in .png, got '{out.name}'")
+    if args.history <= 0:
+        raise ValueError("--history must be positive")
+    info = video_info(args.video)
+    if not 0 <= args.at <= info.duration:
+        raise ValueError(f"--at {args.at:g} s is outside the video (0 to {info.duration:.2f} s)")
+    start = max(0.0, info.duration - args.history)
+    if args.at < start:
+        raise ValueError(f"--at {args.at:g} s is before the compressed history ({start:.2f} to {info.duration:.2f} s); "
+                         f"raise --history to at least {info.duration - args.at:.2f}")
+    pipe = _load(args)
+    v = pipe.model.video
+    frames, fps = read_video(args.video, size=(v.height, v.width), start_s=start)
+    # resample to the model's frame rate (nearest frame), then keep 1 + 4k frames ending at the video's end
+    n = max(1, int((len(frames) - 1) * v.fps / fps) + 1)
+    idx = np.minimum(np.round(np.arange(n) * fps / v.fps).astype(int), len(frames) - 1)
+    frames = frames[idx]
+    r = pipe.model.codec.temporal_ratio
+    keep = 1 + r * ((len(frames) - 1) // r)
+    first_time = start + (len(frames) - keep) / v.fps
+    frames = frames[len(frames) - keep :]
+    frame_index = min(keep - 1, max(0, round((args.at - first_time) * v.fps)))
+    video = frames_to_tensor(frames)  # (3, T, H, W)
+    with torch.no_grad():
+        history = pipe.model.codec.encode(video[None].to(pipe.device))
+    res = pipe.recall(history, frame_index, truth_frames=video, steps=args.steps, seed=args.seed)
+    truth, recalled = tensor_to_frames(res.truth[:, None])[0], tensor_to_frames(res.recalled[:, None])[0]
+    panel = np.concatenate([truth, recalled, error_heatmap(res.recalled, res.truth)], axis=1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    Image.fromarray(panel).save(out)
+    print(f"recalled frame {frame_index} ({first_time + frame_index / v.fps:.2f} s) of {keep} from {res.memory_tokens} memory "
+          f"tokens (compression {res.compression_ratio:.0f}:1) in {res.seconds:.1f} s")
+    print(f"PSNR {res.psnr:.2f} dB  SSIM {res.ssim:.3f}  (history-mean baseline PSNR {res.baseline_psnr:.2f} dB)")
+    print(f"wrote {out} (true | recalled | error)")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "recall": cmd_recall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished segments are kept in the project folder", file=sys.stderr)
+        return 130
+    except Exception as err:  # one clear line, never a traceback, for anything a user can cause
+        if _is_oom(err):
+            print("error: out of GPU memory; try --device cpu or a smaller profile (finished segments are kept)", file=sys.stderr)
+            return 2
+        if isinstance(err, EXPECTED_ERRORS) or type(err).__name__.endswith("Error"):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
