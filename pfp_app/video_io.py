@@ -102,7 +102,11 @@ def write_mp4(
     same folder and renamed, so a crash never leaves a half file under ``path``.
     """
     path = Path(path)
-    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+    try:
+        fps = float(fps)
+    except (TypeError, ValueError):
+        raise ValueError(f"fps must be a positive number, got {fps!r}") from None
+    if not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     if not 0 <= int(crf) <= 51:
         raise ValueError(f"crf must be in 0..51, got {crf}")
