@@ -1,0 +1,57 @@
+"""PFP Studio: `python app.py` opens the studio on http://127.0.0.1:7860 (entry point only; the UI is pfp_app/ui).
+
+Safe by default: binds 127.0.0.1 unless --listen, no public share link unless --share, nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="PFP Studio: storyboard -> one long, consistent video, with a memory "
+                                            "you can inspect.")
+    p.add_argument("--model", default="default",
+                   help="'default' (the embedded model in assets/; falls back to the untrained 'tiny-random' when "
+                        "missing), 'tiny-random', a PFP model folder or a Wan 2.1 diffusers folder")
+    p.add_argument("--profile", default="auto", help="runtime profile (when pfp_app.runtime is installed)")
+    p.add_argument("--projects", default="projects", help="folder holding the projects (default ./projects)")
+    p.add_argument("--listen", action="store_true", help="serve on all interfaces (0.0.0.0) instead of 127.0.0.1")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # before gradio is imported: no analytics, no hub access
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+    from pfp_app.model import ModelLoadError
+    from pfp_app.ui import Studio, build_demo
+    from pfp_app.ui.layout import launch_kwargs
+
+    projects = Path(args.projects).resolve()
+    projects.mkdir(parents=True, exist_ok=True)
+    studio = Studio(projects, model_spec=args.model, profile=args.profile)
+    try:
+        studio.load()
+    except ModelLoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"PFP Studio: model {studio.model.label}; projects in {projects}", file=sys.stderr)
+    demo = build_demo(studio)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
+                allowed_paths=[str(projects)], max_file_size="2gb", inbrowser=False, footer_links=[],
+                **launch_kwargs())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

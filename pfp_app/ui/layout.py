@@ -1,0 +1,161 @@
+"""The studio's Gradio layout: components (each with an elem_id the browser test uses) wired to `Studio`.
+
+Left: project, storyboard editor and shot table, settings, Generate / Stop and progress.
+Right: the preview (newest segment while generating, then the film), per-shot preview and regeneration,
+the memory inspector (project history or an uploaded video) and export.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .storyboard_view import TABLE_HEADERS, WHOLE_FILM
+from .studio import DEFAULT_PROJECT, MAX_SEED, MAX_STEPS, Studio
+
+CSS = """
+.pfp-status progress { width: 100%; height: 14px; }
+.pfp-status .pfp-bar { display: grid; grid-template-columns: 9em 1fr; align-items: center; gap: .5em; }
+.pfp-status p { margin: .3em 0 0 0; }
+#true-frame img, #recalled-frame img, #error-map img { image-rendering: pixelated; }
+#model-info { border-left: 4px solid var(--color-accent); padding-left: .6em; }
+"""
+
+THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate",
+                       font=["ui-sans-serif", "system-ui", "sans-serif"],
+                       font_mono=["ui-monospace", "Consolas", "monospace"])  # no web fonts: nothing is fetched
+
+EXAMPLE = "# one shot per line: TIME: prompt\n0s: a red striped circle in front of the brick wall\n" \
+          "6s: a green dotted square in front of the gravel path\nend: 12s\n"
+
+JOB = "model"  # generation, recall and export share one queue slot group: the studio's lock refuses a 2nd job
+
+
+def build_demo(studio: Studio) -> gr.Blocks:
+    m = studio.model
+    with gr.Blocks(title="PFP Studio", analytics_enabled=False) as demo:
+        gr.Markdown("# PFP Studio\nStoryboard → one long, consistent video, with a memory you can inspect.")
+        gr.Markdown(studio.model_markdown(), elem_id="model-info")
+        with gr.Row(equal_height=False):
+            # ------------------------------------------------------------------ left: write and generate
+            with gr.Column(scale=5, min_width=360):
+                with gr.Row():
+                    project = gr.Dropdown(choices=studio.projects() or [DEFAULT_PROJECT], value=DEFAULT_PROJECT,
+                                          allow_custom_value=True, label="Project", scale=3, elem_id="project-name",
+                                          info="letters, digits, space . _ - (saved under the projects folder)")
+                    open_btn = gr.Button("Open / new", scale=1, elem_id="project-open")
+                project_msg = gr.Markdown(elem_id="project-msg")
+                with gr.Row():
+                    preset = gr.Dropdown(choices=studio.presets(), value=None, label="Storyboard preset", scale=3,
+                                         elem_id="preset")
+                    preset_btn = gr.Button("Load preset", scale=1, elem_id="preset-load")
+                storyboard = gr.Textbox(value=EXAMPLE, lines=8, max_lines=30, label="Storyboard",
+                                        info="one shot per line: `12s: prompt` (also `1:05:` or `1m05s:`); "
+                                             "add, remove or reorder shots by editing lines; `end: 30s` sets the length",
+                                        elem_id="storyboard")
+                sb_status = gr.Markdown(elem_id="storyboard-status")
+                shot_table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "number", "number", "number", "str"],
+                                          interactive=False, label="Shots", elem_id="shot-table", wrap=True,
+                                          column_widths=["9%", "13%", "13%", "15%", "50%"])
+                save_btn = gr.Button("Save storyboard to project", size="sm", elem_id="save-storyboard")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="seed")
+                    steps = gr.Slider(1, MAX_STEPS, value=m.video.steps, step=1, label="Denoising steps",
+                                      elem_id="steps")
+                with gr.Row():
+                    profile = gr.Dropdown(choices=studio.profile_choices(),
+                                          value=studio.profile if studio.profile in studio.profile_choices() else "auto",
+                                          interactive=studio.runtime is not None, label="Runtime profile",
+                                          info=None if studio.runtime else "CPU only: runtime profiles not installed",
+                                          elem_id="profile")
+                    gr.Textbox(value=f"{m.video.width}×{m.video.height} at {m.video.fps} fps, "
+                                     f"{studio.segment_seconds:g} s segments",
+                               label="Resolution / fps (set by the model)", interactive=False, elem_id="video-spec")
+                gr.Textbox(value=studio.memory_rate_text(), label="Memory rate (φ)", interactive=False,
+                           elem_id="memory-rate")
+                with gr.Row():
+                    gen_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+                status = gr.HTML(elem_id="gen-status")
+
+            # ------------------------------------------------------------------ right: watch, inspect, export
+            with gr.Column(scale=7, min_width=420):
+                preview = gr.Video(label="Preview", autoplay=True, loop=True, interactive=False, height=320,
+                                   elem_id="preview")
+                with gr.Accordion("Shots: preview and regenerate", open=True, elem_id="shots-panel"):
+                    with gr.Row():
+                        shot = gr.Dropdown(choices=[], label="Shot", scale=3, elem_id="shot-select")
+                        shot_play = gr.Button("Preview shot", scale=1, elem_id="shot-play")
+                    shot_video = gr.Video(label="Shot preview", interactive=False, height=220, elem_id="shot-video")
+                    with gr.Row():
+                        regen_prompt = gr.Textbox(label="Prompt for this shot (edit to change it)", scale=3,
+                                                  elem_id="regen-prompt")
+                        regen_seed = gr.Number(value=1, precision=0, minimum=0, maximum=MAX_SEED, label="New seed",
+                                               scale=1, elem_id="regen-seed")
+                    regen_btn = gr.Button("Regenerate this shot (keeps earlier shots)", elem_id="regenerate")
+                with gr.Accordion("Memory inspector: what the model remembers", open=True, elem_id="inspector"):
+                    gr.Markdown("Scrub the history: the frame at that time is recalled from the compressed memory "
+                                "alone and compared with the true frame.")
+                    with gr.Row():
+                        at = gr.Slider(0, 1, value=0, step=0.125, label="Time in the history (s)", interactive=False,
+                                       scale=4, elem_id="inspect-time")
+                        recall_steps = gr.Slider(1, MAX_STEPS, value=m.video.steps, step=1, label="Recall steps",
+                                                 scale=2, elem_id="recall-steps")
+                        recall_btn = gr.Button("Recall", scale=1, elem_id="inspect-run")
+                    with gr.Row():
+                        truth_img = gr.Image(label="True frame", interactive=False, elem_id="true-frame", height=200)
+                        recalled_img = gr.Image(label="Recalled from memory", interactive=False,
+                                                elem_id="recalled-frame", height=200)
+                        error_img = gr.Image(label="Error heat map", interactive=False, elem_id="error-map", height=200)
+                    metrics = gr.Markdown(elem_id="inspect-metrics")
+                    with gr.Accordion("Recall from an uploaded video", open=False, elem_id="upload-panel"):
+                        upload = gr.File(label="Video (at most 2 GB)", file_types=["video"], type="filepath",
+                                         elem_id="upload-video")
+                        upload_msg = gr.Markdown(elem_id="upload-msg")
+                        with gr.Row():
+                            up_at = gr.Slider(0, 1, value=0, step=0.01, label="Time in the video (s)",
+                                              interactive=False, scale=3, elem_id="upload-time")
+                            up_hist = gr.Number(value=20, minimum=1, label="History to compress (s, before the end)",
+                                                scale=2, elem_id="upload-history")
+                            up_btn = gr.Button("Recall", scale=1, elem_id="upload-recall")
+                with gr.Accordion("Export MP4", open=True, elem_id="export-panel"):
+                    with gr.Row():
+                        which = gr.Dropdown(choices=[("Whole film", WHOLE_FILM)], value=WHOLE_FILM, label="What",
+                                            scale=2, elem_id="export-which")
+                        crf = gr.Slider(0, 51, value=16, step=1, label="H.264 CRF (lower = better, bigger)", scale=2,
+                                        elem_id="crf")
+                        export_btn = gr.Button("Export", variant="primary", scale=1, elem_id="export")
+                    export_file = gr.File(label="MP4", interactive=False, height=90, elem_id="export-file")
+                    export_msg = gr.Markdown(elem_id="export-msg")
+
+        # ---------------------------------------------------------------------- wiring
+        open_outputs = [project, storyboard, seed, steps, preview, status, at, project_msg]
+        sb_outputs = [shot_table, sb_status, shot, which]
+        storyboard.change(studio.check, storyboard, sb_outputs, queue=False, show_progress="hidden")
+        demo.load(studio.restore, None, open_outputs).then(studio.check, storyboard, sb_outputs)
+        open_btn.click(studio.open_project, project, open_outputs)
+        project.select(studio.open_project, project, open_outputs)
+        preset_btn.click(studio.load_preset, preset, storyboard)
+        save_btn.click(studio.save_storyboard, [project, storyboard], project_msg)
+
+        gen_outputs = [preview, status, at, storyboard, seed]
+        job = dict(concurrency_id=JOB, concurrency_limit=2, show_progress_on=[status])
+        gen_btn.click(studio.generate, [project, storyboard, seed, steps, profile], gen_outputs, **job)
+        stop_btn.click(studio.stop, None, project_msg, queue=False)
+        shot.change(studio.select_shot, [storyboard, shot], regen_prompt, queue=False, show_progress="hidden")
+        shot_play.click(studio.shot_preview, [project, shot], shot_video)
+        regen_btn.click(studio.regenerate, [project, storyboard, shot, regen_prompt, regen_seed, steps, profile],
+                        gen_outputs, **job)
+
+        inspect_outputs = [truth_img, recalled_img, error_img, metrics]
+        ijob = dict(concurrency_id=JOB, concurrency_limit=2, trigger_mode="always_last")
+        at.release(studio.inspect, [project, at, recall_steps, seed], inspect_outputs, **ijob)
+        recall_btn.click(studio.inspect, [project, at, recall_steps, seed], inspect_outputs, **ijob)
+        upload.change(studio.upload_info, upload, [up_at, upload_msg])
+        up_btn.click(studio.recall_upload, [upload, up_at, up_hist, recall_steps, seed], inspect_outputs, **ijob)
+        export_btn.click(studio.export, [project, crf, which], [export_file, export_msg], concurrency_id=JOB,
+                         concurrency_limit=2)
+    return demo
+
+
+def launch_kwargs() -> dict:
+    return dict(theme=THEME, css=CSS)

@@ -1,0 +1,343 @@
+"""Unit tests for the studio's callbacks (pfp_app.ui.Studio) with the tiny untrained model: no browser."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+
+from pfp_app.project import Project
+from pfp_app.ui import Studio
+from pfp_app.ui import project_state as ps
+from pfp_app.video_io import read_mp4_comment, read_video, write_mp4
+
+STORYBOARD = "# two shots, one 1.5-s segment each\n0s: a red striped circle\n1.5s: a blue dotted square\nend: 3s\n"
+THREE = "0s: a red striped circle\n1.5s: a blue dotted square\n3s: a green triangle\nend: 4.5s\n"
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory) -> Studio:
+    return Studio(tmp_path_factory.mktemp("projects"), model_spec="tiny-random").load()
+
+
+def run(gen) -> list[tuple]:
+    """Consume a generation callback; returns every update it yielded."""
+    return list(gen)
+
+
+def value(update):
+    return update.get("value") if isinstance(update, dict) else update
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Generated:
+    project: Project
+    updates: list  # what the generation callback yielded
+    progress: list  # what it reported to gr.Progress
+
+
+@pytest.fixture(scope="module")
+def generated(studio) -> Generated:
+    """The 2-shot storyboard generated into project 'film' (shared by the tests that only read it)."""
+    calls = []
+    out = run(studio.generate("film", STORYBOARD, 0, STEPS, progress=lambda p, desc=None: calls.append(p)))
+    return Generated(Project(studio.root / "film"), out, calls)
+
+
+@pytest.fixture
+def film(generated) -> Project:
+    return generated.project
+
+
+# ------------------------------------------------------------------ storyboard editor
+
+
+def test_check_valid_storyboard_fills_table_and_pickers(studio):
+    rows, msg, shots, export = studio.check(STORYBOARD)
+    assert [r[0] for r in rows] == [1, 2] and rows[1][1:4] == [1.5, 3.0, 1] and rows[1][4] == "a blue dotted square"
+    assert "2 shots" in msg and "2 segments" in msg
+    assert [v for _, v in shots["choices"]] == [0, 1] and shots["value"] == 0
+    assert export["choices"][0] == ("Whole film", -1) and len(export["choices"]) == 3
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("0s: a\n1:05 b\n", "line 2"),
+    ("5s: starts late\n", "line 1"),
+    ("0s: a\n3s: b\n2s: c\n", "line 3"),
+    ("", "no shots"),
+    ("0s: a\nend: 99:00\n", "limit"),
+])
+def test_check_names_the_bad_line(studio, text, needle):
+    rows, msg, shots, _ = studio.check(text)
+    assert rows == [] and "Storyboard error" in msg and needle in msg
+    assert shots["choices"] == []
+
+
+def test_check_warns_about_a_shot_inside_one_segment(studio):
+    _, msg, _, _ = studio.check("0s: a\n0.5s: b\n1.5s: c\nend: 3s\n")
+    assert "shot 2" in msg and "will not be shown" in msg
+
+
+def test_presets_load_and_parse(studio):
+    names = studio.presets()
+    assert names
+    for name in names:
+        assert "Valid" in studio.check(studio.load_preset(name))[1]
+    with pytest.raises(gr.Error):
+        studio.load_preset("../../etc/passwd")
+
+
+# ------------------------------------------------------------------ generation
+
+
+def test_generate_writes_every_segment_and_previews_it(studio, generated):
+    film, updates = generated.project, generated.updates
+    assert film.finished_segments() == 2
+    for i in range(2):
+        assert film.segment_video_path(i).is_file() and ps.record_path(film, i).is_file()
+    previews = [value(u[0]) for u in updates if value(u[0])]
+    assert str(film.segment_video_path(0)) in previews  # the newest segment, as soon as it is written
+    assert str(film.folder / "previews" / "film.mp4") == previews[-1]
+    assert "Done" in updates[-1][1]
+    assert updates[-1][2]["maximum"] == pytest.approx(20 / 8)  # 21 frames at 8 fps
+    assert generated.progress and generated.progress[-1] == (2 * STEPS, 2 * STEPS)  # per step of every segment
+    rec = json.loads(ps.record_path(film, 1).read_text())
+    assert rec["prompt"] == "a blue dotted square" and rec["seed"] == 0 and rec["sampler"]["steps"] == STEPS
+    assert (studio.root / ".last").read_text() == "film"
+
+
+def test_generate_again_keeps_everything(studio, film):
+    before = digest(film.segment_latents_path(1))
+    out = run(studio.generate("film", STORYBOARD, 0, STEPS))
+    assert "Nothing to generate" in out[-1][1]
+    assert digest(film.segment_latents_path(1)) == before
+
+
+def test_generate_after_editing_the_last_shot_keeps_the_first(studio):
+    run(studio.generate("edit", STORYBOARD, 0, STEPS))
+    p = Project(studio.root / "edit")
+    first, second = digest(p.segment_latents_path(0)), digest(p.segment_latents_path(1))
+    out = run(studio.generate("edit", STORYBOARD.replace("blue dotted", "yellow solid"), 0, STEPS))
+    assert "kept 1 finished segment" in out[0][1]
+    assert digest(p.segment_latents_path(0)) == first and digest(p.segment_latents_path(1)) != second
+
+
+def test_regenerate_shot_keeps_earlier_segments_byte_identical(studio):
+    run(studio.generate("regen", STORYBOARD, 0, STEPS))
+    p = Project(studio.root / "regen")
+    kept = {f.name: digest(f) for f in p.segments_dir.glob("seg_000.*")}
+    old = digest(p.segment_latents_path(1))
+    out = run(studio.regenerate("regen", STORYBOARD, 1, "a purple solid square", 7, STEPS))
+    assert {f.name: digest(f) for f in p.segments_dir.glob("seg_000.*")} == kept
+    assert digest(p.segment_latents_path(1)) != old and p.finished_segments() == 2
+    new_text = out[0][3]
+    assert "1.5s: a purple solid square" in new_text and out[0][4] == 7  # editor and seed follow the new shot
+    assert ps.seeds(p) == {0: 0, 1: 7}
+    assert "seeds=0:0,1:7" in ps.reproduce_note(p)
+    # Generate afterwards (with the new seed) has nothing left to do: the regenerated shot is not undone
+    assert "Nothing to generate" in run(studio.generate("regen", new_text, 7, STEPS))[-1][1]
+
+
+def test_stop_keeps_finished_segments(studio, monkeypatch):
+    write = ps.write_record
+
+    def stop_after_first(project, pipe, settings, result):  # runs in the worker, right after a segment is saved
+        write(project, pipe, settings, result)
+        studio.stop()
+
+    monkeypatch.setattr(ps, "write_record", stop_after_first)
+    out = run(studio.generate("stopped", THREE, 0, STEPS))
+    p = Project(studio.root / "stopped")
+    assert "Stopped" in out[-1][1] and "1 finished segment kept" in out[-1][1]
+    assert p.finished_segments() == 1 and p.segment_video_path(0).is_file()
+    assert not studio.busy
+    monkeypatch.setattr(ps, "write_record", write)
+    out = run(studio.generate("stopped", THREE, 0, STEPS))  # resumes: the finished segment is kept
+    assert "kept 1 finished segment" in out[0][1] and p.finished_segments() == 3
+
+
+def test_second_job_is_refused_while_one_runs(studio, film):
+    studio._acquire("a generation")
+    try:
+        with pytest.raises(gr.Error, match="Busy"):
+            next(studio.generate("film", STORYBOARD, 0, STEPS))
+        with pytest.warns(UserWarning, match="Busy"):
+            out = studio.inspect("film", 0.5, STEPS)
+        assert all(u == {"__type__": "update"} for u in out)
+    finally:
+        studio._release()
+
+
+def test_failure_in_a_job_is_a_clear_error_and_the_app_stays_usable(studio, film, monkeypatch):
+    pipe = studio._pipeline()
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(pipe, "generate", oom)
+    with pytest.raises(gr.Error, match="Out of GPU memory"):
+        run(studio.generate("oom", STORYBOARD, 0, STEPS))
+    monkeypatch.setattr(pipe, "generate", lambda *a, **k: 1 / 0)
+    with pytest.raises(gr.Error, match="ZeroDivisionError"):
+        run(studio.generate("oom", STORYBOARD, 0, STEPS))
+    monkeypatch.undo()
+    assert not studio.busy
+    assert studio.inspect("film", 0.5, STEPS)[3].count("PSNR") == 2  # the next job works
+
+
+@pytest.mark.parametrize("name", ["../escape", "/etc", "a/b", "..", "", ".hidden", "x" * 81, "a\\b", "nul\0"])
+def test_unsafe_project_names_are_refused(studio, name):
+    with pytest.raises(gr.Error, match="refused"):
+        run(studio.generate(name, STORYBOARD, 0, STEPS))
+    with pytest.raises(gr.Error, match="refused"):
+        studio.save_storyboard(name, STORYBOARD)
+    if name:
+        with pytest.raises(gr.Error, match="refused"):
+            studio.open_project(name)
+    assert not (studio.root.parent / "escape").exists()
+
+
+def test_bad_settings_are_refused(studio):
+    with pytest.raises(gr.Error, match="Storyboard error"):
+        run(studio.generate("bad", "0s: a\n1:05 b", 0, STEPS))
+    with pytest.raises(gr.Error, match="Steps"):
+        run(studio.generate("bad", STORYBOARD, 0, 0))
+    with pytest.raises(gr.Error, match="Seed"):
+        run(studio.generate("bad", STORYBOARD, -1, STEPS))
+
+
+# ------------------------------------------------------------------ projects
+
+
+def test_reopening_restores_the_last_project(studio, film):
+    studio.save_storyboard("film", STORYBOARD + "# my note\n")
+    again = Studio(studio.root, model_spec="tiny-random")
+    again.pipe = studio.pipe  # same model, no reload
+    picker, text, seed, steps, preview, status, slider, msg = again.restore()
+    assert picker["value"] == "film" and text.endswith("# my note\n")
+    assert (seed, steps) == (0, STEPS) and preview == str(film.segment_video_path(1))
+    assert "2 of 2 segments" in msg and slider["maximum"] == pytest.approx(2.5)
+    out = again.open_project("brand new")
+    assert out[0]["value"] == "brand new" and out[4] is None and "New project" in out[7]
+    assert ps.last_project(studio.root) is None  # the new project has no folder yet
+    studio.open_project("film")
+
+
+# ------------------------------------------------------------------ per-shot preview and export
+
+
+def test_shot_preview_is_one_playable_mp4(studio, film):
+    path = Path(studio.shot_preview("film", 1))
+    frames, fps = read_video(path)
+    assert fps == 8 and len(frames) == 12  # the second segment: 4 x 3 latent frames
+    with pytest.raises(gr.Error, match="no shot 3"):
+        studio.shot_preview("film", 2)
+
+
+def test_export_writes_mp4_with_storyboard_and_seeds(studio, film):
+    path, msg = studio.export("film", 23, -1)
+    assert Path(path) == film.film_path and "2 segments" in msg
+    frames, fps = read_video(path)
+    assert frames.shape == (21, 64, 64, 3) and fps == 8
+    comment = read_mp4_comment(path)
+    assert "model=tiny-random seed=0 steps=2" in comment and "1.5s: a blue dotted square" in comment
+    assert json.loads((film.folder / "seeds.json").read_text()) == {"0": 0, "1": 0}
+    shot_path, _ = studio.export("film", 30, 0)
+    assert Path(shot_path).name == "shot_01.mp4" and len(read_video(shot_path)[0]) == 9
+    with pytest.raises(gr.Error, match="CRF"):
+        studio.export("film", 60, -1)
+    with pytest.raises(gr.Error, match="does not exist"):
+        studio.export("nothing here", 23, -1)
+
+
+# ------------------------------------------------------------------ memory inspector
+
+
+def test_inspector_recalls_a_frame_of_the_history(studio, film):
+    truth, recalled, heat, md = studio.inspect("film", 1.25, STEPS)
+    for img in (truth, recalled, heat):
+        assert isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.shape == (256, 256, 3)
+    for needle in ("frame 10", "PSNR", "SSIM", "baseline PSNR", "memory tokens", "compression ratio"):
+        assert needle in md
+    last = studio.inspect("film", 99, STEPS)[3]  # past the end: the last frame
+    assert "frame 20" in last
+
+
+def test_inspector_without_history_says_what_to_do(studio):
+    studio.save_storyboard("empty", STORYBOARD)
+    assert "Generate at least one segment" in studio.inspect("empty", 0, STEPS)[3]
+
+
+def test_recall_from_an_uploaded_video(studio, tmp_path):
+    t = np.arange(40)[:, None, None, None]
+    x = np.arange(96)[None, None, :, None]
+    frames = ((x * 2 + t * 5 + np.array([0, 80, 160])) % 256).astype(np.uint8).repeat(72, axis=1)  # (40,72,96,3)
+    video = write_mp4(tmp_path / "clip.mp4", frames, fps=10)
+    slider, msg = studio.upload_info(str(video))
+    assert slider["maximum"] == pytest.approx(4.0) and "96×72" in msg
+    truth, recalled, heat, md = studio.recall_upload(str(video), 3.0, 20, STEPS)
+    assert truth.shape == recalled.shape == heat.shape == (256, 256, 3)
+    assert "PSNR" in md and "3.00 s" in md
+    with pytest.raises(gr.Error, match="before the compressed history"):
+        studio.recall_upload(str(video), 0.5, 1, STEPS)
+
+
+def test_unreadable_or_huge_uploads_are_refused(studio, tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("not a video")
+    slider, msg = studio.upload_info(str(junk))
+    assert "cannot read video 'junk.mp4'" in msg and slider["interactive"] is False
+    with pytest.raises(gr.Error, match="cannot read video"):
+        studio.recall_upload(str(junk), 0.0, 20, STEPS)
+    huge = tmp_path / "huge.mp4"
+    with open(huge, "wb") as f:  # sparse: takes no disk space
+        f.truncate(2 * 1024**3 + 1)
+    assert os.path.getsize(huge) > 2 * 1024**3
+    assert "limited to 2 GiB" in studio.upload_info(str(huge))[1]
+    with pytest.raises(gr.Error, match="limited to 2 GiB"):
+        studio.recall_upload(str(huge), 0.0, 20, STEPS)
+
+
+# ------------------------------------------------------------------ model and app entry
+
+
+def test_model_panel_says_when_the_model_is_untrained(studio):
+    assert "UNTRAINED" in studio.model_markdown()
+    assert studio.memory_rate_text().startswith("4x4x2")
+
+
+def test_missing_default_model_falls_back_to_tiny_random(tmp_path, monkeypatch):
+    import pfp_app.model as model_mod
+
+    monkeypatch.setattr(model_mod, "DEFAULT_MODEL_DIR", tmp_path / "missing")
+    s = Studio(tmp_path / "p", model_spec="default").load()
+    assert s.model.name == "tiny-random" and not s.model.trained
+    assert "missing" in s.model_markdown() and "UNTRAINED" in s.model_markdown()
+
+
+def test_app_flags_are_safe_by_default():
+    import app
+
+    args = app.build_parser().parse_args([])
+    assert (args.listen, args.share, args.port, args.projects, args.model) == (False, False, 7860, "projects", "default")
+    assert app.build_parser().parse_args(["--listen"]).listen
+
+
+def test_app_builds_the_blocks_without_launching(studio):
+    from pfp_app.ui import build_demo
+
+    demo = build_demo(studio)
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert {"storyboard", "generate", "stop", "preview", "inspect-time", "export", "upload-video"} <= ids
