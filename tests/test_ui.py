@@ -171,8 +171,10 @@ def test_stop_keeps_finished_segments(studio, monkeypatch):
 def test_second_job_is_refused_while_one_runs(studio, film):
     studio._acquire("a generation")
     try:
+        with pytest.raises(gr.Error, match="Busy: a generation is running"):
+            studio.refuse_if_busy()  # the button's first, instant check
         with pytest.raises(gr.Error, match="Busy"):
-            next(studio.generate("film", STORYBOARD, 0, STEPS))
+            next(studio.generate("film", STORYBOARD, 0, STEPS))  # and the lock, should two clicks race
         with pytest.warns(UserWarning, match="Busy"):
             out = studio.inspect("film", 0.5, STEPS)
         assert all(u == {"__type__": "update"} for u in out)
@@ -341,3 +343,17 @@ def test_app_builds_the_blocks_without_launching(studio):
     demo = build_demo(studio)
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"storyboard", "generate", "stop", "preview", "inspect-time", "export", "upload-video"} <= ids
+
+
+def test_runtime_profiles_are_offered_when_installed(studio):
+    runtime = studio.runtime
+    if runtime is None:
+        assert studio.profile_choices() == ["auto"]  # CPU only
+        pytest.skip("pfp_app.runtime (issue 5) is not installed: the studio runs on the CPU only")
+    assert studio.profile_choices()[0] == "auto" and "cpu" in studio.profile_choices()
+    out = run(studio.generate("profiled", STORYBOARD, 0, STEPS, "cpu"))
+    assert "Done" in out[-1][1] and "cpu" in out[0][1]
+    if not torch.cuda.is_available():
+        with pytest.raises(gr.Error, match="Cannot apply runtime profile 'resident'"):
+            run(studio.generate("profiled", STORYBOARD, 0, STEPS, "resident"))
+        assert not studio.busy

@@ -17,6 +17,7 @@ CSS = """
 .pfp-status .pfp-bar { display: grid; grid-template-columns: 9em 1fr; align-items: center; gap: .5em; }
 .pfp-status p { margin: .3em 0 0 0; }
 #true-frame img, #recalled-frame img, #error-map img { image-rendering: pixelated; }
+#job-progress { min-height: 64px; }
 #model-info { border-left: 4px solid var(--color-accent); padding-left: .6em; }
 """
 
@@ -55,7 +56,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 sb_status = gr.Markdown(elem_id="storyboard-status")
                 shot_table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "number", "number", "number", "str"],
                                           interactive=False, label="Shots", elem_id="shot-table", wrap=True,
-                                          column_widths=["9%", "13%", "13%", "15%", "50%"])
+                                          column_widths=["7%", "12%", "12%", "10%", "59%"])
                 save_btn = gr.Button("Save storyboard to project", size="sm", elem_id="save-storyboard")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="seed")
@@ -75,6 +76,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     gen_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+                job_progress = gr.HTML("", elem_id="job-progress", padding=False)  # where gr.Progress draws
                 status = gr.HTML(elem_id="gen-status")
 
             # ------------------------------------------------------------------ right: watch, inspect, export
@@ -85,7 +87,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     with gr.Row():
                         shot = gr.Dropdown(choices=[], label="Shot", scale=3, elem_id="shot-select")
                         shot_play = gr.Button("Preview shot", scale=1, elem_id="shot-play")
-                    shot_video = gr.Video(label="Shot preview", interactive=False, height=220, elem_id="shot-video")
+                    shot_video = gr.Video(label="Shot preview", interactive=False, height=200, autoplay=True, elem_id="shot-video")
                     with gr.Row():
                         regen_prompt = gr.Textbox(label="Prompt for this shot (edit to change it)", scale=3,
                                                   elem_id="regen-prompt")
@@ -138,13 +140,22 @@ def build_demo(studio: Studio) -> gr.Blocks:
         save_btn.click(studio.save_storyboard, [project, storyboard], project_msg)
 
         gen_outputs = [preview, status, at, storyboard, seed]
-        job = dict(concurrency_id=JOB, concurrency_limit=2, show_progress_on=[status])
-        gen_btn.click(studio.generate, [project, storyboard, seed, steps, profile], gen_outputs, **job)
+        job = dict(concurrency_id=JOB, concurrency_limit=2, show_progress_on=[job_progress])
+        # a second click while a job runs is refused at once, with a message, before it reaches the queue
+        idle = dict(fn=studio.refuse_if_busy, concurrency_limit=None, trigger_mode="multiple", show_progress="hidden")
+        def generate(name, text, seed_, steps_, profile_, progress=gr.Progress()):
+            yield from studio.generate(name, text, seed_, steps_, profile_, progress=progress)
+
+        def regenerate(name, text, shot_, prompt, seed_, steps_, profile_, progress=gr.Progress()):
+            yield from studio.regenerate(name, text, shot_, prompt, seed_, steps_, profile_, progress=progress)
+
+        gen_btn.click(**idle).success(generate, [project, storyboard, seed, steps, profile], gen_outputs, **job).then(
+            studio.project_summary, project, project_msg, queue=False)
         stop_btn.click(studio.stop, None, project_msg, queue=False)
         shot.change(studio.select_shot, [storyboard, shot], regen_prompt, queue=False, show_progress="hidden")
         shot_play.click(studio.shot_preview, [project, shot], shot_video)
-        regen_btn.click(studio.regenerate, [project, storyboard, shot, regen_prompt, regen_seed, steps, profile],
-                        gen_outputs, **job)
+        regen_btn.click(**idle).success(regenerate, [project, storyboard, shot, regen_prompt, regen_seed, steps, profile],
+                        gen_outputs, **job).then(studio.project_summary, project, project_msg, queue=False)
 
         inspect_outputs = [truth_img, recalled_img, error_img, metrics]
         ijob = dict(concurrency_id=JOB, concurrency_limit=2, trigger_mode="always_last")

@@ -94,4 +94,4 @@ def metrics_markdown(res: RecallResult, seconds: float, fps: float) -> str:
     rows += [("memory tokens", f"{res.memory_tokens:,}"),
              ("compression ratio", f"{res.compression_ratio:,.0f} latent values per token"),
              ("recall time", f"{res.seconds:.2f} s")]
-    return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+    return "\n".join(["| recall | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])

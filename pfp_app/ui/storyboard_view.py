@@ -8,7 +8,7 @@ from pathlib import Path
 from ..storyboard import Shot, Storyboard, StoryboardError, format_storyboard, parse_storyboard, segment_schedule
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets" / "storyboards"
-TABLE_HEADERS = ["shot", "start (s)", "end (s)", "segments", "prompt"]
+TABLE_HEADERS = ["#", "start s", "end s", "segs", "prompt"]
 WHOLE_FILM = -1
 
 

@@ -98,7 +98,8 @@ class Studio:
             dtype = getattr(result, "dtype", None) or self.pipe.dtype
             self.pipe = PFPPipeline(self.pipe.model, device=device, dtype=dtype)
             self._applied_profile = profile
-            self.profile_note = str(getattr(result, "description", None) or getattr(result, "reason", None) or "")
+            summary = getattr(result, "summary", None)
+            self.profile_note = summary() if callable(summary) else str(getattr(result, "reason", "") or "")
         return self.pipe
 
     def profile_choices(self) -> list[str]:
@@ -200,6 +201,16 @@ class Studio:
         """On page load: reopen the last project (projects/.last), or the default one."""
         return self.open_project(ps.last_project(self.root) or DEFAULT_PROJECT)
 
+    def project_summary(self, name: str) -> str:
+        try:
+            folder = ps.project_folder(self.root, name)
+        except ProjectError:
+            return ""
+        if not folder.is_dir():
+            return f"New project **{name}** (not saved yet)."
+        n = Project(folder).finished_segments()
+        return f"Project **{name}**: {n} finished segment{'s' * (n != 1)} in `{folder}`."
+
     def save_storyboard(self, name: str, text: str) -> str:
         sb = self._parse(text)
         project = self._open(name)
@@ -228,6 +239,10 @@ class Studio:
     def _release(self) -> None:
         self._job_name = ""
         self._job.release()
+
+    def refuse_if_busy(self) -> None:
+        if self.busy:
+            raise gr.Error(f"Busy: {self._job_name or 'a job'} is running. One job at a time — wait for it or press Stop.")
 
     @property
     def busy(self) -> bool:
@@ -370,7 +385,8 @@ class Studio:
         first_preview = None
         done_segments = start
         try:
-            yield (gr.update(), self._status_html(start, n_segments, 0, settings.steps, verb + "starting…"),
+            runtime = f" ({self.profile_note})" if self.profile_note else ""
+            yield (gr.update(), self._status_html(start, n_segments, 0, settings.steps, verb + "starting…" + runtime),
                    gr.update(), text_update, seed_update)
             while True:
                 kind, payload = events.get()
@@ -379,7 +395,8 @@ class Studio:
                     total = max(1, (n - start) * steps)
                     if progress is not None:
                         progress(((k - start) * steps + i, total), desc=f"segment {k + 1}/{n} · step {i}/{steps}")
-                    yield (gr.update(), self._status_html(k, n, i, steps, verb + f"segment {k + 1} of {n}"),
+                    what = f"segment {k + 1} of {n}" + (": decoding" if i == steps else "")
+                    yield (gr.update(), self._status_html(k, n, i, steps, verb + what),
                            gr.update(), gr.update(), gr.update())
                 elif kind == "segment":
                     seg = payload.segment
@@ -461,7 +478,7 @@ class Studio:
         if n == 0:
             return None
         path = self._write_segments(project, project.folder / "previews" / "film.mp4", range(n), crf=20)
-        return gr.update(value=str(path), label=f"The film so far: {n} segments")
+        return gr.update(value=str(path), label=f"The film so far: {n} segment{'s' * (n != 1)}")
 
     def _shot_segments(self, project: Project, shot: int) -> range:
         n = project.finished_segments()

@@ -1,0 +1,154 @@
+"""End-to-end: start `app.py` on a free localhost port and drive the studio in headless Chromium (Playwright).
+
+Needs Debian's chromium (`apt-get install -y chromium chromium-driver`); Playwright's own browser download
+is not used. The flow: type a 2-shot storyboard, generate with the smallest settings, wait for the preview
+video, move the inspector slider, export, check the MP4. Screenshot: test-artifacts/studio.png
+(PFP_UPDATE_SCREENSHOT=1 also copies it to docs/screenshot.png, the README's picture).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+STORYBOARD = "0s: a red striped circle in front of the brick wall\n1.5s: a green dotted square in front of the gravel path\nend: 3s"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="/usr/bin/chromium is missing: apt-get install -y chromium chromium-driver")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    projects = tmp_path_factory.mktemp("projects")
+    log = projects.parent / "app.log"
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", "tiny-random", "--port", str(port),
+                                 "--projects", str(projects)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).read(1)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"app.py did not start (exit {proc.poll()}):\n{log.read_text()}")
+                time.sleep(0.5)
+        yield url, projects, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_studio_in_a_browser(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    from pfp_app.video_io import read_mp4_comment, read_video
+
+    url, projects, log = server
+    external: list[str] = []
+
+    def local_only(route):  # the studio must work offline: anything not served by the app is refused
+        u = route.request.url
+        if u.startswith(url) or u.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            external.append(u)
+            route.abort()
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.route("**/*", local_only)
+        try:
+            page.goto(url)
+            expect(page.locator("#model-info")).to_contain_text("UNTRAINED", timeout=30_000)
+
+            # storyboard: type it, see the inline validation and the shot table
+            editor = page.locator("#storyboard textarea")
+            editor.fill("0s: a\n1:05 b")
+            expect(page.locator("#storyboard-status")).to_contain_text("line 2", timeout=10_000)
+            editor.fill(STORYBOARD)
+            expect(page.locator("#storyboard-status")).to_contain_text("2 shots", timeout=10_000)
+            expect(page.locator("#shot-table")).to_contain_text("green dotted square")
+
+            # smallest settings: one denoising step
+            for slider in ("#steps", "#recall-steps"):
+                box = page.locator(f"{slider} input[type=number]")
+                box.fill("1")
+                box.press("Enter")
+
+            # generate and wait for the newest segment, then the whole film
+            t0 = time.monotonic()
+            page.locator("#generate").click()
+            page.wait_for_selector("#preview video[src]", timeout=120_000)
+            first_preview = time.monotonic() - t0
+            expect(page.locator("#gen-status")).to_contain_text("Done", timeout=120_000)
+            print(f"click -> first previewed segment: {first_preview:.1f} s (tiny-random, 1 step)")
+            assert (projects / "untitled" / "segments" / "seg_001.mp4").is_file()
+
+            # memory inspector: move the slider (a click on its track), wait for the recalled frame and metrics
+            track = page.locator("#inspect-time input[type=range]")
+            expect(track).to_be_enabled(timeout=10_000)
+            box = track.bounding_box()
+            page.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2)
+            expect(page.locator("#inspect-metrics")).to_contain_text("PSNR", timeout=60_000)
+            expect(page.locator("#inspect-metrics")).to_contain_text("compression ratio")
+            expect(page.locator("#recalled-frame img")).to_be_visible()
+            assert float(page.locator("#inspect-time input[type=number]").input_value()) > 0
+
+            # export the whole film
+            page.locator("#export").click()
+            expect(page.locator("#export-msg")).to_contain_text("Exported", timeout=60_000)
+            link = page.locator("#export-file a")
+            expect(link).to_have_attribute("href", re.compile(r"film\.mp4$"))
+            download = page.request.get(link.get_attribute("href"))
+            assert download.ok
+            (projects.parent / "downloaded.mp4").write_bytes(download.body())
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "studio.png"), full_page=True)
+            if os.environ.get("PFP_UPDATE_SCREENSHOT"):
+                shutil.copy(ARTIFACTS / "studio.png", ROOT / "docs" / "screenshot.png")
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "studio-failure.png"), full_page=True)
+            print(log.read_text())
+            raise
+        finally:
+            browser.close()
+
+    film = projects / "untitled" / "film.mp4"
+    for mp4 in (film, projects.parent / "downloaded.mp4"):  # on disk, and as the browser downloads it
+        frames, fps = read_video(mp4)
+        assert frames.shape == (21, 64, 64, 3) and fps == 8
+    comment = read_mp4_comment(film)
+    assert "seed=0" in comment and "1.5s: a green dotted square in front of the gravel path" in comment
+    assert (projects / ".last").read_text() == "untitled"
+    assert external == [], f"the page tried to reach the internet: {external}"
