@@ -84,20 +84,21 @@ def test_studio_in_a_browser(server):
             route.abort()
 
     ARTIFACTS.mkdir(exist_ok=True)
+    expect.set_options(timeout=30_000)  # generous: CI shares two cores with the app's model
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         page.route("**/*", local_only)
         try:
             page.goto(url)
-            expect(page.locator("#model-info")).to_contain_text("UNTRAINED", timeout=30_000)
+            expect(page.locator("#model-info")).to_contain_text("UNTRAINED")
 
             # storyboard: type it, see the inline validation and the shot table
             editor = page.locator("#storyboard textarea")
             editor.fill("0s: a\n1:05 b")
-            expect(page.locator("#storyboard-status")).to_contain_text("line 2", timeout=10_000)
+            expect(page.locator("#storyboard-status")).to_contain_text("line 2")
             editor.fill(STORYBOARD)
-            expect(page.locator("#storyboard-status")).to_contain_text("2 shots", timeout=10_000)
+            expect(page.locator("#storyboard-status")).to_contain_text("2 shots")
             expect(page.locator("#shot-table")).to_contain_text("green dotted square")
 
             # smallest settings: one denoising step
@@ -117,7 +118,7 @@ def test_studio_in_a_browser(server):
 
             # memory inspector: move the slider (a click on its track), wait for the recalled frame and metrics
             track = page.locator("#inspect-time input[type=range]")
-            expect(track).to_be_enabled(timeout=10_000)
+            expect(track).to_be_enabled()
             box = track.bounding_box()
             page.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2)
             expect(page.locator("#inspect-metrics")).to_contain_text("PSNR", timeout=60_000)

@@ -357,3 +357,13 @@ def test_runtime_profiles_are_offered_when_installed(studio):
         with pytest.raises(gr.Error, match="Cannot apply runtime profile 'resident'"):
             run(studio.generate("profiled", STORYBOARD, 0, STEPS, "resident"))
         assert not studio.busy
+
+
+def test_stop_when_idle_or_during_a_recall_says_so(studio):
+    assert studio.stop() == "Nothing is running."
+    studio._job.acquire()
+    studio._job_name = "a recall"
+    try:
+        assert "cannot be stopped" in studio.stop() and not studio._stop.is_set()
+    finally:
+        studio._release()

@@ -33,7 +33,7 @@ JOB = "model"  # generation, recall and export share one queue slot group: the s
 
 def build_demo(studio: Studio) -> gr.Blocks:
     m = studio.model
-    with gr.Blocks(title="PFP Studio", analytics_enabled=False) as demo:
+    with gr.Blocks(title="PFP Studio", analytics_enabled=False, delete_cache=(3600, 7200)) as demo:
         gr.Markdown("# PFP Studio\nStoryboard → one long, consistent video, with a memory you can inspect.")
         gr.Markdown(studio.model_markdown(), elem_id="model-info")
         with gr.Row(equal_height=False):

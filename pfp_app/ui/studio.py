@@ -167,7 +167,10 @@ class Studio:
             raise gr.Error(f"Project name refused — {err}") from None
         if not create and not folder.is_dir():
             raise gr.Error(f"Project '{name}' does not exist yet: generate something first")
-        return Project(folder)
+        try:
+            return Project(folder)
+        except OSError as err:
+            raise gr.Error(f"Cannot use project folder '{folder}': {err.strerror or err}") from None
 
     def projects(self) -> list[str]:
         return ps.list_projects(self.root)
@@ -251,6 +254,8 @@ class Studio:
     def stop(self) -> str:
         if not self.busy:
             return "Nothing is running."
+        if self._job_name != "a generation":
+            return f"{self._job_name.capitalize()} is running; it cannot be stopped but finishes soon."
         self._stop.set()
         return "Stopping after the current denoising step; finished segments are kept."
 
