@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--history", type=float, default=20.0, help="seconds before the video's end to compress (default 20)")
     _add_model_args(r)
 
+    from .train.cli import add_train_parsers
+
+    add_train_parsers(sub)
     return parser
 
 

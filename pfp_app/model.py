@@ -67,10 +67,10 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         notes="test-sized; untrained unless loaded from a folder",
     ),
     "default": ModelConfig(
-        transformer=dict(_WAN_DIT, num_attention_heads=6, attention_head_dim=64, ffn_dim=1536, num_layers=8,
+        transformer=dict(_WAN_DIT, num_attention_heads=6, attention_head_dim=64, ffn_dim=1024, num_layers=6,
                          text_dim=384, freq_dim=128, rope_max_seq_len=512),
-        vae=dict(base_dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]),
-        memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=64, hr_channels=256, hr_attention_layers=2, hr_heads=4),
+        vae=dict(base_dim=24, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]),
+        memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=64, hr_channels=192, hr_attention_layers=1, hr_heads=4),
         video=VideoSpec(height=128, width=128, fps=8, segment_latent_frames=5, steps=16),
         notes="the embedded default: 128x128 at 8 fps, trained by this project on procedural storyboard clips",
     ),
@@ -121,6 +121,10 @@ class PFPModel:
     @property
     def label(self) -> str:
         return self.name if self.trained else f"{self.name} (UNTRAINED: random weights, output is noise-like)"
+
+    def null_text(self, batch: int) -> torch.Tensor:
+        """The unconditional (all-zero) text embedding, without loading the text encoder."""
+        return torch.zeros(batch, self.video.text_max_tokens, self.transformer.config.text_dim)
 
     def velocity(self, x, timestep, text, memory: MemoryTokens | None, frame_positions) -> torch.Tensor:
         return memory_dit_forward(self.transformer, x, timestep, text, memory, frame_positions)

@@ -149,7 +149,7 @@ class PFPPipeline:
                 memory, cache = self.model.memory_encoder.encode_incremental(history.to(self.dtype), cache)
             text = self._text([seg.prompt])
             if sampler.guidance_scale != 1.0:
-                null_text = self.model.text_encoder.null(1).to(self.device, self.dtype)
+                null_text = self.model.null_text(1).to(self.device, self.dtype)
             t_hist = 0 if history is None else history.shape[2]
             positions = torch.arange(t_hist, t_hist + n, dtype=torch.float32, device=self.device)
 

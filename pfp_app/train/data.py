@@ -1,0 +1,155 @@
+"""Training data: clips (procedural storyboard world or a folder of real videos) -> latent clips.
+
+Memory training runs on latents: clips are rendered or decoded once, encoded by the frozen codec
+once, and kept on the device with, for every latent frame, the prompt of the shot it belongs to.
+Under `accelerate`, each process builds only its own shard (clip i goes to rank i % world_size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+import numpy as np
+import torch
+
+from ..codec import WanLatentCodec
+from ..data.world import WorldClipDataset
+from ..storyboard import parse_storyboard
+
+
+def clip_dataset(source: str, num_clips: int, seconds: float, size: int, fps: int, seed: int):
+    """'world' -> procedural clips; anything else is a folder of videos (with optional caption files)."""
+    if source == "world":
+        return WorldClipDataset(num_clips, seconds=seconds, size=size, fps=fps, seed=seed)
+    from ..data.video_folder import VideoFolderDataset
+
+    return VideoFolderDataset(source, seconds=seconds, size=(size, size), fps=fps, seed=seed, num_items=num_clips)
+
+
+def _load_item(args):
+    dataset, i = args
+    torch.set_num_threads(1)
+    item = dataset[i]
+    return item["frames"].mul(127.5).add(127.5).round().clamp(0, 255).to(torch.uint8), item["storyboard"]
+
+
+def load_clips(dataset, indices: list[int], workers: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """Frames (N, 3, T, H, W) uint8 and storyboard texts of the given dataset items (parallel if workers)."""
+    jobs = [(dataset, i) for i in indices]
+    if workers > 1:
+        # spawn, not fork: forking a process whose OpenMP pool is running can deadlock
+        with get_context("spawn").Pool(workers) as pool:
+            results = pool.map(_load_item, jobs, chunksize=4)
+    else:
+        results = [_load_item(j) for j in jobs]
+    return torch.stack([r[0] for r in results]), [r[1] for r in results]
+
+
+def latent_prompts(storyboard_text: str, num_latents: int, fps: float, temporal_ratio: int) -> list[str]:
+    """The prompt of the shot active at each latent frame's first pixel frame ('' without a storyboard)."""
+    if not storyboard_text.strip():
+        return [""] * num_latents
+    sb = parse_storyboard(storyboard_text)
+    first_frames = [0] + [1 + temporal_ratio * (j - 1) for j in range(1, num_latents)]
+    return [sb.prompt_at(f / fps) for f in first_frames]
+
+
+@dataclass
+class LatentClips:
+    latents: torch.Tensor  # (N, C, T', H', W') normalised, on the training device
+    prompts: list[list[str]]  # (N, T') the active prompt of every latent frame
+    frames: torch.Tensor | None = None  # (N, 3, T, H, W) uint8 on CPU, kept for evaluation
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+
+@torch.no_grad()
+def encode_clips(codec: WanLatentCodec, frames_u8: torch.Tensor, storyboards: list[str], fps: float,
+                 batch_size: int = 8, keep_frames: bool = False) -> LatentClips:
+    """Encode uint8 clips (N, 3, T, H, W) with the frozen codec, in batches, on the codec's device."""
+    parts = []
+    for i in range(0, len(frames_u8), batch_size):
+        x = frames_u8[i : i + batch_size].to(codec.device).float().div(127.5).sub(1.0)
+        with torch.autocast(codec.device.type, dtype=torch.bfloat16, enabled=codec.device.type == "cuda"):
+            parts.append(codec.encode(x).float())
+    latents = torch.cat(parts)
+    prompts = [latent_prompts(s, latents.shape[2], fps, codec.temporal_ratio) for s in storyboards]
+    return LatentClips(latents, prompts, frames_u8 if keep_frames else None)
+
+
+def shard_indices(num_clips: int, rank: int, world_size: int, offset: int = 0) -> list[int]:
+    return [offset + i for i in range(num_clips) if i % world_size == rank]
+
+
+def random_windows(frames_u8: torch.Tensor, length: int, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """A batch of random `length`-frame windows (B, 3, length, H, W) in [-1, 1] for codec training."""
+    n, _, t = frames_u8.shape[:3]
+    clips = torch.randint(0, n, (batch,), generator=generator)
+    starts = torch.randint(0, t - length + 1, (batch,), generator=generator)
+    out = torch.stack([frames_u8[c, :, s : s + length] for c, s in zip(clips.tolist(), starts.tolist())])
+    return out.float().div(127.5).sub(1.0)
+
+
+def caption_table_from_file(path: str) -> dict[str, torch.Tensor]:
+    """Load precomputed caption embeddings: safetensors with 'emb' (sum L_i, D), 'lengths' (N,) and the
+    captions in its metadata (json list), padded back to (max_tokens, D) each."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+        emb, lengths = f.get_tensor("emb").float(), f.get_tensor("lengths").tolist()
+    captions, max_tokens = json.loads(meta["captions"]), int(meta["max_tokens"])
+    table, at = {}, 0
+    for cap, n in zip(captions, lengths):
+        padded = torch.zeros(max_tokens, emb.shape[1])
+        padded[:n] = emb[at : at + n]
+        table[cap], at = padded, at + n
+    return table
+
+
+def save_caption_table(path: str, captions: list[str], max_tokens: int = 32) -> int:
+    """Encode captions with the shipped MiniLM encoder and store only their real tokens (fp16)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from ..text_encoder import MiniLMTextEncoder
+
+    enc = MiniLMTextEncoder(max_tokens=max_tokens)
+    embs, lengths = [], []
+    for i in range(0, len(captions), 64):
+        chunk = captions[i : i + 64]
+        e = enc.encode(chunk)  # (B, L, D), zeros past each caption
+        for row in e:
+            n = int((row.abs().sum(-1) > 0).sum())
+            embs.append(row[:n].half())
+            lengths.append(n)
+    save_file({"emb": torch.cat(embs), "lengths": torch.tensor(lengths)}, path,
+              metadata={"captions": json.dumps(captions), "max_tokens": str(max_tokens)})
+    return len(captions)
+
+
+def restrict_storyboard(text: str, allowed: set[str]) -> str:
+    """Replace captions missing from a precomputed table by their one-character form (the world's
+    pairs always include a 'companion'; dropping it keeps the scene's main character and place)."""
+    from ..data.world import ShotScene, caption_for, parse_caption
+    from ..storyboard import Shot, Storyboard, format_storyboard
+
+    sb = parse_storyboard(text)
+    shots = []
+    for shot in sb.shots:
+        prompt = shot.prompt
+        if prompt not in allowed:
+            scene = parse_caption(prompt)
+            if scene is not None and scene.characters:
+                prompt = caption_for(ShotScene(scene.characters[:1], scene.place))
+        shots.append(Shot(shot.start, shot.end, prompt))
+    return format_storyboard(Storyboard(tuple(shots), sb.duration))
+
+
+def np_seed(*keys: int) -> int:
+    return int(np.random.default_rng(list(keys)).integers(0, 2**31 - 1))

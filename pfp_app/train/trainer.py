@@ -1,0 +1,316 @@
+"""Training: the codec, stage 1 (frame-retrieval pretraining of φ with G), stage 2 (next-segment fine-tuning).
+
+One file, nanoGPT-style. Built on `accelerate`: the same command runs on the CPU, one GPU, or many
+(`accelerate launch` / `torchrun`); bf16 autocast on GPU; EMA of weights (diffusers' EMAModel); a
+time budget so a run fits a fixed window; checkpoints (safetensors + optimizer state) every N minutes
+and at the end, resumable with --resume on any number of processes; a JSONL metrics log.
+
+Run folder layout:  OUT/model/ (EMA weights: a loadable PFP model folder, `--model OUT/model`)
+                    OUT/state/ (raw weights, optimizer.pt, state.json)   OUT/metrics.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..flow import NUM_TRAIN_TIMESTEPS, add_noise, retrieval_batch, sample_train_t
+from ..model import PFPModel, build_random_model, load_model
+from ..text_encoder import MiniLMTextEncoder, PrecomputedTextEncoder
+from .data import (
+    LatentClips,
+    caption_table_from_file,
+    clip_dataset,
+    encode_clips,
+    load_clips,
+    np_seed,
+    random_windows,
+    restrict_storyboard,
+    shard_indices,
+)
+
+STAGES = ("codec", "pretrain", "finetune")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "pretrain"
+    out: str = "runs/default"
+    init: str = "default"  # a config name (random init) or a model folder to start from
+    data: str = "world"  # 'world' or a folder of videos
+    num_clips: int = 256
+    clip_seconds: float = 20.0
+    data_seed: int = 0
+    batch_size: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    max_steps: int = 100_000
+    time_budget_min: float | None = None
+    checkpoint_every_min: float = 5.0
+    resume: bool = False
+    seed: int = 0
+    num_query: int = 8  # |Ω|, retrieved latent frames per stage-1 sample
+    retrieval_share: float = 0.3  # share of stage-1 batches kept during stage 2
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    gradient_checkpointing: bool = False
+    lora_rank: int = 0  # stage 2: LoRA on G (peft) instead of full fine-tuning when > 0
+    text_table: str | None = None  # precomputed caption embeddings (GPU machines without the encoder)
+    codec_window: int = 17  # frames per codec training window (1 + 4k)
+    log_every: int = 25
+    workers: int = 0
+
+
+class MemoryTrainingModule(nn.Module):
+    """G and φ in one module so DDP sees one forward: returns the flow loss of one batch."""
+
+    def __init__(self, model: PFPModel):
+        super().__init__()
+        self.transformer, self.memory_encoder = model.transformer, model.memory_encoder
+
+    def forward(self, x0, text, history, frame_positions, t, noise):
+        """x0 (B, C, n, H, W) target latents; history (B, C, Th, H, W) or None; t (B,) in [0, 1]."""
+        from ..backbone.memory_dit import memory_dit_forward
+
+        memory = self.memory_encoder(history) if history is not None else None
+        x_t = add_noise(x0, noise, t)
+        v = memory_dit_forward(self.transformer, x_t, t * NUM_TRAIN_TIMESTEPS, text, memory, frame_positions)
+        return F.mse_loss(v.float(), (noise - x0).float())
+
+
+class CodecTrainingModule(nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x):
+        dist = self.vae.encode(x).latent_dist
+        recon = self.vae.decode(dist.sample()).sample
+        l1, mse = (recon.float() - x).abs().mean(), F.mse_loss(recon.float(), x)
+        kl = dist.kl().mean() / x[0].numel()
+        return l1 + mse + 1e-4 * kl, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+
+
+def _init_model(cfg: TrainConfig) -> PFPModel:
+    from ..model import MODEL_CONFIGS
+
+    if cfg.init in MODEL_CONFIGS:
+        model = build_random_model(cfg.init, seed=cfg.seed)
+        model.name, model.trained = cfg.init, True
+    else:
+        model = load_model(cfg.init, torch_dtype=torch.float32)
+    trained = {"codec": ("vae",)}.get(cfg.stage, ("transformer", "memory_encoder"))
+    for name, m in model.modules().items():
+        m.float().train(name in trained).requires_grad_(name in trained)
+    return model
+
+
+def _text_encoder(model: PFPModel, cfg: TrainConfig):
+    if cfg.text_table:
+        return PrecomputedTextEncoder(caption_table_from_file(cfg.text_table))
+    return MiniLMTextEncoder(max_tokens=model.video.text_max_tokens)
+
+
+def _load_training_clips(model, cfg, accelerator) -> tuple[torch.Tensor, list[str]]:
+    """This process's shard of the training clips: frames (N, 3, T, H, W) uint8 and storyboard texts."""
+    v = model.video
+    ds = clip_dataset(cfg.data, cfg.num_clips, cfg.clip_seconds, v.height, v.fps, cfg.data_seed)
+    idx = shard_indices(len(ds), accelerator.process_index, accelerator.num_processes)
+    frames, storyboards = load_clips(ds, idx, cfg.workers)
+    return frames, storyboards
+
+
+def _save_state(accelerator, cfg, model: PFPModel, optimizer, ema, state: dict) -> None:
+    """Raw weights + optimizer (resume) and the EMA weights as a loadable model folder (use)."""
+    if not accelerator.is_main_process:
+        return
+    out = Path(cfg.out)
+    (out / "state").mkdir(parents=True, exist_ok=True)
+    for name, module in model.modules().items():
+        module.save_pretrained(out / "state" / name, safe_serialization=True)
+    torch.save(optimizer.state_dict(), out / "state" / "optimizer.pt")
+    (out / "state" / "state.json").write_text(json.dumps(state, indent=2))
+    params = _trainable(model, cfg)
+    ema.store(params)
+    ema.copy_to(params)
+    export = model
+    if cfg.lora_rank > 0 and cfg.stage == "finetune":  # a plain Wan transformer with the LoRA merged in
+        import copy
+
+        transformer = copy.deepcopy(model.transformer)
+        transformer.fuse_lora(lora_scale=1.0)
+        transformer.unload_lora()
+        export = PFPModel(model.name, transformer, model.memory_encoder, model.codec, model.video, True)
+    export.save(out / "model")
+    ema.restore(params)
+    (out / "model" / "training.json").write_text(json.dumps({"config": asdict(cfg), **state}, indent=2))
+
+
+def _trainable(model: PFPModel, cfg: TrainConfig) -> list[nn.Parameter]:
+    if cfg.stage == "codec":
+        return list(model.codec.vae.parameters())
+    params = list(model.memory_encoder.parameters())
+    params += [p for p in model.transformer.parameters() if p.requires_grad]
+    return params
+
+
+def _load_state(cfg: TrainConfig, model: PFPModel, optimizer) -> dict:
+    from safetensors.torch import load_file
+
+    state_dir = Path(cfg.out) / "state"
+    for name, module in model.modules().items():
+        files = sorted((state_dir / name).glob("*.safetensors"))
+        sd = {}
+        for f in files:
+            sd.update(load_file(str(f)))
+        module.load_state_dict(sd)
+    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu"))
+    return json.loads((state_dir / "state.json").read_text())
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run one (resumable) training session; returns the final state (step, samples, losses)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    if cfg.stage not in STAGES:
+        raise ValueError(f"unknown stage {cfg.stage!r}; choose one of {', '.join(STAGES)}")
+    t_start = time.time()
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no",
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    set_seed(cfg.seed + accelerator.process_index)
+    device = accelerator.device
+    model = _init_model(cfg)
+    if cfg.stage == "finetune" and cfg.lora_rank > 0:
+        from peft import LoraConfig
+
+        model.transformer.requires_grad_(False)
+        model.transformer.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank,
+                                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    if cfg.gradient_checkpointing:
+        model.transformer.enable_gradient_checkpointing()
+    model.to(device)
+
+    # data: rendered/decoded once per run, latents kept on the device
+    frames, storyboards = _load_training_clips(model, cfg, accelerator)
+    if cfg.stage == "codec":
+        trainer_module = CodecTrainingModule(model.codec.vae)
+    else:
+        text_encoder = _text_encoder(model, cfg)
+        if isinstance(text_encoder, PrecomputedTextEncoder):
+            storyboards = [restrict_storyboard(s, set(text_encoder.table)) if s else s for s in storyboards]
+        clips = encode_clips(model.codec, frames, storyboards, model.video.fps)
+        trainer_module = MemoryTrainingModule(model)
+
+    params = _trainable(model, cfg)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    state = {"step": 0, "samples": 0, "stage": cfg.stage, "elapsed_s": 0.0}
+    if cfg.resume and (Path(cfg.out) / "state" / "state.json").exists():
+        state = _load_state(cfg, model, optimizer)
+        accelerator.print(f"resumed {cfg.out} at step {state['step']}")
+    ema = EMAModel(params, decay=cfg.ema_decay)
+    trainer_module, optimizer = accelerator.prepare(trainer_module, optimizer)
+
+    gen = torch.Generator().manual_seed(np_seed(cfg.seed, accelerator.process_index, state["step"]))
+    log_path = Path(cfg.out) / "metrics.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else math.inf
+    last_ckpt, run_t0, losses = time.time(), time.time(), []
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not accelerator.is_main_process, desc=cfg.stage)
+    n = model.video.segment_latent_frames
+    while state["step"] < cfg.max_steps and time.time() - t_start < budget_s:
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(state["step"], cfg)
+        with accelerator.autocast():
+            if cfg.stage == "codec":
+                x = random_windows(frames, cfg.codec_window, cfg.batch_size, gen).to(device)
+                loss, extra = trainer_module(x)
+                kind = "codec"
+            else:
+                loss, kind = _memory_step(trainer_module, clips, text_encoder, cfg, gen, device, n)
+                extra = {}
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(params)
+        state["step"] += 1
+        state["samples"] += cfg.batch_size * accelerator.num_processes
+        losses.append(loss.item())
+        bar.update(1)
+        if state["step"] % cfg.log_every == 0 and accelerator.is_main_process:
+            rate = state["samples"] / max(time.time() - run_t0, 1e-6)
+            rec = {"step": state["step"], "loss": sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]),
+                   "kind": kind, "lr": lr_at(state["step"], cfg), "samples_per_s": rate, "time": time.time(), **extra}
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rate:.1f}")
+            with log_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if time.time() - last_ckpt > cfg.checkpoint_every_min * 60:
+            state["elapsed_s"] += time.time() - last_ckpt
+            _save_state(accelerator, cfg, model, optimizer, ema, state)
+            last_ckpt = time.time()
+    bar.close()
+    if cfg.stage == "codec":  # the shipped codec is the EMA one: its latent statistics are measured on it
+        ema.copy_to(params)
+        _set_latent_statistics(model, frames, device)
+    state["elapsed_s"] += time.time() - last_ckpt
+    state["final_loss"] = sum(losses[-50:]) / max(len(losses[-50:]), 1) if losses else None
+    state["first_loss"] = sum(losses[:50]) / max(len(losses[:50]), 1) if losses else None
+    state["samples_per_s"] = state["samples"] / max(time.time() - run_t0, 1e-6)
+    accelerator.wait_for_everyone()
+    _save_state(accelerator, cfg, model, optimizer, ema, state)
+    return state
+
+
+def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen, device, n: int):
+    """One batch: stage-1 retrieval (always in pretrain; a share of batches in finetune) or stage-2 next segment."""
+    idx = torch.randint(0, len(clips), (cfg.batch_size,), generator=gen)
+    lat = clips.latents[idx.to(clips.latents.device)]  # (B, C, T', H', W')
+    b, t_total = lat.shape[0], lat.shape[2]
+    retrieval = cfg.stage == "pretrain" or torch.rand(1, generator=gen).item() < cfg.retrieval_share
+    if retrieval:
+        # Ω at its true time positions; no caption: recall must come from the memory (the inspector
+        # recalls uploaded videos, which have none)
+        omega = retrieval_batch(lat, cfg.num_query, gen).to(device)
+        x0, history, positions = lat[:, :, omega], lat, omega.float()
+        text = text_encoder.null(b)
+        kind = "retrieval"
+    else:
+        s = int(torch.randint(0, t_total - n + 1, (1,), generator=gen))  # s = 0: the first segment, no memory
+        x0, history = lat[:, :, s : s + n], (lat[:, :, :s] if s > 0 else None)
+        positions = torch.arange(s, s + n, device=device, dtype=torch.float32)
+        prompts = [clips.prompts[i][s] for i in idx.tolist()]
+        prompts = [p if torch.rand(1, generator=gen).item() >= cfg.caption_dropout else "" for p in prompts]
+        text = text_encoder.encode(prompts)
+        kind = "next_segment"
+    t = sample_train_t(b, 3.0, gen).to(device)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    return module(x0, text.to(device), history, positions, t, noise), kind
+
+
+@torch.no_grad()
+def _set_latent_statistics(model: PFPModel, frames_u8: torch.Tensor, device) -> None:
+    """Per-channel mean/std of the trained codec's latents, stored in the VAE config (as Wan's are)."""
+    from ..codec import WanLatentCodec
+
+    vae = model.codec.vae.eval()
+    vae.register_to_config(latents_mean=[0.0] * vae.config.z_dim, latents_std=[1.0] * vae.config.z_dim)
+    raw = encode_clips(WanLatentCodec(vae), frames_u8[:64], [""] * min(64, len(frames_u8)), model.video.fps).latents
+    mean, std = raw.mean(dim=(0, 2, 3, 4)), raw.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
+    vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    model.codec = WanLatentCodec(vae)
+    vae.train()
