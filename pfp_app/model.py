@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-from .backbone.memory_dit import MemoryTokens, memory_dit_forward
+from .backbone.memory_dit import MemoryTokens, enable_memory_blocks, memory_dit_forward
 from .codec import WanLatentCodec
 from .memory.encoder import MemoryEncoder
 from .text_encoder import MiniLMTextEncoder, TextEncoder, UMT5TextEncoder
@@ -175,7 +175,7 @@ def build_random_model(config_name: str = "tiny", seed: int = 0) -> PFPModel:
         raise ModelLoadError(f"unknown model config {config_name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
     cfg = MODEL_CONFIGS[config_name]
     torch.manual_seed(seed)
-    transformer = WanTransformer3DModel(**cfg.transformer)
+    transformer = enable_memory_blocks(WanTransformer3DModel(**cfg.transformer))
     vae = AutoencoderKLWan(**_vae_kwargs(cfg.vae))
     encoder = build_memory_encoder(transformer, cfg.memory)
     video = VideoSpec(**asdict(cfg.video))
@@ -232,7 +232,7 @@ def load_model(spec: str | Path = "default", memory_dir: str | Path | None = Non
             _require(folder / sub, f"{sub}/")
     else:
         raise ModelLoadError(f"'{folder}' is neither a PFP model folder ({BUNDLE_FILE}) nor a Wan 2.1 diffusers folder (model_index.json)")
-    transformer = _load_part(WanTransformer3DModel, folder, "transformer", **kw)
+    transformer = enable_memory_blocks(_load_part(WanTransformer3DModel, folder, "transformer", **kw))
     vae = _load_part(AutoencoderKLWan, folder, "vae", **kw)
     mem_root = Path(memory_dir) if memory_dir is not None else folder
     if not (mem_root / "memory_encoder").exists() and not (mem_root / "config.json").exists():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
 from .rope import grid_coords, rope_at_coords
 
@@ -28,6 +29,57 @@ class MemoryTokens:
     @property
     def num_tokens(self) -> int:
         return self.tokens.shape[1]
+
+
+@dataclass
+class TwoGroupTimestep:
+    """adaLN inputs for a sequence of `num_query` noisy tokens followed by clean memory tokens."""
+
+    query: torch.Tensor  # (B, 6, D) timestep projection at the queries' t
+    memory: torch.Tensor  # (B, 6, D) timestep projection at t = 0
+    num_query: int
+
+
+class MemoryWanTransformerBlock(WanTransformerBlock):
+    """Wan's block, plus one more accepted `temb`: a `TwoGroupTimestep`.
+
+    Wan's own per-token path (a 4-D temb) would need a (B, N, 6, D) float32 tensor per block: 2.2 GB
+    for a 14B DiT over a 480p segment and 20 s of memory, more than the whole offloaded model. With two
+    groups only two (B, 6, D) modulations exist and are applied to each part of the sequence. Blocks are
+    given this class in place (`enable_memory_blocks`), before any offload hook wraps their forward;
+    parameters and weight names are unchanged, and any other temb takes Wan's own path unchanged.
+    """
+
+    def forward(self, hidden_states, encoder_hidden_states, temb, rotary_emb):
+        if not isinstance(temb, TwoGroupTimestep):
+            return super().forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
+        x, n = hidden_states, temb.num_query
+        q = (self.scale_shift_table + temb.query.float()).chunk(6, dim=1)  # 6 x (B, 1, D)
+        m = (self.scale_shift_table + temb.memory.float()).chunk(6, dim=1)
+
+        def modulate(h, i):  # h (B, N, D) float32: scale index i + 1, shift index i
+            return torch.cat([h[:, :n] * (1 + q[i + 1]) + q[i], h[:, n:] * (1 + m[i + 1]) + m[i]], dim=1)
+
+        def gate(h, i):
+            return torch.cat([h[:, :n] * q[i], h[:, n:] * m[i]], dim=1)
+
+        # 1. Self-attention
+        norm = modulate(self.norm1(x.float()), 0).type_as(x)
+        x = (x.float() + gate(self.attn1(norm, None, None, rotary_emb), 2)).type_as(x)
+        # 2. Cross-attention (no timestep modulation in Wan)
+        norm = self.norm2(x.float()).type_as(x)
+        x = x + self.attn2(norm, encoder_hidden_states, None, None)
+        # 3. Feed-forward
+        norm = modulate(self.norm3(x.float()), 3).type_as(x)
+        return (x.float() + gate(self.ffn(norm).float(), 5)).type_as(x)
+
+
+def enable_memory_blocks(transformer: WanTransformer3DModel) -> WanTransformer3DModel:
+    """Give the transformer's blocks the two-group timestep path (in place; weights untouched)."""
+    for block in transformer.blocks:
+        if type(block) is WanTransformerBlock:
+            block.__class__ = MemoryWanTransformerBlock
+    return transformer
 
 
 def patch_grid(transformer: WanTransformer3DModel, latent_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -79,15 +131,18 @@ def memory_dit_forward(
 
     timestep = timestep.reshape(-1).expand(batch) if timestep.numel() == 1 else timestep
     if has_memory:
-        # Two timesteps per sample: the noisy queries' t and the clean memory's 0, embedded once
-        # each and then spread over the tokens (Wan 2.2 TI2V's per-token path).
+        # Two timesteps per sample: the noisy queries' t and the clean memory's 0, each embedded once.
         ts_pair = torch.stack([timestep, torch.zeros_like(timestep)], dim=1)  # (B, 2)
         temb, timestep_proj, text, _ = transformer.condition_embedder(
             ts_pair.flatten(), text_embeddings, None, timestep_seq_len=2
         )  # temb (B, 2, D), timestep_proj (B, 2, 6D)
-        token_kind = torch.zeros(x.shape[1], dtype=torch.long, device=x.device)
-        token_kind[num_query:] = 1
-        block_temb = timestep_proj.unflatten(2, (6, -1))[:, token_kind]  # (B, N, 6, D)
+        proj = timestep_proj.unflatten(2, (6, -1))  # (B, 2, 6, D)
+        if all(isinstance(b, MemoryWanTransformerBlock) for b in transformer.blocks):
+            block_temb = TwoGroupTimestep(proj[:, 0], proj[:, 1], num_query)
+        else:  # plain diffusers blocks: Wan 2.2 TI2V's per-token path, (B, N, 6, D)
+            token_kind = torch.zeros(x.shape[1], dtype=torch.long, device=x.device)
+            token_kind[num_query:] = 1
+            block_temb = proj[:, token_kind]
         head_temb = temb[:, 0]  # (B, D): the head only sees query tokens
     else:
         head_temb, timestep_proj, text, _ = transformer.condition_embedder(timestep, text_embeddings, None)
