@@ -1,0 +1,224 @@
+"""Rectified flow conventions, both training objectives' wiring, and the learning test of issue 2.
+
+The learning test trains a tiny φ + G with the stage-1 retrieval loss only and then asks G to
+retrieve frames of clips it has never seen. What "held out" means here: every training step draws
+new random clips, so no clip can be stored in G's weights; the test clips come from another seed,
+and each of their frames is queried at its true time position, from noise, given φ(clip) alone.
+Training on one fixed clip would leave room for G to memorise that clip's frames as a function of
+time (the zeroed memory tokens keep their RoPE coordinates, so time still reaches G); unseen clips
+rule that out, so a win over the zeroed memory can only come through φ.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from pfp_app.backbone.memory_dit import MemoryTokens, memory_dit_forward
+from pfp_app.flow import (
+    NUM_TRAIN_TIMESTEPS,
+    SamplerSettings,
+    add_noise,
+    flow_loss,
+    make_scheduler,
+    next_segment_loss,
+    retrieval_batch,
+    retrieval_loss,
+    sample,
+)
+from pfp_app.memory.encoder import MemoryEncoder
+from pfp_app.metrics import psnr
+
+from conftest import report, small_transformer
+
+# ---- conventions -----------------------------------------------------------------------------
+
+
+def test_add_noise_endpoints_and_straight_path():
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 2, 4, 4, generator=g), torch.randn(3, 4, 2, 4, 4, generator=g)
+    assert torch.equal(add_noise(x0, noise, torch.zeros(3)), x0)
+    assert torch.equal(add_noise(x0, noise, torch.ones(3)), noise)
+    t = torch.tensor([0.1, 0.5, 0.9])
+    x_t = add_noise(x0, noise, t)
+    for i in range(3):  # per-sample t, on the straight line x0 + t (noise - x0)
+        torch.testing.assert_close(x_t[i], x0[i] + t[i] * (noise[i] - x0[i]))
+
+
+def _oracle(x0):
+    """A perfect velocity model for a known x0: v = (x_t - x0) / t = noise - x0 on the straight path."""
+    def model(x, timestep, text, memory, positions):
+        sigma = (timestep.float() / NUM_TRAIN_TIMESTEPS).view(-1, *[1] * (x.ndim - 1))
+        return (x - x0) / sigma
+    return model
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10])
+def test_euler_with_the_perfect_velocity_recovers_x0(steps):
+    """Fixes the sign of v (noise - x0) and the timestep scale (t * 1000) the samplers feed the DiT."""
+    x0 = torch.randn(2, 4, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    out = sample(_oracle(x0), x0.shape, None, None, None, SamplerSettings(steps=steps, sampler="euler", shift=3.0),
+                 torch.Generator().manual_seed(2))
+    torch.testing.assert_close(out, x0, atol=1e-3, rtol=0)
+    # a model with the opposite sign convention lands far away
+    flipped = sample(lambda *a: -_oracle(x0)(*a), x0.shape, None, None, None,
+                     SamplerSettings(steps=steps, sampler="euler", shift=3.0), torch.Generator().manual_seed(2))
+    assert (flipped - x0).abs().mean() > 0.5
+
+
+@pytest.mark.parametrize("sampler", ["euler", "unipc"])
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_sampling_the_constant_velocity_noise_minus_x0_recovers_x0(sampler, shift):
+    """The model returns noise - x0 for the very noise `sample` starts from (same seeded generator)."""
+    x0 = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
+    out = sample(lambda *a: noise - x0, x0.shape, None, None, None, SamplerSettings(steps=8, sampler=sampler, shift=shift),
+                 torch.Generator().manual_seed(4))
+    torch.testing.assert_close(out, x0, atol=1e-3, rtol=0)
+
+
+def test_schedulers_start_from_pure_noise_and_end_clean():
+    for name in ("euler", "unipc"):
+        s = make_scheduler(name, 3.0)
+        s.set_timesteps(6)
+        assert float(s.sigmas[0]) == pytest.approx(1.0, abs=1e-5) and float(s.sigmas[-1]) == 0.0
+    with pytest.raises(ValueError, match="unknown sampler 'ddim'"):
+        make_scheduler("ddim", 3.0)
+
+
+def test_guidance_needs_the_null_text():
+    with pytest.raises(ValueError, match="unconditional"):
+        sample(lambda *a: a[0], (1, 4, 1, 4, 4), None, None, None, SamplerSettings(steps=2, guidance_scale=5.0))
+
+
+def test_flow_loss_of_the_perfect_model_is_zero():
+    x0 = torch.randn(3, 4, 2, 4, 4, generator=torch.Generator().manual_seed(5))
+    loss = flow_loss(_oracle(x0), x0, None, None, None, shift=3.0, generator=torch.Generator().manual_seed(6))
+    assert loss.item() < 1e-8
+
+
+def test_retrieval_loss_denoises_the_queried_frames_at_their_true_times():
+    """A model that is perfect only if `positions` name the frames it is asked to denoise."""
+    history = torch.randn(2, 4, 10, 8, 8, generator=torch.Generator().manual_seed(7))
+    enc = MemoryEncoder(latent_channels=4, hidden_dim=8, rate="2x2x1", variant="only_lr")
+    seen = {}
+
+    def model(x, timestep, text, memory, positions):
+        seen.update(positions=positions, memory=memory)
+        return _oracle(history[:, :, positions.long()])(x, timestep, text, memory, positions)
+
+    loss = retrieval_loss(model, enc, history, None, num_query=3, shift=3.0, generator=torch.Generator().manual_seed(8))
+    assert loss.item() < 1e-8
+    assert seen["positions"].shape == (3,) and torch.all(seen["positions"][1:] > seen["positions"][:-1])
+    assert seen["memory"].coords[:, 0].max() == 9  # φ saw the whole clip (rate t = 1: one memory frame each)
+    omega = retrieval_batch(history, 50, torch.Generator().manual_seed(0))
+    assert torch.equal(omega, torch.arange(10))  # asking for more frames than exist gives them all
+
+
+def test_next_segment_loss_sees_only_the_past_and_denoises_what_follows():
+    clip = torch.randn(1, 4, 9, 8, 8, generator=torch.Generator().manual_seed(9))
+    enc = MemoryEncoder(latent_channels=4, hidden_dim=8, rate="2x2x1", variant="only_lr")
+    for seed in range(5):
+        seen = {}
+
+        def model(x, timestep, text, memory, positions):
+            seen.update(positions=positions, memory=memory)
+            return _oracle(clip[:, :, positions.long()])(x, timestep, text, memory, positions)
+
+        loss = next_segment_loss(model, enc, clip, None, segment_frames=3, shift=3.0, generator=torch.Generator().manual_seed(seed))
+        s = int(seen["positions"][0])
+        assert loss.item() < 1e-8
+        assert torch.equal(seen["positions"], torch.arange(s, s + 3, dtype=torch.float32))
+        assert seen["memory"].coords[:, 0].max() == s - 1  # the memory ends right before the segment
+    with pytest.raises(ValueError, match="too short"):
+        next_segment_loss(model, enc, clip[:, :, :3], None, segment_frames=3, shift=3.0)
+
+
+# ---- the learning test -----------------------------------------------------------------------
+
+C, FRAMES, SIZE, BLOCK = 4, 8, 8, 4  # latent clip (C, 8, 8, 8): each frame a 2x2 mosaic of random colours
+TRAIN_STEPS, BATCH, NUM_QUERY, SHIFT = 300, 8, 2, 1.0
+TEST_CLIPS, SAMPLE_STEPS = 4, 10
+
+
+def mosaic_clips(n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, C, FRAMES, SIZE, SIZE) in [-1, 1]: every frame an independent mosaic of 4x4-latent tiles.
+
+    Frames differ from each other and from the clip's mean, and nothing about a frame can be guessed
+    from its time or from the other frames: only the memory of that very clip can tell it.
+    """
+    tiles = torch.rand(n, C, FRAMES, SIZE // BLOCK, SIZE // BLOCK, generator=generator) * 2 - 1
+    return tiles.repeat_interleave(BLOCK, 3).repeat_interleave(BLOCK, 4)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    dit = small_transformer(seed=0, in_channels=C, layers=2, ffn_dim=128)  # G: width 64, 2 layers
+    enc = MemoryEncoder(latent_channels=C, hidden_dim=64, rate="2x2x1", variant="proposed",
+                        hr_base_channels=16, hr_channels=32, hr_attention_layers=1, hr_heads=2)  # φ
+    enc.init_from_transformer(dit.patch_embedding)
+    text = torch.randn(1, 4, dit.config.text_dim, generator=torch.Generator().manual_seed(9))
+
+    def model(x, timestep, txt, memory, positions):
+        return memory_dit_forward(dit, x, timestep, txt.expand(x.shape[0], -1, -1), memory, positions)
+
+    params = [*dit.parameters(), *enc.parameters()]
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(1)
+    dit.train(), enc.train()
+    t0 = time.perf_counter()
+    losses = []
+    for _ in range(TRAIN_STEPS):
+        loss = retrieval_loss(model, enc, mosaic_clips(BATCH, gen), text, NUM_QUERY, SHIFT, gen)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+    train_s = time.perf_counter() - t0
+    dit.eval(), enc.eval()
+
+    clips = mosaic_clips(TEST_CLIPS, torch.Generator().manual_seed(12345))  # never seen in training
+    scores = {"memory": [], "zeroed": [], "mean": [], "wrong_time": []}
+    settings = SamplerSettings(steps=SAMPLE_STEPS, sampler="euler", shift=SHIFT)
+    with torch.no_grad():
+        for clip in clips:
+            memory = enc(clip[None])
+            zeroed = MemoryTokens(memory.tokens * 0, memory.coords)  # φ's output zeroed, coordinates kept
+            mean = clip.mean(dim=1)  # (C, H, W): the history-mean baseline
+            for k in range(FRAMES):
+                pos, shape = torch.tensor([float(k)]), (1, C, 1, SIZE, SIZE)
+                got = sample(model, shape, text, memory, pos, settings, torch.Generator().manual_seed(k))[0, :, 0]
+                got0 = sample(model, shape, text, zeroed, pos, settings, torch.Generator().manual_seed(k))[0, :, 0]
+                truth = clip[:, k]
+                scores["memory"].append(psnr(got, truth))
+                scores["zeroed"].append(psnr(got0, truth))
+                scores["mean"].append(psnr(mean, truth))
+                scores["wrong_time"].append(max(psnr(got, clip[:, j]) for j in range(FRAMES) if j != k))
+    result = {k: sum(v) / len(v) for k, v in scores.items()}
+    result.update(first_loss=sum(losses[:10]) / 10, last_loss=sum(losses[-10:]) / 10, train_s=train_s)
+    report(f"learning test ({TRAIN_STEPS} steps x {BATCH} clips, {train_s:.1f} s training; retrieval of every frame of "
+           f"{TEST_CLIPS} unseen clips, euler {SAMPLE_STEPS} steps, latent PSNR): with memory {result['memory']:.2f} dB, "
+           f"memory zeroed {result['zeroed']:.2f} dB, history mean {result['mean']:.2f} dB, "
+           f"best wrong-time frame {result['wrong_time']:.2f} dB; loss {result['first_loss']:.3f} -> {result['last_loss']:.3f}")
+    return result
+
+
+def test_training_lowers_the_retrieval_loss(trained):
+    assert trained["last_loss"] < 0.25 * trained["first_loss"]
+
+
+def test_retrieval_from_memory_beats_the_zeroed_memory(trained):
+    assert trained["memory"] >= trained["zeroed"] + 3.0
+
+
+def test_retrieval_from_memory_beats_the_history_mean(trained):
+    assert trained["memory"] >= trained["mean"] + 3.0
+
+
+def test_retrieval_returns_the_frame_of_the_queried_time(trained):
+    """Not just some remembered frame: the one at the query's time position."""
+    assert trained["memory"] >= trained["wrong_time"] + 3.0
