@@ -69,7 +69,8 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
     "default": ModelConfig(
         transformer=dict(_WAN_DIT, num_attention_heads=6, attention_head_dim=64, ffn_dim=1024, num_layers=6,
                          text_dim=384, freq_dim=128, rope_max_seq_len=512),
-        vae=dict(base_dim=24, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]),
+        # 4x space, 4x time: an 8x-space codec trained for minutes on this data reached only 18.7 dB
+        vae=dict(base_dim=24, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True]),
         memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=64, hr_channels=192, hr_attention_layers=1, hr_heads=4),
         video=VideoSpec(height=128, width=128, fps=8, segment_latent_frames=5, steps=16),
         notes="the embedded default: 128x128 at 8 fps, trained by this project on procedural storyboard clips",
