@@ -201,11 +201,13 @@ def build_transformer(shape: Shape, device, seed: int = 0):
     from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
 
+    from pfp_app.backbone import enable_memory_blocks
     from pfp_app.model import MODEL_CONFIGS
     from pfp_app.runtime import cast_for_compute
 
     with init_empty_weights(include_buffers=False):
-        tr = WanTransformer3DModel(**MODEL_CONFIGS[shape.config].transformer)
+        # the app's own blocks: memory tokens at t = 0 through the two-group timestep path
+        tr = enable_memory_blocks(WanTransformer3DModel(**MODEL_CONFIGS[shape.config].transformer))
     materialize_(tr, device, _generator(device, seed))
     return cast_for_compute(tr, torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32).eval()
 
@@ -543,14 +545,14 @@ def markdown(results: dict) -> str:
 
     # (a) step time
     lines += ["**(a) Seconds per denoising step** (median, CUDA events; segment 9 latent frames at 480x832, "
-              "20 s history = 80 latent frames; DiT resident bf16; the per-token timestep path as is)", ""]
+              "20 s history = 80 latent frames; DiT resident bf16; memory at t = 0 via the app's two-group block path)", ""]
     head = "| row |" + "".join(f" tokens ({s}) | {s} s/step | x segment |" for s in shapes) + " target / reference |"
     lines += [head, "|" + "---|" * (2 + 3 * len(shapes))]
     labels = {"segment": "segment alone", "4x4x2": "+ φ memory 4x4x2", "2x2x2": "+ φ memory 2x2x2",
               "2x2x1": "+ φ memory 2x2x1", "full": "+ full 20 s history, uncompressed",
               "shared_t_4x4x2": "+ memory 4x4x2, one shared timestep (what-if)"}
     notes = {"segment": "ref 1.3B: 0.186", "4x4x2": "target <= 1.5x segment; ref 1.3B: 0.279 (~5k tokens)",
-             "full": "ref 1.3B: 7.56 (139k tokens)", "shared_t_4x4x2": "cost of the (B, N, 6, D) modulation"}
+             "full": "ref 1.3B: 7.56 (139k tokens)", "shared_t_4x4x2": "lower bound: no separate timestep for memory"}
     for row, label in labels.items():
         if not any(row in results["steps"].get(s, {}) for s in shapes):
             continue

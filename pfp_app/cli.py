@@ -19,6 +19,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "a PFP model folder, or a Wan 2.1 diffusers folder")
     p.add_argument("--memory", default=None, help="folder with φ weights (memory_encoder/) for a Wan 2.1 folder")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    p.add_argument("--profile", default="auto",
+                   help="runtime profile: auto, resident, lowvram, fp8, offload, offload+fp8, cpu (presets/profiles/)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -59,15 +61,20 @@ def _device(name: str) -> str:
 
 
 def _load(args):
+    import torch
+
     from .model import load_model
     from .pipeline import PFPPipeline
+    from .runtime import apply_profile
 
-    model = load_model(args.model, memory_dir=args.memory)
     device = _device(args.device)
-    model.to(device)
+    # bf16 on load for GPUs: a 14B DiT in float32 would need ~57 GB of RAM
+    model = load_model(args.model, memory_dir=args.memory, torch_dtype=torch.bfloat16 if device == "cuda" else None)
+    info = apply_profile(model, args.profile, device)
+    print(f"runtime: {info.summary()}", file=sys.stderr)
     if not model.trained:
         print(f"note: model {model.label}", file=sys.stderr)
-    return PFPPipeline(model, device=device)
+    return PFPPipeline(model, device=info.device, dtype=info.dtype)
 
 
 def cmd_generate(args) -> int:
@@ -138,47 +145,28 @@ def _comment(project) -> str:
 
 def cmd_recall(args) -> int:
     import numpy as np
-    import torch
+
+    from PIL import Image
 
     from .metrics import error_heatmap
-    from .video_io import frames_to_tensor, read_video, tensor_to_frames, video_info
+    from .recall_clip import check_recall_request, encode_clip, prepare_clip
+    from .video_io import tensor_to_frames
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must end in .png, got '{out.name}'")
-    if args.history <= 0:
-        raise ValueError("--history must be positive")
-    info = video_info(args.video)
-    if not 0 <= args.at <= info.duration:
-        raise ValueError(f"--at {args.at:g} s is outside the video (0 to {info.duration:.2f} s)")
-    start = max(0.0, info.duration - args.history)
-    if args.at < start:
-        raise ValueError(f"--at {args.at:g} s is before the compressed history ({start:.2f} to {info.duration:.2f} s); "
-                         f"raise --history to at least {info.duration - args.at:.2f}")
+    names = ("--at ", "--history")
+    check_recall_request(args.video, args.at, args.history, names)  # bad input fails before the model loads
     pipe = _load(args)
-    v = pipe.model.video
-    frames, fps = read_video(args.video, size=(v.height, v.width), start_s=start)
-    # resample to the model's frame rate (nearest frame), then keep 1 + 4k frames ending at the video's end
-    n = max(1, int((len(frames) - 1) * v.fps / fps) + 1)
-    idx = np.minimum(np.round(np.arange(n) * fps / v.fps).astype(int), len(frames) - 1)
-    frames = frames[idx]
-    r = pipe.model.codec.temporal_ratio
-    keep = 1 + r * ((len(frames) - 1) // r)
-    first_time = start + (len(frames) - keep) / v.fps
-    frames = frames[len(frames) - keep :]
-    frame_index = min(keep - 1, max(0, round((args.at - first_time) * v.fps)))
-    video = frames_to_tensor(frames)  # (3, T, H, W)
-    with torch.no_grad():
-        history = pipe.model.codec.encode(video[None].to(pipe.device))
-    res = pipe.recall(history, frame_index, truth_frames=video, steps=args.steps, seed=args.seed)
+    clip = prepare_clip(pipe, args.video, args.at, args.history, names)
+    frame_index = clip.frame_index(args.at)
+    res = pipe.recall(encode_clip(pipe, clip), frame_index, truth_frames=clip.frames, steps=args.steps, seed=args.seed)
     truth, recalled = tensor_to_frames(res.truth[:, None])[0], tensor_to_frames(res.recalled[:, None])[0]
     panel = np.concatenate([truth, recalled, error_heatmap(res.recalled, res.truth)], axis=1)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
     Image.fromarray(panel).save(out)
-    print(f"recalled frame {frame_index} ({first_time + frame_index / v.fps:.2f} s) of {keep} from {res.memory_tokens} memory "
-          f"tokens (compression {res.compression_ratio:.0f}:1) in {res.seconds:.1f} s")
+    print(f"recalled frame {frame_index} ({clip.time_of(frame_index):.2f} s) of {clip.frames.shape[1]} from "
+          f"{res.memory_tokens} memory tokens (compression {res.compression_ratio:.0f}:1) in {res.seconds:.1f} s")
     print(f"PSNR {res.psnr:.2f} dB  SSIM {res.ssim:.3f}  (history-mean baseline PSNR {res.baseline_psnr:.2f} dB)")
     print(f"wrote {out} (true | recalled | error)")
     return 0

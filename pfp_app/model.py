@@ -223,8 +223,11 @@ def load_model(spec: str | Path = "default", memory_dir: str | Path | None = Non
         raise ModelLoadError(f"model folder '{folder}' does not exist (or is not a folder)")
     kw = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
     if (folder / BUNDLE_FILE).exists():
-        meta = json.loads((folder / BUNDLE_FILE).read_text())
-        video = VideoSpec(**meta["video"])
+        try:
+            meta = json.loads((folder / BUNDLE_FILE).read_text())
+            video = VideoSpec(**meta["video"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ModelLoadError(f"'{folder / BUNDLE_FILE}' is not a valid PFP model description: {err}") from err
         name, trained, text_folder = meta.get("name", folder.name), True, None
     elif (folder / "model_index.json").exists():
         video = _wan_video_spec(folder)

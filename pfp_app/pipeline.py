@@ -131,7 +131,10 @@ class PFPPipeline:
         if project is not None:
             project.write_storyboard(format_storyboard(sb))
             project.write_settings(self.settings_record(sb, settings))
-        history = project.load_history(start_segment) if (project is not None and start_segment > 0) else None
+        if start_segment > 0 and (project is None or start_segment > project.finished_segments()):
+            raise ValueError(f"cannot continue from segment {start_segment}: the project holds "
+                             f"{0 if project is None else project.finished_segments()} finished segments")
+        history = project.load_history(start_segment) if start_segment > 0 else None
         if start_segment > 0 and (history is None or history.shape[2] != start_segment * n):
             raise ValueError(f"cannot continue from segment {start_segment}: the project holds "
                              f"{0 if history is None else history.shape[2] // n} finished segments")
@@ -247,6 +250,8 @@ class PFPPipeline:
         the true video, for PSNR/SSIM and the history-mean baseline.
         """
         t0 = time.perf_counter()
+        if frame_index < 0:
+            raise ValueError(f"frame {frame_index} is outside the history (frames start at 0)")
         r = self.model.codec.temporal_ratio
         j, offset = self.latent_index_of_frame(frame_index, r)
         if not 0 <= j < history.shape[2]:

@@ -252,10 +252,6 @@ def test_model_folder_without_weights(capsys, film, tmp_path):
     assert "no safetensors weights" in _model_error(capsys, film, tmp_path, folder)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: load_model parses pfp_model.json unguarded (pfp_app/model.py:221-222); "
-                   "invalid JSON prints 'error: Expecting property name enclosed in double quotes: line 1 column 2 "
-                   "(char 1)' and a missing field prints 'error: VideoSpec.__init__() missing 3 required positional "
-                   "arguments', neither naming the file")
 @pytest.mark.parametrize("content", ["{not json", '{"name": "x", "video": {"height": 64}}'])
 def test_model_folder_with_a_bogus_bundle_file_names_it(capsys, film, tmp_path, content):
     folder = tmp_path / "bogus_bundle"
@@ -306,9 +302,6 @@ def test_a_saved_model_folder_loads_and_behaves_as_saved(tiny_model, film, tmp_p
     assert "PSNR" in stdout and "UNTRAINED" not in err
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: cmd_recall checks --at against the history start (pfp_app/cli.py:155) "
-                   "but then drops up to 3 leading frames to keep 1 + 4k (cli.py:165-169) and clamps the index to 0, so "
-                   "--at 1.7 --history 1 on a 2.625 s video silently recalls the frame at 2.00 s")
 def test_recall_returns_the_asked_time_or_refuses(film, tmp_path, capsys):
     out, _ = film
     rc, stdout, err = run_cli(capsys, "recall", "--video", str(out), "--at", "1.7", "--history", "1", "--out",

@@ -91,8 +91,6 @@ def test_bad_rate_and_variant_are_value_errors():
         MemoryEncoder(latent_channels=C, hidden_dim=D, variant="big")
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: memory_grid/memory_token_count index RATES directly and raise "
-                   "KeyError('3x3x3') instead of the ValueError MemoryEncoder raises (pfp_app/memory/encoder.py:37)")
 def test_token_count_of_a_bad_rate_is_a_value_error():
     with pytest.raises(ValueError, match="unknown memory rate"):
         memory_token_count((8, 8, 8), "3x3x3")
@@ -224,9 +222,6 @@ def test_incremental_encoding_in_uneven_steps_equals_a_full_pass(variant, rate):
             assert cache.frames_done == end - end % enc.stride[0]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: encode_incremental with no new latent frames (history already fully "
-                   "cached, a multiple of the memory stride) runs avg_pool3d/conv on an empty window and raises "
-                   "RuntimeError instead of returning the cached memory (pfp_app/memory/encoder.py:270-279)")
 @pytest.mark.parametrize("variant", ["proposed", "large_patchifier"])
 def test_incremental_encoding_of_an_unchanged_history_returns_the_cached_memory(variant):
     enc = make_encoder(variant, "2x2x2", open_gate=True)

@@ -165,9 +165,6 @@ def test_continuing_without_a_project_is_a_value_error(tiny_pipeline, storyboard
         tiny_pipeline.generate(storyboard, settings(0), None, start_segment=2)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: PFPPipeline.generate calls project.load_history(start_segment) "
-                   "before checking finished_segments(), so a missing segment raises FileNotFoundError from "
-                   "safetensors instead of the intended 'cannot continue' ValueError (pfp_app/pipeline.py:134)")
 def test_continuing_needs_the_earlier_segments(tiny_pipeline, storyboard, tmp_path):
     with pytest.raises(ValueError, match="cannot continue from segment 2: the project holds 0 finished segments"):
         tiny_pipeline.generate(storyboard, settings(0), Project(tmp_path / "empty"), start_segment=2)
@@ -198,8 +195,6 @@ def test_recall_of_a_frame_after_the_history_is_a_value_error(tiny_pipeline, gen
         tiny_pipeline.recall(history, n_frames, steps=STEPS)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: PFPPipeline.recall accepts negative frames; latent_index_of_frame(-1, 4) "
-                   "is (0, 2), so frame -1 silently recalls frame 0 (pfp_app/pipeline.py:243-246)")
 def test_recall_of_a_negative_frame_is_a_value_error(tiny_pipeline, generated):
     history = generated[0].load_history()
     with pytest.raises(ValueError, match="outside the history"):

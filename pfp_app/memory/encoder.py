@@ -34,6 +34,8 @@ VARIANTS = ("proposed", "only_lr", "without_lr", "large_patchifier")
 
 def memory_grid(token_grid: tuple[int, int, int], rate: str) -> tuple[int, int, int]:
     """(T', H', W') token grid of the history -> (Tm, Hm, Wm) memory grid (ceil: edges are padded)."""
+    if rate not in RATES:
+        raise ValueError(f"unknown memory rate {rate!r}; choose one of {', '.join(RATES)}")
     rh, rw, rt = RATES[rate]
     t, h, w = token_grid
     return math.ceil(t / rt), math.ceil(h / rh), math.ceil(w / rw)
@@ -272,6 +274,8 @@ class MemoryEncoder(ModelMixin, ConfigMixin):
             raise ValueError(f"the memory cache covers {done} latent frames but the history has only {total}")
         if cache is not None and cache.tokens is not None and cache.tokens.shape[0] != history_latents.shape[0]:
             raise ValueError("the memory cache was built for another batch size")
+        if cache is not None and cache.tokens is not None and done == total:  # nothing new to summarise
+            return MemoryTokens(tokens=cache.tokens, coords=cache.coords), cache
         ctx = min(done, self.context_memory_frames * st) if self.use_hr else 0
         window = self._pad(history_latents[:, :, done - ctx :])  # (B, C, ctx + new (+pad), H, W)
         first_mf, ctx_mf = done // st, ctx // st

@@ -1,0 +1,88 @@
+"""Any video prepared for memory inspection: the CLI's `recall` and the studio's upload share this.
+
+The last `history_seconds` of the video are resized and resampled (nearest frame) to the model's
+size and frame rate and trimmed to 1 + 4k frames ending at the video's end, as the codec needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .video_io import MAX_UPLOAD_BYTES, VideoInfo, VideoReadError, frames_to_tensor, read_video, video_info
+
+
+@dataclass
+class Clip:
+    """A video prepared for recall: pixels at the model's size and frame rate, 1 + 4k frames."""
+
+    frames: torch.Tensor  # (3, T, H, W) in [-1, 1]
+    first_time: float  # seconds of frames[:, 0] in the source video
+    fps: float
+
+    def frame_index(self, seconds: float) -> int:
+        return min(self.frames.shape[1] - 1, max(0, round((seconds - self.first_time) * self.fps)))
+
+    def time_of(self, frame_index: int) -> float:
+        return self.first_time + frame_index / self.fps
+
+
+def check_video(path: str | Path | None) -> VideoInfo:
+    """Video info of a user's file, or VideoReadError with a message a user can act on."""
+    if not path:
+        raise VideoReadError("no video given")
+    p = Path(path)
+    if p.is_file() and p.stat().st_size > MAX_UPLOAD_BYTES:
+        raise VideoReadError(f"'{p.name}' is larger than the upload limit ({p.stat().st_size:,} bytes; "
+                             "uploads are limited to 2 GiB)")
+    return video_info(p)
+
+
+def check_recall_request(path: str | Path, at: float, history_seconds: float,
+                         names: tuple[str, str] = ("", "the history length")) -> tuple[VideoInfo, float]:
+    """Validate a recall request before any model is loaded: (video info, history start in seconds).
+
+    names: how the caller calls the time and the history length in messages (the CLI: '--at ', '--history')."""
+    at_name, history_name = names
+    info = check_video(path)
+    if not history_seconds > 0:
+        raise ValueError(f"{history_name} must be positive")
+    if not 0 <= at <= info.duration:
+        raise ValueError(f"{at_name}{at:g} s is outside the video (0 to {info.duration:.2f} s)")
+    start = max(0.0, info.duration - history_seconds)
+    if at < start:
+        raise ValueError(f"{at_name}{at:g} s is before the compressed history ({start:.2f} to {info.duration:.2f} s); "
+                         f"raise {history_name} to at least {info.duration - at:.2f}")
+    return info, start
+
+
+def prepare_clip(pipe, path: str | Path, at: float, history_seconds: float,
+                 names: tuple[str, str] = ("", "the history length")) -> Clip:
+    """The history of `path` that holds time `at` (seconds), ready for `encode_clip` and `PFPPipeline.recall`."""
+    at_name, history_name = names
+    info, start = check_recall_request(path, at, history_seconds, names)
+    v = pipe.model.video
+    frames, fps = read_video(path, size=(v.height, v.width), start_s=start)
+    n = max(1, int((len(frames) - 1) * v.fps / fps) + 1)
+    idx = np.minimum(np.round(np.arange(n) * fps / v.fps).astype(int), len(frames) - 1)
+    frames = frames[idx]
+    r = pipe.model.codec.temporal_ratio
+    keep = 1 + r * ((len(frames) - 1) // r)
+    first_time = start + (len(frames) - keep) / v.fps
+    if at < first_time - 0.5 / v.fps:  # the trim to 1 + 4k frames dropped the frame asked for
+        raise ValueError(f"{at_name}{at:g} s is before the compressed history ({first_time:.2f} to {info.duration:.2f} s "
+                         f"after trimming to whole codec blocks); raise {history_name} to at least "
+                         f"{info.duration - at + r / v.fps:.2f}")
+    return Clip(frames_to_tensor(frames[len(frames) - keep :]), first_time, float(v.fps))
+
+
+@torch.no_grad()
+def encode_clip(pipe, clip: Clip) -> torch.Tensor:
+    """Latents (1, C, T', H', W') of a clip: the history φ compresses."""
+    return pipe.model.codec.encode(clip.frames[None].to(pipe.device))
+
+
+__all__ = ["Clip", "VideoReadError", "check_video", "encode_clip", "prepare_clip"]
