@@ -94,11 +94,20 @@ def _cmd_captions(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    import torch.distributed as dist
+
     from .trainer import TrainConfig, train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    state = train(cfg)
-    print(json.dumps(state, indent=2))
+    try:
+        state = train(cfg)
+    finally:
+        distributed = dist.is_available() and dist.is_initialized()
+        main_process = not distributed or dist.get_rank() == 0
+        if distributed:  # torchrun / accelerate launch: leave the process group cleanly
+            dist.destroy_process_group()
+    if main_process:
+        print(json.dumps(state, indent=2))
     return 0
 
 

@@ -5,8 +5,16 @@ One file, nanoGPT-style. Built on `accelerate`: the same command runs on the CPU
 time budget so a run fits a fixed window; checkpoints (safetensors + optimizer state) every N minutes
 and at the end, resumable with --resume on any number of processes; a JSONL metrics log.
 
+Several processes (`accelerate launch --num_processes N`, or `torchrun --nproc_per_node N`, which also
+drives the CPU over gloo): every rank builds the same initial weights (seed `cfg.seed`), then draws its
+own batches (seed `cfg.seed`, rank, step) from its own shard of the clips; DDP averages the gradients;
+`--grad-accum K` accumulates K micro-batches per optimizer step. A step therefore sees
+batch_size x world_size x K samples. Decisions that end a step (time budget, checkpoint due) are agreed
+across ranks, so no rank waits forever in an all-reduce; only the main process writes files; and the
+state folder holds the unwrapped weights, optimizer and EMA, the same for any world size.
+
 Run folder layout:  OUT/model/ (EMA weights: a loadable PFP model folder, `--model OUT/model`)
-                    OUT/state/ (raw weights, optimizer.pt, state.json)   OUT/metrics.jsonl
+                    OUT/state/ (raw weights, optimizer.pt, ema.pt, state.json)   OUT/metrics.jsonl
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ class TrainConfig:
     codec_window: int = 17  # frames per codec training window (1 + 4k)
     log_every: int = 25
     workers: int = 0
+    grad_accum: int = 1  # micro-batches per optimizer step (accelerate's gradient accumulation)
 
 
 class MemoryTrainingModule(nn.Module):
@@ -128,6 +137,9 @@ def _load_training_clips(model, cfg, accelerator) -> tuple[torch.Tensor, list[st
     v = model.video
     ds = clip_dataset(cfg.data, cfg.num_clips, cfg.clip_seconds, v.height, v.fps, cfg.data_seed)
     idx = shard_indices(len(ds), accelerator.process_index, accelerator.num_processes)
+    if not idx:
+        raise ValueError(f"--num-clips {len(ds)} leaves process {accelerator.process_index} of "
+                         f"{accelerator.num_processes} without clips; use at least one clip per process")
     frames, storyboards = load_clips(ds, idx, cfg.workers)
     return frames, storyboards
 
@@ -141,6 +153,7 @@ def _save_state(accelerator, cfg, model: PFPModel, optimizer, ema, state: dict) 
     for name, module in model.modules().items():
         module.save_pretrained(out / "state" / name, safe_serialization=True)
     torch.save(optimizer.state_dict(), out / "state" / "optimizer.pt")
+    torch.save(ema.state_dict(), out / "state" / "ema.pt")
     (out / "state" / "state.json").write_text(json.dumps(state, indent=2))
     params = _trainable(model, cfg)
     ema.store(params)
@@ -167,6 +180,7 @@ def _trainable(model: PFPModel, cfg: TrainConfig) -> list[nn.Parameter]:
 
 
 def _load_state(cfg: TrainConfig, model: PFPModel, optimizer) -> dict:
+    """Weights and optimizer from OUT/state (before `accelerator.prepare`: unwrapped, any world size)."""
     from safetensors.torch import load_file
 
     state_dir = Path(cfg.out) / "state"
@@ -180,6 +194,24 @@ def _load_state(cfg: TrainConfig, model: PFPModel, optimizer) -> dict:
     return json.loads((state_dir / "state.json").read_text())
 
 
+def _load_ema(cfg: TrainConfig, ema, device) -> bool:
+    path = Path(cfg.out) / "state" / "ema.pt"
+    if not path.exists():  # checkpoints written before the EMA was saved: it restarts from the weights
+        return False
+    ema.load_state_dict(torch.load(path, weights_only=True, map_location=device))
+    ema.decay = cfg.ema_decay
+    return True
+
+
+def _agree(accelerator, *flags: bool) -> list[bool]:
+    """Flags true on any rank are true on all (one tiny all-reduce), so every rank leaves the loop,
+    or checkpoints, at the same step."""
+    if accelerator.num_processes == 1:
+        return list(flags)
+    t = torch.tensor([float(f) for f in flags], device=accelerator.device)
+    return [bool(v) for v in accelerator.reduce(t, "max").tolist()]
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run one (resumable) training session; returns the final state (step, samples, losses)."""
     from accelerate import Accelerator
@@ -189,10 +221,16 @@ def train(cfg: TrainConfig) -> dict:
 
     if cfg.stage not in STAGES:
         raise ValueError(f"unknown stage {cfg.stage!r}; choose one of {', '.join(STAGES)}")
+    if cfg.grad_accum < 1:
+        raise ValueError("--grad-accum must be at least 1")
     t_start = time.time()
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no",
+    on_gpu = torch.cuda.is_available()
+    # cpu=True without a GPU: under torchrun, accelerate then joins the ranks over gloo (MULTI_CPU)
+    accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no",
+                              gradient_accumulation_steps=cfg.grad_accum,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    set_seed(cfg.seed + accelerator.process_index)
+    world = accelerator.num_processes
+    set_seed(cfg.seed)  # the same initial weights (and LoRA adapters) on every rank
     device = accelerator.device
     model = _init_model(cfg)
     if cfg.stage == "finetune" and cfg.lora_rank > 0:
@@ -204,6 +242,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.gradient_checkpointing:
         model.transformer.enable_gradient_checkpointing()
     model.to(device)
+    set_seed(cfg.seed + accelerator.process_index)  # from here on each rank draws its own randomness
 
     # data: rendered/decoded once per run, latents kept on the device
     frames, storyboards = _load_training_clips(model, cfg, accelerator)
@@ -223,57 +262,90 @@ def train(cfg: TrainConfig) -> dict:
         state = _load_state(cfg, model, optimizer)
         accelerator.print(f"resumed {cfg.out} at step {state['step']}")
     ema = EMAModel(params, decay=cfg.ema_decay)
+    if cfg.resume and state["step"] > 0 and _load_ema(cfg, ema, device):
+        accelerator.print(f"resumed the EMA ({ema.optimization_step} updates)")
     trainer_module, optimizer = accelerator.prepare(trainer_module, optimizer)
 
     gen = torch.Generator().manual_seed(np_seed(cfg.seed, accelerator.process_index, state["step"]))
     log_path = Path(cfg.out) / "metrics.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else math.inf
-    last_ckpt, run_t0, losses = time.time(), time.time(), []
+    last_ckpt, run_t0, run_samples0, losses = time.time(), time.time(), state["samples"], []
     bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not accelerator.is_main_process, desc=cfg.stage)
     n = model.video.segment_latent_frames
-    while state["step"] < cfg.max_steps and time.time() - t_start < budget_s:
+    accelerator.print(f"{cfg.stage}: {world} process(es) x batch {cfg.batch_size} x grad-accum {cfg.grad_accum} "
+                      f"= {cfg.batch_size * world * cfg.grad_accum} samples per step, {len(frames)} clips on this rank")
+    stop = _agree(accelerator, state["step"] >= cfg.max_steps or time.time() - t_start >= budget_s)[0]
+    while not stop:
         for g in optimizer.param_groups:
             g["lr"] = lr_at(state["step"], cfg)
-        with accelerator.autocast():
-            if cfg.stage == "codec":
-                x = random_windows(frames, cfg.codec_window, cfg.batch_size, gen).to(device)
-                loss, extra = trainer_module(x)
-                kind = "codec"
-            else:
-                loss, kind = _memory_step(trainer_module, clips, text_encoder, cfg, gen, device, n)
-                extra = {}
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        micro_losses = []
+        for _ in range(cfg.grad_accum):  # the last micro-batch syncs the gradients and steps the optimizer
+            with accelerator.accumulate(trainer_module):
+                with accelerator.autocast():
+                    if cfg.stage == "codec":
+                        x = random_windows(frames, cfg.codec_window, cfg.batch_size, gen).to(device)
+                        loss, extra = trainer_module(x)
+                        kind = "codec"
+                    else:
+                        loss, kind = _memory_step(trainer_module, clips, text_encoder, cfg, gen, device, n)
+                        extra = {}
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_losses.append(loss.item())
         ema.step(params)
         state["step"] += 1
-        state["samples"] += cfg.batch_size * accelerator.num_processes
-        losses.append(loss.item())
+        state["samples"] += cfg.batch_size * world * cfg.grad_accum
+        losses.append(sum(micro_losses) / len(micro_losses))
         bar.update(1)
-        if state["step"] % cfg.log_every == 0 and accelerator.is_main_process:
-            rate = state["samples"] / max(time.time() - run_t0, 1e-6)
-            rec = {"step": state["step"], "loss": sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]),
-                   "kind": kind, "lr": lr_at(state["step"], cfg), "samples_per_s": rate, "time": time.time(), **extra}
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rate:.1f}")
-            with log_path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-        if time.time() - last_ckpt > cfg.checkpoint_every_min * 60:
+        if state["step"] % cfg.log_every == 0:
+            local = sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:])
+            mean_loss = accelerator.reduce(torch.tensor(local, device=device), "mean").item()  # over all ranks
+            if accelerator.is_main_process:
+                rate = (state["samples"] - run_samples0) / max(time.time() - run_t0, 1e-6)
+                rec = {"step": state["step"], "loss": mean_loss, "kind": kind, "lr": lr_at(state["step"], cfg),
+                       "samples": state["samples"], "samples_per_s": rate, "world_size": world,
+                       "grad_accum": cfg.grad_accum, "time": time.time(), **extra}
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rate:.1f}")
+                with log_path.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+        out_of_time, checkpoint_due = _agree(accelerator, time.time() - t_start >= budget_s,
+                                             time.time() - last_ckpt > cfg.checkpoint_every_min * 60)
+        stop = out_of_time or state["step"] >= cfg.max_steps
+        if checkpoint_due and not stop:  # the final checkpoint follows the loop
+            _summarise(state, losses, state["samples"] - run_samples0, time.time() - run_t0)
             state["elapsed_s"] += time.time() - last_ckpt
             _save_state(accelerator, cfg, model, optimizer, ema, state)
             last_ckpt = time.time()
     bar.close()
-    if cfg.stage == "codec":  # the shipped codec is the EMA one: its latent statistics are measured on it
-        ema.copy_to(params)
+    result = {"world_size": world, "grad_accum": cfg.grad_accum}
+    if not losses and state["step"] > 0:  # resumed a finished run (or no time left): the checkpoint stands as is
+        accelerator.print(f"nothing to do: {cfg.out} is at step {state['step']} (max {cfg.max_steps})")
+        return {**state, **result}
+    _summarise(state, losses, state["samples"] - run_samples0, time.time() - run_t0)
+    if cfg.stage == "codec" and accelerator.is_main_process:  # the shipped codec is the EMA one: its latent
+        ema.copy_to(params)                                   # statistics are measured on it
         _set_latent_statistics(model, frames, device)
     state["elapsed_s"] += time.time() - last_ckpt
-    state["final_loss"] = sum(losses[-50:]) / max(len(losses[-50:]), 1) if losses else None
-    state["first_loss"] = sum(losses[:50]) / max(len(losses[:50]), 1) if losses else None
-    state["samples_per_s"] = state["samples"] / max(time.time() - run_t0, 1e-6)
     accelerator.wait_for_everyone()
     _save_state(accelerator, cfg, model, optimizer, ema, state)
-    return state
+    accelerator.wait_for_everyone()  # every rank returns once the checkpoint is on disk
+    return {**state, **result}
+
+
+def _summarise(state: dict, losses: list[float], run_samples: int, run_seconds: float) -> None:
+    """This run's throughput and mean losses (first/last 50 steps) into the state; a resumed run keeps the
+    first run's first_loss."""
+    for key in ("samples_per_s", "final_loss", "first_loss"):
+        state.setdefault(key, None)
+    if losses:
+        state["samples_per_s"] = run_samples / max(run_seconds, 1e-6)
+        state["final_loss"] = sum(losses[-50:]) / len(losses[-50:])
+        if state["first_loss"] is None:
+            state["first_loss"] = sum(losses[:50]) / len(losses[:50])
 
 
 def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen, device, n: int):

@@ -1,0 +1,211 @@
+"""The training commands' CPU path (issue 3): codec, stage 1, stage 2 with LoRA, resume, time budget,
+gradient accumulation, caption table and fp16 export, on the `tiny` config and a handful of short clips."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from pfp_app.cli import main
+from pfp_app.model import load_model
+from pfp_app.train.trainer import TrainConfig, train
+
+from conftest import TEST_THREADS, report
+
+REPO = Path(__file__).resolve().parent.parent
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": str(TEST_THREADS)}
+# 4 procedural clips of 3 s (25 frames at 8 fps -> 7 latent frames), batch 2: a fixed, tiny training set
+TINY_DATA = dict(init="tiny", num_clips=4, clip_seconds=3.0, batch_size=2, workers=0, warmup_steps=5, lr=1e-3,
+                 log_every=10, checkpoint_every_min=60.0)
+CLI_DATA = ["--init", "tiny", "--num-clips", "4", "--clip-seconds", "3", "--batch-size", "2", "--workers", "0",
+            "--warmup-steps", "5", "--lr", "1e-3", "--log-every", "5"]
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def saved_state(out: Path) -> dict:
+    return json.loads((out / "state" / "state.json").read_text())
+
+
+def optimizer_steps(out: Path) -> set[int]:
+    """AdamW's per-parameter step counts in the saved optimizer state (all equal after a clean run)."""
+    opt = torch.load(out / "state" / "optimizer.pt", weights_only=True)
+    return {int(s["step"]) for s in opt["state"].values()}
+
+
+def ema_updates(out: Path) -> int:
+    return torch.load(out / "state" / "ema.pt", weights_only=True)["optimization_step"]
+
+
+@pytest.fixture(scope="module")
+def caption_table(tmp_path_factory):
+    """`python -m pfp_app captions` (in-process): every one-character caption, 5 pairs and the presets."""
+    path = tmp_path_factory.mktemp("captions") / "captions.safetensors"
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the command reads presets/storyboards relative to the repository root
+    try:
+        assert main(["captions", "--out", str(path), "--pairs", "5"]) == 0
+    finally:
+        os.chdir(cwd)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, caption_table):
+    """Stage 2 with LoRA rank 4 for 4 steps, resumed to 6, on the precomputed caption table (the GPU recipe's path)."""
+    out = tmp_path_factory.mktemp("ft")
+    cfg = TrainConfig(stage="finetune", out=str(out), max_steps=4, lora_rank=4, text_table=str(caption_table),
+                      retrieval_share=0.3, **{**TINY_DATA, "log_every": 2})
+    first = train(cfg)
+    resumed = train(TrainConfig(**{**cfg.__dict__, "max_steps": 6, "resume": True}))
+    return out, first, resumed
+
+
+def test_codec_stage_writes_a_loadable_model_with_latent_statistics(tmp_path):
+    out = tmp_path / "codec"
+    state = train(TrainConfig(stage="codec", out=str(out), max_steps=4, codec_window=9,
+                              **{**TINY_DATA, "log_every": 2}))
+    assert state["step"] == 4 and math.isfinite(state["final_loss"])
+    rec = metrics(out)
+    assert [r["step"] for r in rec] == [2, 4] and all(r["kind"] == "codec" and "l1" in r for r in rec)
+    model = load_model(out / "model")
+    cfg = model.codec.vae.config
+    assert len(cfg.latents_mean) == len(cfg.latents_std) == cfg.z_dim == 8
+    # measured on the trained codec's latents, not the placeholders (0, 1) a random tiny VAE carries
+    assert any(abs(m) > 1e-4 for m in cfg.latents_mean) and any(abs(s - 1) > 1e-3 for s in cfg.latents_std)
+    assert all(s > 0 for s in cfg.latents_std)
+    assert json.loads((out / "model" / "training.json").read_text())["config"]["stage"] == "codec"
+
+
+def test_pretrain_loss_decreases(tmp_path):
+    out = tmp_path / "pre"
+    t0 = time.time()
+    state = train(TrainConfig(stage="pretrain", out=str(out), max_steps=80, **TINY_DATA))
+    seconds = time.time() - t0
+    losses = [r["loss"] for r in metrics(out)]
+    assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
+    first, last = sum(losses[:2]) / 2, sum(losses[-2:]) / 2  # means over steps 1-20 and 61-80
+    report(f"train: tiny stage-1 loss {first:.3f} (steps 1-20) -> {last:.3f} (steps 61-80), "
+           f"{state['samples_per_s']:.0f} samples/s, {seconds:.1f} s with setup")
+    assert last < 0.7 * first, losses
+    assert state["step"] == 80 and state["samples"] == 160 and state["world_size"] == 1
+    load_model(out / "model")  # the EMA weights as a loadable model folder
+
+    # resuming a finished run changes nothing (no re-save of the EMA export, losses kept)
+    before = {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()}
+    again = train(TrainConfig(stage="pretrain", out=str(out), max_steps=80, resume=True, **TINY_DATA))
+    assert again["step"] == 80 and again["final_loss"] == state["final_loss"]
+    assert {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()} == before
+
+
+def test_cli_resume_continues_from_the_saved_step(tmp_path):
+    """The real `python -m pfp_app train` twice: 10 steps, then --resume to 20."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pfp_app", "train", "--stage", "pretrain", "--out", str(out), *CLI_DATA]
+    first = subprocess.run([*cmd, "--max-steps", "10"], cwd=REPO, env=SUBPROCESS_ENV, capture_output=True,
+                           text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert saved_state(out)["step"] == 10 and optimizer_steps(out) == {10} and ema_updates(out) == 10
+    second = subprocess.run([*cmd, "--max-steps", "20", "--resume"], cwd=REPO, env=SUBPROCESS_ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resumed" in second.stdout and "at step 10" in second.stdout
+    state = saved_state(out)
+    assert state["step"] == 20 and state["samples"] == 20 * 2
+    assert optimizer_steps(out) == {20}  # the optimizer state was loaded, not restarted (that would give 10)
+    assert ema_updates(out) == 20  # and so was the EMA
+    rec = metrics(out)
+    assert [r["step"] for r in rec] == [5, 10, 15, 20]  # the second run went on from step 10, not from 0
+    assert [r["samples"] for r in rec] == [10, 20, 30, 40]
+    assert all(math.isfinite(r["loss"]) for r in rec)
+    printed = json.loads(second.stdout[second.stdout.index("{"):])  # the final state, printed by the command
+    assert printed["step"] == 20
+
+
+def test_finetune_lora_merges_into_a_plain_wan_transformer(finetuned):
+    from diffusers import WanTransformer3DModel
+
+    from pfp_app.model import build_random_model
+
+    out, first, resumed = finetuned
+    assert first["step"] == 4 and resumed["step"] == 6
+    # 6 with the optimizer state resumed (2 if restarted); φ's parameters skip the steps whose batches
+    # were first segments without a memory (no gradient), so theirs may be lower
+    assert max(optimizer_steps(out)) == 6 and min(optimizer_steps(out)) > 2
+    assert [r["step"] for r in metrics(out)] == [2, 4, 6]
+    assert {r["kind"] for r in metrics(out)} <= {"retrieval", "next_segment"}
+    plain = WanTransformer3DModel.from_pretrained(out / "model" / "transformer")
+    init = build_random_model("tiny", seed=0).transformer.state_dict()
+    sd = plain.state_dict()
+    assert not [k for k in sd if "lora" in k or "base_layer" in k]
+    assert set(sd) == set(init)
+    changed = {k for k in sd if not torch.equal(sd[k], init[k])}
+    # the LoRA targets (attention projections) moved; everything else in G stayed frozen
+    assert changed and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out.0")) for k in changed), changed
+    assert any("to_q" in k for k in changed)
+    model = load_model(out / "model")  # and the whole bundle loads as the app would
+    assert model.transformer.config.num_layers == 2
+
+
+def test_time_budget_stops_the_run(tmp_path):
+    out = tmp_path / "budget"
+    t0 = time.time()
+    state = train(TrainConfig(stage="pretrain", out=str(out), max_steps=10**6, time_budget_min=0.1, **TINY_DATA))
+    seconds = time.time() - t0
+    assert state["step"] < 10**6 and seconds < 6 + 30
+    assert saved_state(out)["step"] == state["step"]  # the final checkpoint was written
+    assert (out / "model" / "pfp_model.json").exists()
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    out = tmp_path / "accum"
+    state = train(TrainConfig(stage="pretrain", out=str(out), max_steps=3, grad_accum=2, **TINY_DATA))
+    assert state["step"] == 3 and state["samples"] == 3 * 2 * 2 and state["grad_accum"] == 2
+    assert optimizer_steps(out) == {3} and ema_updates(out) == 3  # one optimizer and EMA update per 2 micro-batches
+
+
+def test_captions_table(caption_table):
+    from pfp_app.data.world import all_captions
+    from pfp_app.train.data import caption_table_from_file
+
+    table = caption_table_from_file(str(caption_table))
+    assert set(all_captions(max_characters=1)) <= set(table)
+    emb = next(iter(table.values()))
+    assert emb.shape == (32, 384) and torch.isfinite(emb).all()
+
+
+def test_export_writes_fp16_shards(finetuned, tmp_path):
+    out, _, _ = finetuned
+    dest = tmp_path / "export"
+    assert main(["export", "--model", str(out / "model"), "--out", str(dest)]) == 0
+    files = sorted(dest.rglob("*.safetensors"))
+    assert {f.parent.name for f in files} == {"transformer", "memory_encoder", "vae"}
+    for f in files:
+        assert f.stat().st_size <= 15 * 10**6
+        with safe_open(str(f), "pt") as st:
+            assert {st.get_tensor(k).dtype for k in st.keys()} == {torch.float16}, f
+    assert (dest / "training.json").exists()
+    exported, original = load_model(dest), load_model(out / "model")
+    a, b = exported.transformer.state_dict(), original.transformer.state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-2, rtol=1e-2) for k in b)
+
+
+def test_export_shards_large_parts(finetuned, tmp_path):
+    """The shard limit is honoured when a part is larger than it (tiny parts fit one file at 15 MB)."""
+    out, _, _ = finetuned
+    dest = tmp_path / "sharded"
+    assert main(["export", "--model", str(out / "model"), "--out", str(dest), "--max-shard-size", "50KB"]) == 0
+    shards = sorted((dest / "transformer").glob("*.safetensors"))
+    assert len(shards) > 1 and (dest / "transformer" / "diffusion_pytorch_model.safetensors.index.json").exists()
+    load_model(dest)
