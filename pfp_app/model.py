@@ -207,11 +207,12 @@ def _load_part(cls, folder: Path, sub: str, **kwargs):
 
 
 def load_model(spec: str | Path = "default", memory_dir: str | Path | None = None, seed: int = 0,
-               torch_dtype: torch.dtype | None = None) -> PFPModel:
+               torch_dtype: torch.dtype | None = None, new_memory: dict | None = None) -> PFPModel:
     """`tiny-random` (or `<config>-random`), `default` (assets/pfp-default), our folder, or a Wan 2.1 folder.
 
     A Wan 2.1 diffusers folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/) needs
-    φ weights: memory_encoder/ inside it or `memory_dir`. Nothing is ever downloaded.
+    φ weights: memory_encoder/ inside it or `memory_dir` (training passes `new_memory`, a φ config, to start
+    one from scratch instead). Nothing is ever downloaded.
     """
     spec = str(spec)
     if spec.endswith("-random"):
@@ -239,7 +240,11 @@ def load_model(spec: str | Path = "default", memory_dir: str | Path | None = Non
     transformer = enable_memory_blocks(_load_part(WanTransformer3DModel, folder, "transformer", **kw))
     vae = _load_part(AutoencoderKLWan, folder, "vae", **kw)
     mem_root = Path(memory_dir) if memory_dir is not None else folder
-    if not (mem_root / "memory_encoder").exists() and not (mem_root / "config.json").exists():
+    has_memory = (mem_root / "memory_encoder").exists() or (mem_root / "config.json").exists()
+    if not has_memory and new_memory is not None:
+        return PFPModel(name, transformer, build_memory_encoder(transformer, new_memory), WanLatentCodec(vae), video,
+                        trained, text_encoder_factory=_text_factory(video, text_folder)).eval()
+    if not has_memory:
         raise ModelLoadError(f"no memory encoder (φ) weights: expected '{mem_root / 'memory_encoder'}'; "
                              "train one with `python -m pfp_app train` or pass --memory DIR")
     encoder = (_load_part(MemoryEncoder, mem_root, "memory_encoder", **kw) if (mem_root / "memory_encoder").exists()

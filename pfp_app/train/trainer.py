@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..flow import NUM_TRAIN_TIMESTEPS, add_noise, retrieval_batch, sample_train_t
 from ..model import PFPModel, build_random_model, load_model
-from ..text_encoder import MiniLMTextEncoder, PrecomputedTextEncoder
+from ..text_encoder import PrecomputedTextEncoder
 from .data import (
     LatentClips,
     caption_table_from_file,
@@ -119,7 +119,8 @@ def _init_model(cfg: TrainConfig) -> PFPModel:
         model = build_random_model(cfg.init, seed=cfg.seed)
         model.name, model.trained = cfg.init, True
     else:
-        model = load_model(cfg.init, torch_dtype=torch.float32)
+        # a Wan 2.1 folder without φ weights gets a fresh φ of the Wan config (stage 1 trains it)
+        model = load_model(cfg.init, torch_dtype=torch.float32, new_memory=MODEL_CONFIGS["wan2.1-1.3b"].memory)
     trained = {"codec": ("vae",)}.get(cfg.stage, ("transformer", "memory_encoder"))
     for name, m in model.modules().items():
         m.float().train(name in trained).requires_grad_(name in trained)
@@ -129,7 +130,7 @@ def _init_model(cfg: TrainConfig) -> PFPModel:
 def _text_encoder(model: PFPModel, cfg: TrainConfig):
     if cfg.text_table:
         return PrecomputedTextEncoder(caption_table_from_file(cfg.text_table))
-    return MiniLMTextEncoder(max_tokens=model.video.text_max_tokens)
+    return model.text_encoder  # MiniLM for our configs, umT5 for a Wan folder
 
 
 def _load_training_clips(model, cfg, accelerator) -> tuple[torch.Tensor, list[str]]:
