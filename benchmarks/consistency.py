@@ -1,0 +1,471 @@
+"""Paper Table 2 on our data (issue 6): consistency of generated videos with vs without stage-1 pretraining.
+
+    python benchmarks/consistency.py --plan
+    python benchmarks/consistency.py --resume --budget-min 9 --text-table .carry/captions.safetensors \
+        --results benchmarks/results/consistency.json          # one GPU call; repeat until all done
+    python benchmarks/consistency.py --tiny --out /tmp/consistency    # CPU smoke test
+
+Two arms per seed, from the SAME init folder (the shipped frozen codec + G `default` + the proposed φ at
+4x4x2, both freshly initialised from the seed, as in retrieval_ablation.py) and the same total budget in
+optimizer steps:
+- with pretrain:    stage 1 (retrieval) for P steps, then stage 2 (next segment) for F steps from its result;
+- without pretrain: stage 2 alone for P + F steps (φ enters stage 2 randomly initialised, as in the paper).
+Stage 2 keeps no retrieval batches here (--retrieval-share 0, the paper's stage 2): with the app's 0.3
+the "without" arm would get retrieval training too. Caption dropout and everything else: trainer defaults.
+
+Evaluation: procedural storyboards whose ground truth is known, generated with `PFPPipeline.generate`
+(one generation seed per storyboard, the same for both arms), shots aligned to segment boundaries:
+  0 "the P1, empty" | 1 "A in front of P2" | 2 "B in front of P3" | 3 "the P1, empty" | 4 "A in front of P2"
+so character A leaves and re-enters after >= --min-gap s (10 by default) and the camera returns to P1
+(the world starts every shot at a place from the same view), checked with `storyboard_returns`.
+- Character consistency: `appearance_signature` (colour + pattern) of A in the generated re-entry shot vs
+  in its first shot (`signature_agreement`), averaged over frames where A is fully in view. WHERE A is in a
+  generated frame is not known; two proxies: (a) the ground-truth track box of the same storyboard rendered
+  by `render_storyboard` (the world moves a character on a path fixed by (seed, identity), the same in both
+  shots, so a model that remembers A can put it there, but one that draws A elsewhere scores background);
+  (b) the window of the sprite's size whose pixels best match the caption's colour (prompt-driven, blind to
+  the first appearance). Shape is not scored (no shape metric in the core).
+- Place consistency: `view_agreement` of the generated return to P1 vs its first view, frame by frame at the
+  same offsets into the shot.
+References: the ground-truth render scored the same way (ceiling), and chance levels (two different
+characters' ground-truth signatures; two different places' first views). Mean ± 95% interval over
+storyboards (scores averaged over seeds first); with > without as paired per-storyboard differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import retrieval_ablation as ra  # noqa: E402  (shared: init folders, trainer calls, statistics, results files)
+
+ARMS = ("with_pretrain", "without_pretrain")
+ARM_NAMES = {"with_pretrain": "Proposed (with stage-1 pretraining)", "without_pretrain": "Without pretrain"}
+METRICS = (  # (key, column title)
+    ("character_box", "Character colour+pattern, ground-truth box ↑"),
+    ("character_located", "Character colour+pattern, located by caption colour ↑"),
+    ("place", "Place view on return ↑"),
+)
+FIDELITY = (("character_box_fidelity", "character vs ground truth"), ("place_fidelity", "place vs ground truth"))
+# arXiv 2512.23851, Table 2 (consistency, higher is better)
+PAPER_TABLE2 = {"with_pretrain": {"cloth": 96.12, "identity": 70.73, "object": 89.89},
+                "without_pretrain": {"cloth": 87.12, "identity": 66.99, "object": 81.13}}
+SHOT_SEGMENTS_MIN = 2  # segments in a shot where a character enters (it enters during up to 1 s)
+
+
+@dataclass
+class Settings(ra.Settings):
+    """Consistency protocol: the training fields of retrieval_ablation.Settings plus stage 2 and storyboards."""
+
+    rate: str = "4x4x2"
+    pretrain_steps: int = 800  # P
+    finetune_steps: int = 800  # F; "without" trains stage 2 for P + F
+    retrieval_share: float = 0.0
+    storyboards: int = 16
+    storyboard_seed: int = 20_000
+    min_gap: float = 10.0
+    gen_steps: int = 16
+
+    def protocol(self) -> dict:
+        base = super().protocol()
+        for k in ("steps", "num_query", "eval_clips", "eval_seconds", "eval_seed", "eval_steps", "eval_queries",
+                  "eval_batch"):
+            base.pop(k, None)
+        base["num_query"] = self.num_query
+        base.update(rate=self.rate, pretrain_steps=self.pretrain_steps, finetune_steps=self.finetune_steps,
+                    retrieval_share=self.retrieval_share, storyboards=self.storyboards,
+                    storyboard_seed=self.storyboard_seed, min_gap=self.min_gap, gen_steps=self.gen_steps)
+        return base
+
+
+TINY = dict(ra.TINY, pretrain_steps=2, finetune_steps=2, storyboards=3, min_gap=3.0, gen_steps=2)
+
+
+# ---------------------------------------------------------------------------------------------- storyboards
+
+def make_storyboard(index: int, s: Settings, segment_seconds: float):
+    """Storyboard `index` (text and ground truth): shots aligned to segments, A re-entering after >= min_gap s
+    and a return to P1. Returns (storyboard, truth) with truth = {A, B, P1, P2, P3, shots: [(start, end)]}."""
+    import numpy as np
+
+    from pfp_app.data.world import PLACES, ShotScene, all_characters, caption_for, storyboard_returns
+    from pfp_app.storyboard import parse_storyboard
+
+    rng = np.random.default_rng([s.storyboard_seed, index])
+    chars = all_characters()
+    a, b = (chars[i] for i in rng.choice(len(chars), 2, replace=False))
+    p1, p2, p3 = (list(PLACES)[i] for i in rng.choice(len(PLACES), 3, replace=False))
+    away = max(2, math.ceil(s.min_gap / segment_seconds - 1e-9))  # segments A is away (shots 2 and 3)
+    lengths = [SHOT_SEGMENTS_MIN, SHOT_SEGMENTS_MIN, away - away // 2, away // 2, SHOT_SEGMENTS_MIN]
+    scenes = [ShotScene((), p1), ShotScene((a,), p2), ShotScene((b,), p3), ShotScene((), p1), ShotScene((a,), p2)]
+    starts = [sum(lengths[:i]) * segment_seconds for i in range(len(lengths))]
+    total = sum(lengths) * segment_seconds
+    text = "\n".join(f"{t:g}s: {caption_for(sc)}" for t, sc in zip(starts, scenes)) + f"\ntotal: {total:g}s"
+    sb = parse_storyboard(text)
+    returns = storyboard_returns(sb, min_gap=s.min_gap)
+    assert any(r[0] == a.phrase and r[2] == 4 for r in returns["character_returns"]), returns
+    assert any(r[0] == p1 and r[1] == 0 and r[2] == 3 for r in returns["place_returns"]), returns
+    shots = [(starts[i], starts[i] + lengths[i] * segment_seconds) for i in range(len(lengths))]
+    return sb, {"A": a, "B": b, "P1": p1, "P2": p2, "P3": p3, "shots": shots, "render_seed": s.storyboard_seed + index}
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+def _shot_frames(shot: tuple[float, float], fps: float, num_frames: int, skip: int = 4) -> list[int]:
+    """Frame indices of a shot, minus its first `skip` frames: a generated segment's first 3 pixel frames
+    precede its start time (latent j decodes frames 4j-3..4j), so they may still show the previous shot."""
+    first, end = int(round(shot[0] * fps)), int(round(shot[1] * fps))
+    return list(range(min(first + skip, end), min(end, num_frames)))
+
+
+def _spread(xs: list, k: int = 4) -> list:
+    if len(xs) <= k:
+        return xs
+    return [xs[round(i * (len(xs) - 1) / (k - 1))] for i in range(k)]
+
+
+def locate_by_colour(frame, rgb, side: int) -> tuple[int, int, int, int]:
+    """The side x side window whose pixels are closest in colour to `rgb` (a box for appearance_signature)."""
+    import cv2
+    import numpy as np
+
+    d = np.linalg.norm(frame.astype(np.float32) - np.asarray(rgb, np.float32), axis=-1)
+    score = cv2.boxFilter((d < 60).astype(np.float32), -1, (side, side), normalize=True, borderType=cv2.BORDER_CONSTANT)
+    y, x = np.unravel_index(int(np.argmax(score)), score.shape)
+    h, w = frame.shape[:2]
+    x0, y0 = min(max(x - side // 2, 0), w - side), min(max(y - side // 2, 0), h - side)
+    return x0, y0, x0 + side, y0 + side
+
+
+def _mean_signature(frames, boxes):
+    import numpy as np
+
+    from pfp_app.data.world import appearance_signature
+
+    return np.mean([appearance_signature(frames[i], box) for i, box in boxes], axis=0)
+
+
+def score_storyboard(gen, gt, truth: dict) -> dict:
+    """gen, gt: (T, H, W, 3) uint8 of the generated and ground-truth videos -> consistency scores."""
+    from pfp_app.data.world import COLOURS, signature_agreement, view_agreement
+
+    fps = gt.fps
+    t_max = min(len(gen), gt.num_frames)
+    gt_frames = gt.frames
+    shots = truth["shots"]
+    a, b = truth["A"].phrase, truth["B"].phrase
+    out: dict[str, float | None] = {}
+
+    def visible(phrase, shot):
+        track = gt.tracks[phrase]
+        return _spread([i for i in _shot_frames(shot, fps, t_max) if track[i, 0] >= 0.999])
+
+    first, ret = visible(a, shots[1]), visible(a, shots[4])
+    b_first = visible(b, shots[2])
+    if first and ret:
+        box = lambda idx: [(i, gt.tracks[a][i, 1:]) for i in idx]  # noqa: E731
+        g_first, g_ret = _mean_signature(gen, box(first)), _mean_signature(gen, box(ret))
+        t_first, t_ret = _mean_signature(gt_frames, box(first)), _mean_signature(gt_frames, box(ret))
+        out["character_box"] = signature_agreement(g_first, g_ret)
+        out["character_box_gt"] = signature_agreement(t_first, t_ret)
+        out["character_box_fidelity"] = signature_agreement(g_ret, t_ret)
+        side = int(round(gt.tracks[a][first[0], 3] - gt.tracks[a][first[0], 1]))
+        rgb = COLOURS[truth["A"].colour]
+        loc = lambda frames, idx: [(i, locate_by_colour(frames[i], rgb, side)) for i in idx]  # noqa: E731
+        out["character_located"] = signature_agreement(_mean_signature(gen, loc(gen, first)),
+                                                       _mean_signature(gen, loc(gen, ret)))
+        out["character_located_gt"] = signature_agreement(_mean_signature(gt_frames, loc(gt_frames, first)),
+                                                          _mean_signature(gt_frames, loc(gt_frames, ret)))
+        if b_first:
+            t_b = _mean_signature(gt_frames, [(i, gt.tracks[b][i, 1:]) for i in b_first])
+            out["character_chance"] = signature_agreement(t_first, t_b)
+    p_first, p_ret = _shot_frames(shots[0], fps, t_max), _shot_frames(shots[3], fps, t_max)
+    offsets = _spread(list(range(min(len(p_first), len(p_ret)))))
+    if offsets:
+        pairs = [(p_first[k], p_ret[k]) for k in offsets]
+        out["place"] = sum(view_agreement(gen[i], gen[j]) for i, j in pairs) / len(pairs)
+        out["place_gt"] = sum(view_agreement(gt_frames[i], gt_frames[j]) for i, j in pairs) / len(pairs)
+        out["place_fidelity"] = sum(view_agreement(gen[j], gt_frames[j]) for _, j in pairs) / len(pairs)
+        other = _shot_frames(shots[2], fps, t_max)  # P3's first view: a different place
+        if len(other) > max(offsets):
+            out["place_chance"] = sum(view_agreement(gt_frames[p_first[k]], gt_frames[other[k]])
+                                      for k in offsets) / len(offsets)
+    return out
+
+
+def generate_and_score(model, index: int, s: Settings, device: str) -> dict:
+    import torch
+
+    from pfp_app.data.world import render_storyboard
+    from pfp_app.pipeline import GenerationSettings, PFPPipeline
+
+    t0 = time.time()
+    pipe = PFPPipeline(model, device=device)
+    sb, truth = make_storyboard(index, s, pipe.segment_seconds)
+    results = pipe.generate(sb, GenerationSettings(seed=index, steps=s.gen_steps))
+    frames = torch.cat([r.frames for r in results], dim=1)  # (3, T, H, W) in [-1, 1]
+    gen = frames.permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    gt = render_storyboard(sb, size=model.video.height, fps=model.video.fps, seed=truth["render_seed"])
+    scores = score_storyboard(gen, gt, truth)
+    scores["seconds"] = round(time.time() - t0, 1)
+    return scores
+
+
+def timing_records(results: dict, s: Settings) -> list[dict]:
+    """Every trainer session so far, for retrieval_ablation.estimate_train_s."""
+    return [dict(st, rate=s.rate) for r in results["runs"].values() for st in r.get("train", {}).values() if st]
+
+
+def load_arm_model(model_dir: Path, s: Settings, device: str):
+    import torch
+
+    from pfp_app.model import load_model
+
+    model = load_model(model_dir, torch_dtype=torch.float32).to(device)
+    if s.text_table:  # GPU machines carry precomputed caption embeddings instead of the text encoder
+        from pfp_app.text_encoder import PrecomputedTextEncoder
+        from pfp_app.train.data import caption_table_from_file
+
+        model._text_encoder = PrecomputedTextEncoder(caption_table_from_file(s.text_table))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+def summarise(results: dict) -> dict:
+    """Per arm: mean ± CI over storyboards (seed-averaged) of every score; orderings with > without, paired."""
+    per_arm: dict[str, dict[str, list[float]]] = {}
+    n_sb = results["protocol"]["storyboards"]
+    for arm in ARMS:
+        recs = [r for r in results["runs"].values() if r["arm"] == arm and len(r.get("storyboards", {})) == n_sb]
+        per_arm[arm] = {"seeds": sorted(r["seed"] for r in recs)}
+        keys = {k for r in recs for sc in r["storyboards"].values() for k in sc if k != "seconds"}
+        for k in keys:
+            cols = []
+            for i in range(n_sb):
+                vals = [r["storyboards"][str(i)].get(k) for r in recs]
+                vals = [v for v in vals if v is not None]
+                cols.append(sum(vals) / len(vals) if vals else None)
+            per_arm[arm][k] = cols
+    rows = {}
+    for arm in ARMS:
+        rows[arm] = {"seeds": per_arm[arm]["seeds"]}
+        for k, v in per_arm[arm].items():
+            if k != "seeds":
+                vals = [x for x in v if x is not None]
+                rows[arm][k] = ra.mean_ci(vals) if vals else (None, None)
+    orderings = {}
+    for key, _ in METRICS:
+        a, b = per_arm["with_pretrain"].get(key, []), per_arm["without_pretrain"].get(key, [])
+        pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+        orderings[key] = ra.compare([x for x, _ in pairs], [y for _, y in pairs], True)
+    return {"rows": rows, "orderings": orderings}
+
+
+def format_table(results: dict) -> str:
+    summ = summarise(results)
+    p = results["protocol"]
+    calls = results.get("calls", [])
+    devices = sorted({c.get("device", "?") for c in calls})
+    on_gpu = any(d != "cpu" for d in devices) and p.get("config") != "tiny"
+    x100 = lambda mh: ra.fmt(mh[0] * 100, mh[1] * 100, 1) if mh and mh[0] is not None else "(not measured)"  # noqa: E731
+    lines = ["### Table 2 (ours): consistency of generated videos, with vs without stage-1 pretraining", ""]
+    if not on_gpu:
+        lines += [ra.NOT_ON_GPU, ""]
+    lines += [
+        f"G `{p['config']}` + proposed φ {p['rate']} (fresh, same seed for both arms), shared frozen codec of "
+        f"`{p['codec']}`. With: stage 1 for {p['pretrain_steps']} steps then stage 2 for {p['finetune_steps']}; "
+        f"without: stage 2 for {p['pretrain_steps'] + p['finetune_steps']} steps; batch {p['batch_size']}, lr "
+        f"{p['lr']}, stage-2 retrieval share {p['retrieval_share']}, {p['num_clips']} training clips (data seed "
+        f"{p['data_seed']}). {p['storyboards']} storyboards (character re-enters after ≥ {p['min_gap']:g} s, "
+        f"camera returns to the first place), {p['gen_steps']} sampler steps. Scores ×100, mean ± 95% interval "
+        "over storyboards (averaged over seeds).",
+        f"Device: {', '.join(devices) or '(none yet)'} · wall time: {sum(c.get('wall_s', 0) for c in calls) / 60:.1f} "
+        f"min over {len(calls)} call(s) · dates: {', '.join(sorted({c.get('date', '?')[:10] for c in calls})) or '-'}",
+        "",
+        "| Method | seeds | " + " | ".join(t for _, t in METRICS) + " | fidelity: "
+        + " / ".join(t for _, t in FIDELITY) + " |",
+        "|---|---|" + "---|" * len(METRICS) + "---|",
+    ]
+    for arm in ARMS:
+        r = summ["rows"][arm]
+        lines.append(f"| {ARM_NAMES[arm]} | {', '.join(map(str, r['seeds'])) or '-'} | "
+                     + " | ".join(x100(r.get(k)) for k, _ in METRICS) + " | "
+                     + " / ".join(x100(r.get(k)) for k, _ in FIDELITY) + " |")
+    ref = summ["rows"]["with_pretrain"] if summ["rows"]["with_pretrain"].get("place_gt") else summ["rows"]["without_pretrain"]
+    lines.append("| *ground-truth render (ceiling)* | – | " + " | ".join(x100(ref.get(k + "_gt")) for k, _ in METRICS)
+                 + " | – |")
+    lines.append("| *chance: a different character / place* | – | " + x100(ref.get("character_chance")) + " | "
+                 + x100(ref.get("character_chance")) + " | " + x100(ref.get("place_chance")) + " | – |")
+    lines += ["", "With > without pretrain (paired per storyboard, ×100, mean ± 95% interval):", "",
+              "| score | Δ (with − without) | verdict |", "|---|---|---|"]
+    for key, title in METRICS:
+        o = summ["orderings"][key]
+        d = ra.fmt(o["diff"] * 100, o["ci95"] * 100, 1) if o["diff"] is not None else "(not measured)"
+        lines.append(f"| {title} | {d} | {o['verdict']} |")
+    lines += ["", "A video that draws nothing, or the same frame throughout, agrees with itself: read consistency "
+              "together with fidelity (the generated re-entry / return vs the ground-truth render), which must be well "
+              "above chance for consistency to mean anything."]
+    pw, po = PAPER_TABLE2["with_pretrain"], PAPER_TABLE2["without_pretrain"]
+    lines += ["", "Paper (Table 2, their metrics on real video: cloth / identity / object consistency): with pretrain "
+              f"{pw['cloth']} / {pw['identity']} / {pw['object']}, without {po['cloth']} / {po['identity']} / "
+              f"{po['object']}. Ours maps cloth and identity to the character's colour+pattern signature and object "
+              "to the returning place's view."]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plan", action="store_true")
+    ap.add_argument("--report", action="store_true", help="only rewrite the table from the results JSON")
+    ap.add_argument("--tiny", action="store_true", help="tiny config, a few steps, CPU (smoke test)")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--pretrain-steps", type=int, default=None)
+    ap.add_argument("--finetune-steps", type=int, default=None)
+    ap.add_argument("--storyboards", type=int, default=None)
+    ap.add_argument("--retrieval-share", type=float, default=None, help="stage-2 share of retrieval batches (default 0)")
+    ap.add_argument("--gen-steps", type=int, default=None, help="sampler steps per segment (default 16)")
+    ap.add_argument("--budget-min", type=float, default=9.0)
+    ap.add_argument("--out", default=None, help="run folders (default runs/consistency[-tiny])")
+    ap.add_argument("--results", default=None, help="results JSON (default OUT/results.json); table beside it")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--text-table", default=None)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--num-clips", type=int, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--in-process", action="store_true")
+    return ap.parse_args(argv)
+
+
+def stages(arm: str, s: Settings) -> list[tuple[str, str, int]]:
+    """(stage, folder name, max_steps) in order; each stage starts from the previous one's model."""
+    if arm == "with_pretrain":
+        return [("pretrain", "stage1", s.pretrain_steps), ("finetune", "stage2", s.finetune_steps)]
+    return [("finetune", "stage2", s.pretrain_steps + s.finetune_steps)]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_call = time.time()
+    deadline = t_call + args.budget_min * 60
+    s = Settings(**(TINY if args.tiny else {}))
+    for name in ("pretrain_steps", "finetune_steps", "storyboards", "retrieval_share", "text_table", "batch_size",
+                 "num_clips", "gen_steps"):
+        if getattr(args, name) is not None:
+            setattr(s, name, getattr(args, name))
+    default_workers = 0 if args.tiny else max(0, min(14, (os.cpu_count() or 2) - 2))
+    s.workers = args.workers if args.workers is not None else default_workers
+    s.in_process = s.in_process or args.in_process
+    out = Path(args.out or ("runs/consistency-tiny" if args.tiny else "runs/consistency"))
+    results_path = Path(args.results) if args.results else out / "results.json"
+    seeds = [int(x) for x in args.seeds.split(",")]
+    if args.report:  # the table of an existing results file, whatever its protocol
+        print(write_tables(json.loads(results_path.read_text()), results_path, out))
+        return 0
+    results = ra.load_results(results_path, "consistency", s.protocol(), args.resume or args.plan)
+    jobs = [(seed, arm) for seed in seeds for arm in ARMS]
+
+    if args.plan:
+        print(f"{len(jobs)} arms; per seed: with = stage 1 {s.pretrain_steps} + stage 2 {s.finetune_steps} steps, "
+              f"without = stage 2 {s.pretrain_steps + s.finetune_steps} steps; then {s.storyboards} storyboards each")
+        for seed, arm in jobs:
+            rec = results["runs"].get(f"{arm}_s{seed}", {})
+            done = len(rec.get("storyboards", {}))
+            est = sum(ra.estimate_train_s(timing_records(results, s), s.rate, s.batch_size, n)
+                      for _, _, n in stages(arm, s))
+            print(f"  {arm}_s{seed}: trained={bool(rec.get('trained'))}, storyboards {done}/{s.storyboards}, "
+                  f"training ~{est / 60:.1f} min (H100 guess)")
+        return 0
+
+    device = ra.default_device() if args.device == "auto" else args.device
+    call = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": ra.device_name() if device == "cuda" else "cpu", "budget_min": args.budget_min,
+            "argv": sys.argv[1:] if argv is None else list(argv)}
+    results["calls"].append(call)
+
+    def checkpoint() -> None:  # rewritten after every step of work: a call killed at its limit keeps it
+        call["wall_s"] = round(time.time() - t_call, 1)
+        ra.save_json(results_path, results)
+
+    reserve = 5 if s.tiny else 60
+    for seed, arm in jobs:
+        rid = f"{arm}_s{seed}"
+        rec = results["runs"].setdefault(rid, {"arm": arm, "seed": seed, "storyboards": {}})
+        base = out / f"s{seed}"
+        final = base / arm / stages(arm, s)[-1][1]
+        if len(rec["storyboards"]) < s.storyboards and (not rec.get("trained") or not (final / "model").exists()):
+            rec["trained"] = False
+            init = ra.build_init_folder(base / "init", s, "proposed", s.rate, seed, f"consistency-s{seed}")
+            src = init
+            for stage, name, steps in stages(arm, s):
+                run_dir = base / arm / name
+                if ra.is_trained(run_dir, steps):
+                    src = run_dir / "model"
+                    continue
+                st = ra.train_state(run_dir)
+                left = deadline - time.time() - reserve
+                est = ra.estimate_train_s(timing_records(results, s), s.rate, s.batch_size,
+                                          steps - (st["step"] if st else 0))
+                if left < reserve or (not s.tiny and args.budget_min * 60 - reserve > est > left):
+                    print(f"  {rid}/{name}: needs ~{est / 60:.1f} min, {left / 60:.1f} left: next call", flush=True)
+                    break
+                print(f"  training {rid}/{name} ({stage}, {steps} steps)", flush=True)
+                t0 = time.time()
+                st = ra.run_training(src, run_dir, stage, s, seed, max(left / 60, 0.1), steps,
+                                     retrieval_share=s.retrieval_share)
+                rec.setdefault("train", {})[name] = dict(st or {}, wall_s_this_call=round(time.time() - t0, 1))
+                checkpoint()
+                if not ra.is_trained(run_dir, steps):
+                    break
+                src = run_dir / "model"
+            rec["trained"] = ra.is_trained(final, stages(arm, s)[-1][2])
+            checkpoint()
+            if not rec["trained"]:
+                break  # arms in order: the next call continues here
+        if len(rec["storyboards"]) < s.storyboards:
+            model = load_arm_model(final / "model", s, device)
+            per = max([v.get("seconds", 0) for v in rec["storyboards"].values()] + [5.0 if s.tiny else 30.0])
+            for i in range(s.storyboards):
+                if str(i) in rec["storyboards"]:
+                    continue
+                if time.time() + per > deadline:
+                    break
+                print(f"  generating {rid}: storyboard {i + 1}/{s.storyboards}", flush=True)
+                rec["storyboards"][str(i)] = generate_and_score(model, i, s, device)
+                per = max(per, rec["storyboards"][str(i)]["seconds"])
+                checkpoint()
+            del model
+        if len(rec["storyboards"]) < s.storyboards:
+            break
+    checkpoint()
+    table = write_tables(results, results_path, out)
+    print(table)
+    todo = [f"{a}_s{sd}" for sd, a in jobs
+            if len(results["runs"].get(f"{a}_s{sd}", {}).get("storyboards", {})) < s.storyboards]
+    print(f"results: {results_path}"
+          + (f"; still to do: {', '.join(todo)} (rerun with --resume)" if todo else "; all done"))
+    return 0
+
+
+def write_tables(results: dict, results_path: Path, out: Path) -> str:
+    table = format_table(results)
+    for path in {results_path.with_suffix(".md"), out / "table.md"}:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(table)
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(main())

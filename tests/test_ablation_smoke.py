@@ -1,0 +1,205 @@
+"""Issue 6's paper benchmarks run end to end on the CPU in --tiny mode, and their verdicts are computed.
+
+Both scripts train (through the app's trainer, in this process), evaluate and write a table with every
+row; the ordering verdicts are recomputed here from the stored per-clip numbers, and the ordering and
+table functions are fed synthetic numbers to see each outcome (reproduced / reversed / not separated).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import report
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import consistency as cons  # noqa: E402
+import retrieval_ablation as ra  # noqa: E402
+
+VERDICTS = {"reproduced", "reversed", "not separated", "not measured"}
+
+
+# ---- the ordering function on synthetic numbers ------------------------------------------------
+
+def test_compare_gives_each_outcome_from_the_numbers():
+    better, worse = [20.0, 21.0, 19.5, 20.5], [18.0, 18.5, 18.2, 18.1]
+    assert ra.compare(better, worse)["verdict"] == "reproduced"
+    assert ra.compare(worse, better)["verdict"] == "reversed"
+    noisy = [18.0, 21.0, 17.0, 22.0]
+    assert ra.compare(noisy, [19.5] * 4)["verdict"] == "not separated"
+    r = ra.compare(better, worse)
+    assert r["diff"] == pytest.approx(sum(better) / 4 - sum(worse) / 4) and r["n"] == 4 and r["ci95"] > 0
+    # lower is better (LPIPS): the smaller values win
+    assert ra.compare([0.10, 0.12, 0.11], [0.30, 0.31, 0.33], higher_is_better=False)["verdict"] == "reproduced"
+    assert ra.compare([0.30, 0.31, 0.33], [0.10, 0.12, 0.11], higher_is_better=False)["verdict"] == "reversed"
+    assert ra.compare([], [1.0])["verdict"] == "not measured"
+    assert ra.chain_verdict(["reproduced", "reproduced"]) == "reproduced"
+    assert ra.chain_verdict(["reversed", "reversed"]) == "reversed"
+    assert ra.chain_verdict(["reproduced", "not separated"]).startswith("partly")
+
+
+def _fake_ablation(psnr_by_cfg: dict, clips: int = 6) -> dict:
+    """Results with per-clip PSNR = given mean + a clip effect shared by all runs (paired design)."""
+    runs = {}
+    for (variant, rate), base in psnr_by_cfg.items():
+        for seed in (0, 1):
+            clip = [base + 0.5 * ((i * 7) % 5) + 0.05 * seed for i in range(clips)]
+            runs[f"{variant}_{rate}_s{seed}"] = {
+                "variant": variant, "rate": rate, "seed": seed, "trained": True,
+                "eval": {"per_clip": {"psnr": clip, "ssim": [v / 40 for v in clip],
+                                      "zeroed_psnr": [v - 3 for v in clip], "zeroed_ssim": [0.1] * clips,
+                                      "mean_psnr": [14.0 + 0.5 * ((i * 7) % 5) for i in range(clips)],
+                                      "mean_ssim": [0.2] * clips, "codec_psnr": [25.0] * clips,
+                                      "codec_ssim": [0.8] * clips}}}
+    return {"protocol": ra.Settings().protocol(), "runs": runs,
+            "calls": [{"device": "NVIDIA H100 80GB HBM3", "date": "2026-11-24T00:00:00", "wall_s": 60}]}
+
+
+def _ordering_cells(table: str, label: str) -> list[str]:
+    line = next(l for l in table.splitlines() if l.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_ablation_table_verdicts_follow_the_numbers():
+    paper_like = {("large_patchifier", "4x4x2"): 13.0, ("only_lr", "4x4x2"): 15.0, ("without_lr", "4x4x2"): 15.5,
+                  ("proposed", "4x4x2"): 17.0, ("proposed", "2x2x2"): 19.0, ("proposed", "2x2x1"): 20.0}
+    table = ra.format_table(_fake_ablation(paper_like))
+    assert ra.NOT_ON_GPU not in table  # measured on a GPU (in this fake)
+    for label, _, _ in ra.ORDERINGS:
+        assert _ordering_cells(table, label)[3] == "reproduced", label
+    assert _ordering_cells(table, ra.CHAIN[0])[3] == "reproduced"
+
+    flipped = {k: 30.0 - v for k, v in paper_like.items()}  # every ordering reversed
+    table = ra.format_table(_fake_ablation(flipped))
+    for label, _, _ in ra.ORDERINGS:
+        assert _ordering_cells(table, label)[3] == "reversed", label
+    assert _ordering_cells(table, ra.CHAIN[0])[3] == "reversed"
+
+    partial = {k: v for k, v in paper_like.items() if k != ("proposed", "2x2x1")}
+    table = ra.format_table(_fake_ablation(partial))
+    assert _ordering_cells(table, "Proposed 2×2×1 > 2×2×2")[3] == "not measured"
+    assert "| Proposed | 2×2×1 | (not measured) |" in table
+
+
+# ---- retrieval ablation, end to end ------------------------------------------------------------
+
+ROWS = ["| Large Patchifier (FramePack-style) | 4×4×2 |", "| Only LR | 4×4×2 |", "| Without LR | 4×4×2 |",
+        "| Proposed | 4×4×2 |", "| Proposed | 2×2×2 |", "| Proposed | 2×2×1 |", "| *history mean frame (baseline)* |",
+        "| *φ output zeroed (baseline, Proposed 4×4×2)* |", "| *codec reconstruction (ceiling)* |"]
+
+
+def test_retrieval_ablation_tiny_on_cpu(tmp_path):
+    t0 = time.time()
+    assert ra.main(["--tiny", "--out", str(tmp_path), "--seeds", "0"]) == 0
+    elapsed = time.time() - t0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert len(res["runs"]) == 6 and all("eval" in r for r in res["runs"].values())
+    for r in res["runs"].values():
+        pc = r["eval"]["per_clip"]
+        assert len(pc["psnr"]) == len(pc["zeroed_psnr"]) == len(pc["mean_psnr"]) == ra.TINY["eval_clips"]
+        assert r["train"]["step"] == ra.TINY["steps"]
+    table = (tmp_path / "table.md").read_text()
+    for row in ROWS:
+        assert row in table, row
+    assert "(not measured)" not in table and ra.NOT_ON_GPU in table
+    # the verdicts in the table are the ones the numbers give
+    summary = ra.summarise(res)
+    for label, better, worse in ra.ORDERINGS:
+        want = ra.compare(summary["rows"][better]["per_clip"]["psnr"], summary["rows"][worse]["per_clip"]["psnr"])
+        cells = _ordering_cells(table, label)
+        assert cells[3] == want["verdict"] and cells[3] in VERDICTS, label
+    # the init folders hold the variant and rate asked for, and one seed's G is the same for every variant
+    from safetensors.torch import load_file
+
+    for rid, r in res["runs"].items():
+        cfg = json.loads((tmp_path / "inits" / rid / "memory_encoder" / "config.json").read_text())
+        assert (cfg["variant"], cfg["rate"]) == (r["variant"], r["rate"])
+    g = [load_file(next((tmp_path / "inits" / rid / "transformer").glob("*.safetensors"))) for rid in
+         ("proposed_4x4x2_s0", "without_lr_4x4x2_s0", "proposed_2x2x1_s0")]
+    assert all(g[0].keys() == x.keys() and all((g[0][k] == x[k]).all() for k in g[0]) for x in g[1:])
+
+    # --resume: nothing left to train or evaluate; without it, existing results are refused
+    t1 = time.time()
+    assert ra.main(["--tiny", "--out", str(tmp_path), "--seeds", "0", "--resume"]) == 0
+    res2 = json.loads((tmp_path / "results.json").read_text())
+    assert res2["calls"][-1]["trained"] == [] and res2["calls"][-1]["evaluated"] == []
+    assert res2["runs"] == res["runs"]
+    with pytest.raises(SystemExit):
+        ra.main(["--tiny", "--out", str(tmp_path), "--seeds", "0"])
+    with pytest.raises(SystemExit, match="another protocol"):  # never mixes step budgets
+        ra.main(["--tiny", "--out", str(tmp_path), "--seeds", "0", "--resume", "--steps", "5"])
+    report(f"retrieval_ablation --tiny: {elapsed:.1f} s (6 runs), resume {time.time() - t1:.1f} s")
+
+
+def test_ablation_plan_lists_every_run(tmp_path, capsys):
+    assert ra.main(["--plan", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("12 runs")
+    for v, r in [(v, "4x4x2") for v in ra.VARIANTS] + [("proposed", "2x2x2"), ("proposed", "2x2x1")]:
+        for seed in (0, 1):
+            assert f"| {v}_{r}_s{seed} |" in out
+    assert re.search(r"≈ \d+ call\(s\)", out)
+
+
+# ---- consistency, end to end -----------------------------------------------------------------
+
+def test_consistency_storyboards_have_the_returns_asked_for():
+    from pfp_app.data.world import storyboard_returns
+
+    s = cons.Settings()
+    for i in range(4):
+        sb, truth = cons.make_storyboard(i, s, 2.5)
+        r = storyboard_returns(sb, min_gap=10.0)
+        gaps = [g for phrase, _, shot, g in r["character_returns"] if phrase == truth["A"].phrase and shot == 4]
+        assert gaps and gaps[0] >= 10.0
+        assert (truth["P1"], 0, 3) in r["place_returns"]
+        assert all(abs(st / 2.5 - round(st / 2.5)) < 1e-9 for st, _ in truth["shots"])  # segment-aligned
+
+
+def test_consistency_tiny_on_cpu(tmp_path):
+    t0 = time.time()
+    assert cons.main(["--tiny", "--out", str(tmp_path)]) == 0
+    elapsed = time.time() - t0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res["runs"]) == {"with_pretrain_s0", "without_pretrain_s0"}
+    for r in res["runs"].values():
+        assert r["trained"] and len(r["storyboards"]) == cons.TINY["storyboards"]
+        for sc in r["storyboards"].values():
+            for k, _ in cons.METRICS:
+                assert 0.0 <= sc[k] <= 1.0, k
+    with_ = res["runs"]["with_pretrain_s0"]["train"]
+    without = res["runs"]["without_pretrain_s0"]["train"]
+    assert with_["stage1"]["step"] + with_["stage2"]["step"] == without["stage2"]["step"]  # equal budgets
+    table = (tmp_path / "table.md").read_text()
+    for row in ("| Proposed (with stage-1 pretraining) | 0 |", "| Without pretrain | 0 |",
+                "| *ground-truth render (ceiling)* |", "| *chance: a different character / place* |"):
+        assert row in table, row
+    summary = cons.summarise(res)
+    for key, title in cons.METRICS:
+        line = next(l for l in table.splitlines() if l.startswith(f"| {title} |") and l.count("|") == 4)
+        assert line.split("|")[3].strip() == summary["orderings"][key]["verdict"]
+    assert cons.main(["--tiny", "--out", str(tmp_path), "--resume"]) == 0  # all done: no work
+    report(f"consistency --tiny: {elapsed:.1f} s (3 trainer sessions, 6 generations)")
+
+
+def test_consistency_verdicts_follow_the_numbers():
+    def fake(delta):
+        runs = {}
+        for arm, shift in (("with_pretrain", delta), ("without_pretrain", 0.0)):
+            sbs = {str(i): {"character_box": 0.6 + 0.05 * (i % 3) + shift, "character_located": 0.5 + shift,
+                            "place": 0.4 + 0.02 * i + shift} for i in range(5)}
+            runs[f"{arm}_s0"] = {"arm": arm, "seed": 0, "trained": True, "storyboards": sbs}
+        s = cons.Settings(storyboards=5)
+        return {"protocol": s.protocol(), "runs": runs, "calls": []}
+
+    for delta, verdict in ((0.1, "reproduced"), (-0.1, "reversed")):
+        summary = cons.summarise(fake(delta))
+        assert all(summary["orderings"][k]["verdict"] == verdict for k, _ in cons.METRICS)
+        assert verdict in cons.format_table(fake(delta))
