@@ -202,8 +202,7 @@ def is_trained(out: Path, steps: int) -> bool:
 def run_training(init: Path, out: Path, stage: str, s, seed: int, budget_min: float, max_steps: int,
                  **extra) -> dict | None:
     """One trainer session of `stage` up to `max_steps` (resumes OUT/state). `s`: Settings or any object with
-    the same training fields. A finished run is not touched: resuming one would re-save it (the committed
-    trainer then loses its losses and overwrites the EMA export with the raw weights)."""
+    the same training fields. A finished run is not touched (no process start, no clip rendering)."""
     if is_trained(out, max_steps):
         return train_state(out)
     cfg = dict(stage=stage, init=str(init), out=str(out), data="world", num_clips=s.num_clips,
