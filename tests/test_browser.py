@@ -23,6 +23,10 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
+# PFP_BROWSER_MODEL=default PFP_BROWSER_STEPS= (empty: the model's own) renders the README screenshot with the
+# shipped model; the suite uses the untrained tiny model with 1 step.
+MODEL = os.environ.get("PFP_BROWSER_MODEL", "tiny-random")
+STEPS = os.environ.get("PFP_BROWSER_STEPS", "1")
 STORYBOARD = "0s: a red striped circle in front of the brick wall\n1.5s: a green dotted square in front of the gravel path\nend: 3s"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -44,7 +48,7 @@ def server(tmp_path_factory):
     port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", "tiny-random", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", MODEL, "--port", str(port),
                                  "--projects", str(projects)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -91,7 +95,7 @@ def test_studio_in_a_browser(server):
         page.route("**/*", local_only)
         try:
             page.goto(url)
-            expect(page.locator("#model-info")).to_contain_text("UNTRAINED")
+            expect(page.locator("#model-info")).to_contain_text("UNTRAINED" if MODEL == "tiny-random" else "trained")
 
             # storyboard: type it, see the inline validation and the shot table
             editor = page.locator("#storyboard textarea")
@@ -102,9 +106,9 @@ def test_studio_in_a_browser(server):
             expect(page.locator("#shot-table")).to_contain_text("green dotted square")
 
             # smallest settings: one denoising step
-            for slider in ("#steps", "#recall-steps"):
+            for slider in ("#steps", "#recall-steps") if STEPS else ():
                 box = page.locator(f"{slider} input[type=number]")
-                box.fill("1")
+                box.fill(STEPS)
                 box.press("Enter")
 
             # generate and wait for the newest segment, then the whole film
@@ -113,7 +117,7 @@ def test_studio_in_a_browser(server):
             page.wait_for_selector("#preview video[src]", timeout=120_000)
             first_preview = time.monotonic() - t0
             expect(page.locator("#gen-status")).to_contain_text("Done", timeout=120_000)
-            print(f"click -> first previewed segment: {first_preview:.1f} s (tiny-random, 1 step)")
+            print(f"click -> first previewed segment: {first_preview:.1f} s ({MODEL}, {STEPS or 'default'} steps)")
             assert (projects / "untitled" / "segments" / "seg_001.mp4").is_file()
 
             # memory inspector: move the slider (a click on its track), wait for the recalled frame and metrics
@@ -148,7 +152,7 @@ def test_studio_in_a_browser(server):
     film = projects / "untitled" / "film.mp4"
     for mp4 in (film, projects.parent / "downloaded.mp4"):  # on disk, and as the browser downloads it
         frames, fps = read_video(mp4)
-        assert frames.shape == (21, 64, 64, 3) and fps == 8
+        assert frames.shape == {"tiny-random": (21, 64, 64, 3), "default": (37, 128, 128, 3)}[MODEL] and fps == 8
     comment = read_mp4_comment(film)
     assert "seed=0" in comment and "1.5s: a green dotted square in front of the gravel path" in comment
     assert (projects / ".last").read_text() == "untitled"

@@ -61,7 +61,9 @@ def recall_clip_batch(model: PFPModel, frames: torch.Tensor, queries: int, steps
 
 def evaluate_recall(model: PFPModel, num_clips: int = 16, seconds: float = 20.0, seed: int = 10_000,
                     steps: int | None = None, queries: int = 6, device="cpu", batch: int = 4) -> dict:
-    """Mean and 95% interval of recall PSNR/SSIM on held-out world clips, with the three references."""
+    """Mean and 95% interval of recall PSNR/SSIM on held-out world clips, with the three references.
+
+    The interval is over per-clip means (frames of one clip are not independent samples)."""
     v = model.video
     ds = WorldClipDataset(num_clips, seconds=seconds, size=v.height, fps=v.fps, seed=seed)
     steps = steps or v.steps
@@ -71,9 +73,12 @@ def evaluate_recall(model: PFPModel, num_clips: int = 16, seconds: float = 20.0,
         for zero in (False, True):
             res = recall_clip_batch(model, frames, queries, steps, seed + start, device, zero_memory=zero)
             keys = ("psnr", "ssim") if zero else res.keys()
-            for k in keys:
-                acc.setdefault(("zeroed_" if zero else "") + k, []).extend(res[k])
-    scores = {k: dict(zip(("mean", "ci95"), mean_and_ci95(vals))) | {"n": len(vals)} for k, vals in acc.items()}
+            n_clips = frames.shape[0]
+            for k in keys:  # res[k] is query-major: index q * n_clips + clip
+                per_clip = [sum(res[k][q * n_clips + c] for q in range(len(res[k]) // n_clips)) / (len(res[k]) // n_clips)
+                            for c in range(n_clips)]
+                acc.setdefault(("zeroed_" if zero else "") + k, []).extend(per_clip)
+    scores = {k: dict(zip(("mean", "ci95"), mean_and_ci95(vals))) | {"n_clips": len(vals)} for k, vals in acc.items()}
     scores["settings"] = {"num_clips": num_clips, "seconds": seconds, "seed": seed, "steps": steps, "queries": queries,
                           "rate": model.memory_encoder.config.rate, "variant": model.memory_encoder.config.variant}
     return scores
