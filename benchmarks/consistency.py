@@ -460,11 +460,7 @@ def main(argv=None) -> int:
 
 
 def write_tables(results: dict, results_path: Path, out: Path) -> str:
-    table = format_table(results)
-    for path in {results_path.with_suffix(".md"), out / "table.md"}:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(table)
-    return table
+    return ra.write_tables(results, results_path, out, format_table)
 
 
 if __name__ == "__main__":

@@ -627,8 +627,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_tables(results: dict, results_path: Path, out: Path) -> str:
-    table = format_table(results)
+def write_tables(results: dict, results_path: Path, out: Path, formatter=None) -> str:
+    """Write the markdown table beside the results file and into OUT (consistency.py passes its own formatter)."""
+    table = (formatter or format_table)(results)
     for path in {results_path.with_suffix(".md"), out / "table.md"}:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(table)
