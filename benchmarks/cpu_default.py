@@ -26,6 +26,30 @@ from pfp_app.project import Project  # noqa: E402
 from pfp_app.storyboard import parse_storyboard  # noqa: E402
 
 
+def step_times() -> None:
+    """Median seconds of one denoising step (a segment after 4 segments of history) per config, random weights."""
+    from pfp_app.model import build_random_model
+
+    print("| config | segment latents | memory tokens | median step (s) |\n|---|---|---|---|")
+    for name in ("tiny", "default"):
+        m = build_random_model(name)
+        v, c = m.video, m.codec
+        n, h = v.segment_latent_frames, v.height // c.spatial_ratio
+        history = torch.randn(1, c.latent_channels, 4 * n, h, h)
+        x = torch.randn(1, c.latent_channels, n, h, h)
+        text = m.null_text(1)
+        positions = torch.arange(4 * n, 5 * n, dtype=torch.float32)
+        times = []
+        with torch.no_grad():
+            memory = m.memory_encoder(history)
+            for i in range(13):
+                t0 = time.perf_counter()
+                m.velocity(x, torch.tensor([500.0]), text, memory, positions)
+                if i >= 3:  # warm-up first
+                    times.append(time.perf_counter() - t0)
+        print(f"| {name} | {tuple(x.shape)} | {memory.num_tokens} | {sorted(times)[len(times) // 2]:.4f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--storyboard", default="presets/storyboards/returning_circle.txt")
@@ -33,7 +57,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="storyboard length to render (cut to this)")
     ap.add_argument("--recalls", type=int, default=3)
     ap.add_argument("--recall-steps", type=int, default=None)
+    ap.add_argument("--step-only", action="store_true", help="only time one denoising step of the tiny and default configs")
     args = ap.parse_args()
+    if args.step_only:
+        step_times()
+        return
 
     t0 = time.perf_counter()
     model = load_model(args.model)
