@@ -7,6 +7,7 @@ video, out of GPU memory) ends with one line on stderr and exit code 2, never a 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -78,12 +79,10 @@ def _load(args):
 
 
 def cmd_generate(args) -> int:
-    import torch
-
     from .pipeline import GenerationSettings
     from .project import Project
     from .storyboard import parse_storyboard
-    from .video_io import read_video, write_mp4
+    from .video_io import video_info
 
     sb_path = Path(args.storyboard)
     if not sb_path.is_file():
@@ -112,14 +111,12 @@ def cmd_generate(args) -> int:
     if start < len(segments):
         pipe.generate(storyboard, settings, project, start_segment=start, on_segment=on_segment)
     film = pipe.export(project, crf=args.crf)
-    frames, fps = read_video(film)
     target_fps = args.fps or pipe.model.video.fps
-    if target_fps != pipe.model.video.fps:  # nearest-frame resampling keeps the duration
-        n_out = max(1, round(len(frames) * target_fps / fps))
-        idx = torch.clamp((torch.arange(n_out) * fps / target_fps).round().long(), max=len(frames) - 1)
-        frames = frames[idx.numpy()]
-    write_mp4(out, frames, target_fps, crf=args.crf, comment=_comment(project))
-    print(f"wrote {out} ({len(frames)} frames at {target_fps} fps)")
+    if target_fps == pipe.model.video.fps:  # the project's film is the output: copy, do not encode again
+        shutil.copyfile(film, out)
+    else:
+        pipe.export(project, out, crf=args.crf, fps=target_fps)
+    print(f"wrote {out} ({video_info(out).num_frames} frames at {target_fps} fps)")
     return 0
 
 
@@ -136,11 +133,6 @@ def resume_point(project, pipe, storyboard, settings) -> int:
         raise ValueError(f"project folder '{project.folder}' holds another storyboard or other settings; "
                          "choose another --project (nothing was overwritten)")
     return project.finished_segments()
-
-
-def _comment(project) -> str:
-    s = project.read_settings()
-    return f"PFP Studio | model={s.get('model')} seed={s.get('seed')}\n{project.read_storyboard()}"
 
 
 def cmd_recall(args) -> int:

@@ -214,15 +214,22 @@ class PFPPipeline:
             parts.append(self.model.codec.decode_continuation(context, history[:, :, k : k + n])[0])
         return torch.cat(parts, dim=1)
 
-    def export(self, project: Project, out_path=None, crf: int = 18, segments: range | None = None) -> Path:
-        """Write the film (or a range of segments, e.g. one shot) as H.264 MP4, storyboard in its comment."""
+    def export(self, project: Project, out_path=None, crf: int = 18, segments: range | None = None,
+               fps: int | None = None) -> Path:
+        """Write the film (or a range of segments, e.g. one shot) as H.264 MP4, storyboard in its comment.
+
+        fps: another frame rate for the file; frames are resampled (nearest), so the duration is kept."""
         segments = segments if segments is not None else range(project.finished_segments())
         if len(segments) == 0:
             raise ValueError("nothing to export: the project has no finished segment")
         frames = torch.cat([_read_segment(project.segment_video_path(i)) for i in segments], dim=1)  # (3, T, H, W)
+        src_fps, fps = self.model.video.fps, fps or self.model.video.fps
+        if fps != src_fps:
+            n_out = max(1, round(frames.shape[1] * fps / src_fps))
+            frames = frames[:, torch.clamp((torch.arange(n_out) * src_fps / fps).round().long(), max=frames.shape[1] - 1)]
         settings = project.read_settings()
         comment = f"PFP Studio | model={settings.get('model')} seed={settings.get('seed')}\n{project.read_storyboard()}"
-        return write_mp4(out_path or project.film_path, frames, self.model.video.fps, crf=crf, comment=comment)
+        return write_mp4(out_path or project.film_path, frames, fps, crf=crf, comment=comment)
 
     # memory inspection ---------------------------------------------------------------------------
     @staticmethod
