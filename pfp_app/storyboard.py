@@ -58,6 +58,12 @@ class StoryboardError(ValueError):
         super().__init__(f"line {line_no}: {message}" if line_no is not None else message)
 
 
+def _floats(obj, *names: str) -> None:
+    """Store the named fields of a frozen dataclass as floats (times may be given as ints)."""
+    for name in names:
+        object.__setattr__(obj, name, float(getattr(obj, name)))
+
+
 @dataclass(frozen=True)
 class Shot:
     """One shot: ``prompt`` is active for ``start <= t < end`` (seconds)."""
@@ -67,8 +73,7 @@ class Shot:
     prompt: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "start", float(self.start))
-        object.__setattr__(self, "end", float(self.end))
+        _floats(self, "start", "end")
 
 
 @dataclass(frozen=True)
@@ -117,8 +122,7 @@ class Segment:
     prompt: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "start", float(self.start))
-        object.__setattr__(self, "end", float(self.end))
+        _floats(self, "start", "end")
     shot_index: int
 
 
