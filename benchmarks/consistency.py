@@ -3,6 +3,8 @@
     python benchmarks/consistency.py --plan
     python benchmarks/consistency.py --resume --budget-min 9 --text-table .carry/captions.safetensors \
         --results benchmarks/results/consistency.json          # one GPU call; repeat until all done
+    python benchmarks/consistency.py --scale cpu --budget-min 600 --resume --base-dir runs/ablation-cpu/base
+                                                                # the reduced protocol on a CPU (shares Table 1's G)
     python benchmarks/consistency.py --tiny --out /tmp/consistency    # CPU smoke test
 
 Two arms per seed, from the SAME init folder (the shipped frozen codec + G `default` + the proposed φ at
@@ -10,6 +12,8 @@ Two arms per seed, from the SAME init folder (the shipped frozen codec + G `defa
 optimizer steps:
 - with pretrain:    stage 1 (retrieval) for P steps, then stage 2 (next segment) for F steps from its result;
 - without pretrain: stage 2 alone for P + F steps (φ enters stage 2 randomly initialised, as in the paper).
+With `base_steps` > 0 (the CPU scale) both arms start from the seed's memory-free G, as in
+retrieval_ablation.py (and, with the same --base-dir and settings, the very same one).
 Stage 2 keeps no retrieval batches here (--retrieval-share 0, the paper's stage 2): with the app's 0.3
 the "without" arm would get retrieval training too. Caption dropout and everything else: trainer defaults.
 
@@ -88,6 +92,8 @@ class Settings(ra.Settings):
 
 
 TINY = dict(ra.TINY, pretrain_steps=2, finetune_steps=2, storyboards=3, min_gap=3.0, gen_steps=2)
+CPU = dict(ra.CPU, pretrain_steps=600, finetune_steps=600, storyboards=16)
+SCALES = {"gpu": {}, "cpu": CPU, "tiny": TINY}
 
 
 # ---------------------------------------------------------------------------------------------- storyboards
@@ -276,14 +282,15 @@ def format_table(results: dict) -> str:
     p = results["protocol"]
     calls = results.get("calls", [])
     devices = sorted({c.get("device", "?") for c in calls})
-    on_gpu = any(d != "cpu" for d in devices) and p.get("config") != "tiny"
+    note = ra.scale_note(p, devices)
     x100 = lambda mh: ra.fmt(mh[0] * 100, mh[1] * 100, 1) if mh and mh[0] is not None else "(not measured)"  # noqa: E731
     lines = ["### Table 2 (ours): consistency of generated videos, with vs without stage-1 pretraining", ""]
-    if not on_gpu:
-        lines += [ra.NOT_ON_GPU, ""]
+    if note:
+        lines += [note, ""]
+    size = f" at {p['size']}×{p['size']}" if p.get("size") else ""
     lines += [
-        f"G `{p['config']}` + proposed φ {p['rate']} (fresh, same seed for both arms), shared frozen codec of "
-        f"`{p['codec']}`. With: stage 1 for {p['pretrain_steps']} steps then stage 2 for {p['finetune_steps']}; "
+        f"{ra.start_of_g(p)} + proposed φ {p['rate']} (fresh, same seed for both arms), shared frozen codec of "
+        f"`{p['codec']}`{size}. With: stage 1 for {p['pretrain_steps']} steps then stage 2 for {p['finetune_steps']}; "
         f"without: stage 2 for {p['pretrain_steps'] + p['finetune_steps']} steps; batch {p['batch_size']}, lr "
         f"{p['lr']}, stage-2 retrieval share {p['retrieval_share']}, {p['num_clips']} training clips (data seed "
         f"{p['data_seed']}). {p['storyboards']} storyboards (character re-enters after ≥ {p['min_gap']:g} s, "
@@ -329,7 +336,9 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plan", action="store_true")
     ap.add_argument("--report", action="store_true", help="only rewrite the table from the results JSON")
-    ap.add_argument("--tiny", action="store_true", help="tiny config, a few steps, CPU (smoke test)")
+    ap.add_argument("--scale", choices=tuple(SCALES), default="gpu",
+                    help="gpu: the protocol (default); cpu: shrunk to hours on a 2-core CPU; tiny: smoke test")
+    ap.add_argument("--tiny", action="store_true", help="the same as --scale tiny")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--pretrain-steps", type=int, default=None)
     ap.add_argument("--finetune-steps", type=int, default=None)
@@ -341,6 +350,12 @@ def parse_args(argv=None):
     ap.add_argument("--results", default=None, help="results JSON (default OUT/results.json); table beside it")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--text-table", default=None)
+    ap.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)  # Table 1's; unused here
+    ap.add_argument("--eval-clips", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--base-steps", type=int, default=None, help="steps of the memory-free G per seed (0: none)")
+    ap.add_argument("--latent-cache", default=None, help="encoded training clips (default OUT/latents)")
+    ap.add_argument("--base-dir", default=None, help="memory-free Gs (default OUT/base); share Table 1's with "
+                                                     "its OUT/base")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--num-clips", type=int, default=None)
@@ -360,15 +375,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     t_call = time.time()
     deadline = t_call + args.budget_min * 60
-    s = Settings(**(TINY if args.tiny else {}))
-    for name in ("pretrain_steps", "finetune_steps", "storyboards", "retrieval_share", "text_table", "batch_size",
-                 "num_clips", "gen_steps"):
-        if getattr(args, name) is not None:
-            setattr(s, name, getattr(args, name))
-    default_workers = 0 if args.tiny else max(0, min(14, (os.cpu_count() or 2) - 2))
-    s.workers = args.workers if args.workers is not None else default_workers
-    s.in_process = s.in_process or args.in_process
-    out = Path(args.out or ("runs/consistency-tiny" if args.tiny else "runs/consistency"))
+    s = ra.settings_from_args(args, Settings, SCALES, extra=("pretrain_steps", "finetune_steps", "storyboards",
+                                                             "retrieval_share", "gen_steps"))
+    out = ra.default_out(args, "consistency")
+    s.latent_cache = s.latent_cache or str(out / "latents")
     results_path = Path(args.results) if args.results else out / "results.json"
     seeds = [int(x) for x in args.seeds.split(",")]
     if args.report:  # the table of an existing results file, whatever its protocol
@@ -407,29 +417,34 @@ def main(argv=None) -> int:
         final = base / arm / stages(arm, s)[-1][1]
         if len(rec["storyboards"]) < s.storyboards and (not rec.get("trained") or not (final / "model").exists()):
             rec["trained"] = False
-            init = ra.build_init_folder(base / "init", s, "proposed", s.rate, seed, f"consistency-s{seed}")
-            src = init
-            for stage, name, steps in stages(arm, s):
-                run_dir = base / arm / name
+
+            def train_stage(src: Path, run_dir: Path, stage: str, steps: int, name: str) -> bool:
+                """One trainer session within what is left of the call; True once `run_dir` is trained."""
                 if ra.is_trained(run_dir, steps):
-                    src = run_dir / "model"
-                    continue
+                    return True
                 st = ra.train_state(run_dir)
                 left = deadline - time.time() - reserve
                 est = ra.estimate_train_s(timing_records(results, s), s.rate, s.batch_size,
                                           steps - (st["step"] if st else 0))
                 if left < reserve or (not s.tiny and args.budget_min * 60 - reserve > est > left):
                     print(f"  {rid}/{name}: needs ~{est / 60:.1f} min, {left / 60:.1f} left: next call", flush=True)
-                    break
+                    return False
                 print(f"  training {rid}/{name} ({stage}, {steps} steps)", flush=True)
                 t0 = time.time()
                 st = ra.run_training(src, run_dir, stage, s, seed, max(left / 60, 0.1), steps,
                                      retrieval_share=s.retrieval_share)
                 rec.setdefault("train", {})[name] = dict(st or {}, wall_s_this_call=round(time.time() - t0, 1))
                 checkpoint()
-                if not ra.is_trained(run_dir, steps):
-                    break
-                src = run_dir / "model"
+                return ra.is_trained(run_dir, steps)
+
+            g = ra.base_run_dir(s, out, seed) if s.base_steps else None  # both arms' memory-free G
+            if g is None or train_stage(ra.base_init_folder(s, out, seed), g, ra.BASE, s.base_steps, "base"):
+                src = ra.build_init_folder(base / "init", s, "proposed", s.rate, seed, f"consistency-s{seed}",
+                                           transformer_from=g / "model" if g else None)
+                for stage, name, steps in stages(arm, s):
+                    if not train_stage(src, base / arm / name, stage, steps, name):
+                        break
+                    src = base / arm / name / "model"
             rec["trained"] = ra.is_trained(final, stages(arm, s)[-1][2])
             checkpoint()
             if not rec["trained"]:

@@ -3,6 +3,7 @@
     python benchmarks/retrieval_ablation.py --plan                      # the runs, their state, time estimates
     python benchmarks/retrieval_ablation.py --resume --budget-min 9 \
         --text-table .carry/captions.safetensors --results benchmarks/results/ablation.json   # one GPU call
+    python benchmarks/retrieval_ablation.py --scale cpu --budget-min 600 --resume   # the reduced protocol on a CPU
     python benchmarks/retrieval_ablation.py --tiny --out /tmp/ablation  # CPU smoke test (tests/test_ablation_smoke.py)
 
 Protocol (arXiv 2512.23851 Table 1, on the procedural storyboard world):
@@ -13,6 +14,11 @@ Protocol (arXiv 2512.23851 Table 1, on the procedural storyboard world):
   before φ, from the same seed), and φ's LR branch / large patchifier start from G's own patch embedding.
   Not G from the shipped model: that G was trained with the proposed 4x4x2 φ (stage 1, then stage 2), so
   it already reads that variant's tokens at that rate and would favour it in both comparisons.
+- With `base_steps` > 0 (the CPU scale), G first learns to denoise the world's segments ALONE, without any
+  memory (trainer stage `base`), once per seed; every variant and rate of that seed then starts from that
+  G. This is the paper's set-up in small (stage 1 starts from a pretrained video model, Wan, that has never
+  seen memory tokens), it is neutral between the variants, and it spends a small budget on reading the
+  memory rather than on learning to denoise at all.
 - Stage 1 through the app's own trainer (`python -m pfp_app train --stage pretrain --init INIT`): equal
   budgets in optimizer steps (not minutes: rates differ in speed), the same batch, learning rate, warm-up,
   EMA, training clips (one data seed) for every run; several seeds (each seed changes G's and φ's
@@ -73,6 +79,25 @@ CHAIN = ("Proposed 2×2×1 > 2×2×2 > 4×4×2", ("Proposed 2×2×1 > 2×2×2", 
 METRICS = (("psnr", True), ("ssim", True), ("lpips", False))  # (name, higher is better)
 NOT_ON_GPU = ("**Not yet measured on a GPU**: these numbers come from a CPU/tiny run (a smoke test of the "
               "code path), not from the protocol; they say nothing about the paper's claims.")
+CPU_SCALE = ("**CPU scale** (`--scale cpu`): the protocol shrunk to a 2-core CPU (G `small` at 64×64, a few "
+             "thousand samples per run). A check of the orderings at small scale, not the paper's setting.")
+
+
+def scale_note(protocol: dict, devices: list[str]) -> str | None:
+    """What the table must say about where its numbers come from (None: the full protocol on a GPU)."""
+    if protocol.get("config") == "small" and devices:
+        return CPU_SCALE
+    if protocol.get("config") == "tiny" or all(d == "cpu" for d in devices):  # also: no calls yet
+        return NOT_ON_GPU
+    return None
+
+
+def start_of_g(p: dict) -> str:
+    """How G starts, for the tables' protocol line."""
+    if p.get("base_steps"):
+        return (f"G `{p['config']}` first trained alone (no memory, stage `base`) for {p['base_steps']} steps per "
+                "seed, the start of every run of that seed")
+    return f"G `{p['config']}` (fresh, per seed)"
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -98,7 +123,11 @@ class Settings:
     eval_steps: int = 16  # sampler steps of each recall
     eval_queries: int = 6  # frames per clip, spread over the whole history
     eval_batch: int = 4
+    size: int = 0  # frame side of every run's video; 0: the codec model's own (128 for `default`)
+    base_steps: int = 0  # > 0: a memory-free G per seed (stage `base`), the start of every run of that seed
     _protocol_end: None = None
+    latent_cache: str | None = None  # encoded training clips shared by all runs (default OUT/latents)
+    base_dir: str | None = None  # where the memory-free Gs live (default OUT/base); the two benchmarks can share it
     workers: int = 0  # processes rendering training clips
     text_table: str | None = None  # precomputed caption embeddings (GPU machines have no MiniLM)
     checkpoint_every_min: float = 2.0
@@ -114,9 +143,16 @@ class Settings:
 TINY = dict(config="tiny", codec="tiny-random", steps=3, batch_size=2, lr=1e-3, warmup_steps=1, num_clips=4,
             clip_seconds=4.0, eval_clips=3, eval_seconds=4.0, eval_steps=2, eval_queries=2, eval_batch=3,
             workers=0, in_process=True, log_every=1, tiny=True)
+# The same protocol shrunk to what a 2-core CPU trains in hours: G `small` (4 blocks, width 256) at 64x64
+# with the shipped codec, a shared memory-free G first (see the docstring), batch 8. Not the paper's
+# scale: a CPU-sized check of the orderings, reported as such.
+CPU = dict(config="small", codec="default", size=64, base_steps=1200, steps=900, batch_size=8, lr=3e-4,
+           warmup_steps=100, num_clips=512, clip_seconds=20.0, eval_clips=16, eval_steps=16, eval_queries=6,
+           eval_batch=4, checkpoint_every_min=5.0, log_every=25)
+SCALES = {"gpu": {}, "cpu": CPU, "tiny": TINY}
 # H100 samples/s of stage 1 at batch 32 (shipped model's pretrain log: ~175 at 4x4x2); other rates guessed
 # from their token counts until a finished run of that rate measured it
-GUESS_SAMPLES_PER_S = {"4x4x2": 175.0, "2x2x2": 140.0, "2x2x1": 105.0}
+GUESS_SAMPLES_PER_S = {"4x4x2": 175.0, "2x2x2": 140.0, "2x2x1": 105.0, "base": 200.0}
 GUESS_OVERHEAD_S = 60.0  # process start, rendering + encoding the training clips, saving
 GUESS_EVAL_S = 30.0
 
@@ -160,8 +196,10 @@ def save_json(path: Path, data: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- models and training
 
-def build_init_folder(folder: Path, s: Settings, variant: str, rate: str, seed: int, name: str) -> Path:
-    """A loadable model folder: the shared codec + G (config, seed) + φ (variant, rate, seed), all fp32.
+def build_init_folder(folder: Path, s: Settings, variant: str, rate: str, seed: int, name: str,
+                      transformer_from: Path | None = None) -> Path:
+    """A loadable model folder: the shared codec + G (config, seed; or the trained G of `transformer_from`)
+    + φ (variant, rate, seed), all fp32, video of side `s.size` (or the codec model's own).
 
     Deterministic, so an existing folder is reused. This is what `--init` cannot express today: the
     trainer's `_init_model` takes a config name (fixed φ) or a folder; see the README for the core change.
@@ -173,7 +211,10 @@ def build_init_folder(folder: Path, s: Settings, variant: str, rate: str, seed: 
     if (folder / BUNDLE_FILE).exists():
         return folder
     base = build_random_model(s.config, seed=seed)  # torch.manual_seed(seed), then G, VAE, φ: G is seed-only
+    if transformer_from is not None:
+        base.transformer = load_model(transformer_from, torch_dtype=torch.float32).transformer
     source = load_model(s.codec, torch_dtype=torch.float32)
+    video = dataclasses.replace(source.video, height=s.size, width=s.size) if s.size else source.video
     t = base.transformer.config
     if source.codec.latent_channels != t.in_channels:
         raise SystemExit(f"the codec of {s.codec!r} has {source.codec.latent_channels} latent channels, "
@@ -181,7 +222,7 @@ def build_init_folder(folder: Path, s: Settings, variant: str, rate: str, seed: 
     torch.manual_seed(seed)  # φ's initial weights: a function of (seed, variant, rate) alone
     memory_cfg = dict(MODEL_CONFIGS[s.config].memory, variant=variant, rate=rate)
     encoder = build_memory_encoder(base.transformer, memory_cfg)
-    model = PFPModel(name, base.transformer, encoder, source.codec, source.video, trained=True)
+    model = PFPModel(name, base.transformer, encoder, source.codec, video, trained=True)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(tmp)
@@ -209,7 +250,8 @@ def run_training(init: Path, out: Path, stage: str, s, seed: int, budget_min: fl
                clip_seconds=s.clip_seconds, data_seed=s.data_seed, batch_size=s.batch_size, lr=s.lr,
                warmup_steps=s.warmup_steps, max_steps=max_steps, time_budget_min=round(budget_min, 3),
                checkpoint_every_min=s.checkpoint_every_min, resume=True, seed=seed, num_query=s.num_query,
-               ema_decay=s.ema_decay, log_every=s.log_every, workers=s.workers, text_table=s.text_table)
+               ema_decay=s.ema_decay, log_every=s.log_every, workers=s.workers, text_table=s.text_table,
+               latent_cache=s.latent_cache)
     cfg.update(extra)
     out.mkdir(parents=True, exist_ok=True)
     if s.in_process:
@@ -337,21 +379,62 @@ def seed_averaged(runs: list[dict], metric: str) -> list[float]:
 
 @dataclass
 class Run:
-    variant: str
+    variant: str  # a φ variant, or BASE: the seed's memory-free G that every run of the seed starts from
     rate: str
     seed: int
 
     @property
     def id(self) -> str:
-        return f"{self.variant}_{self.rate}_s{self.seed}"
+        return f"base_s{self.seed}" if self.is_base else f"{self.variant}_{self.rate}_s{self.seed}"
+
+    @property
+    def is_base(self) -> bool:
+        return self.variant == BASE
 
 
-def plan_runs(variants, rates, seeds) -> list[Run]:
+BASE = "base"
+
+
+def plan_runs(variants, rates, seeds, base: bool = False) -> list[Run]:
     """Table 1's runs: every variant at 4x4x2, Proposed at every rate; seed-major, so a partial result
-    already holds a whole table for the first seed."""
-    configs = [(v, "4x4x2") for v in VARIANTS if v in variants and "4x4x2" in rates]
+    already holds a whole table for the first seed. With `base`, each seed starts with its memory-free G."""
+    configs = [(BASE, BASE)] if base else []
+    configs += [(v, "4x4x2") for v in VARIANTS if v in variants and "4x4x2" in rates]
     configs += [("proposed", r) for r in RATES if r in rates and r != "4x4x2" and "proposed" in variants]
     return [Run(v, r, seed) for seed in seeds for v, r in configs]
+
+
+# what decides a memory-free G: runs (of either benchmark) whose settings agree on these share it
+BASE_FIELDS = ("config", "codec", "size", "base_steps", "batch_size", "lr", "warmup_steps", "num_clips",
+               "clip_seconds", "data_seed", "ema_decay")
+
+
+def base_run_dir(s: Settings, out: Path, seed: int) -> Path:
+    """The trainer folder of seed `seed`'s memory-free G. The folder records the settings it was trained
+    under, and one trained under others is never used."""
+    folder = Path(s.base_dir or out / "base") / f"s{seed}"
+    key = {k: getattr(s, k) for k in BASE_FIELDS} | {"seed": seed}
+    key_file = folder / "base_protocol.json"
+    if key_file.exists() and json.loads(key_file.read_text()) != key:
+        raise SystemExit(f"{folder} holds a memory-free G trained under other settings "
+                         f"({json.loads(key_file.read_text())}); choose another --base-dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps(key, indent=1))
+    return folder
+
+
+def base_init_folder(s: Settings, out: Path, seed: int) -> Path:
+    """What a memory-free G starts from: G `config` of the seed (its φ, proposed 4x4x2, is never trained:
+    stage `base` leaves φ as it is, and runs replace it)."""
+    return build_init_folder(base_run_dir(s, out, seed) / "init", s, "proposed", "4x4x2", seed, f"base-s{seed}")
+
+
+def run_init_folder(out: Path, s: Settings, r: Run, name: str) -> Path:
+    """The init folder of run `r`: fresh G + φ, or the seed's trained base G + a fresh φ."""
+    if r.is_base:
+        return base_init_folder(s, out, r.seed)
+    base = base_run_dir(s, out, r.seed) / "model" if s.base_steps else None
+    return build_init_folder(out / "inits" / r.id, s, r.variant, r.rate, r.seed, name, transformer_from=base)
 
 
 def timing_records(results: dict) -> list[dict]:
@@ -426,15 +509,16 @@ def format_table(results: dict, command: str = "") -> str:
     p = results["protocol"]
     calls = results.get("calls", [])
     devices = sorted({c.get("device", "?") for c in calls})
-    on_gpu = any(d != "cpu" for d in devices) and not p.get("config") == "tiny"
+    note = scale_note(p, devices)
+    size = f" at {p['size']}×{p['size']}" if p.get("size") else ""
     wall_min = sum(c.get("wall_s", 0) for c in calls) / 60
     any_lpips = any(r["lpips"][0] is not None for r in s["rows"].values())
     lines = ["### Table 1 (ours): frame retrieval after stage-1 pretraining", ""]
-    if not on_gpu:
-        lines += [NOT_ON_GPU, ""]
+    if note:
+        lines += [note, ""]
     lines += [
-        f"G `{p['config']}` (fresh, per seed) + φ of each variant/rate (fresh, same seed); shared frozen codec of "
-        f"`{p['codec']}`; stage 1 for {p['steps']} steps × batch {p['batch_size']} (lr {p['lr']}, warm-up "
+        f"{start_of_g(p)} + φ of each variant/rate (fresh, same seed); shared frozen codec of "
+        f"`{p['codec']}`{size}; stage 1 for {p['steps']} steps × batch {p['batch_size']} (lr {p['lr']}, warm-up "
         f"{p['warmup_steps']}, EMA {p['ema_decay']}) on {p['num_clips']} world clips of {p['clip_seconds']:g} s "
         f"(data seed {p['data_seed']}); recall of {p['eval_queries']} frames spread over each of "
         f"{p['eval_clips']} held-out {p['eval_seconds']:g}-s clips (data seed {p['eval_seed']}), "
@@ -503,11 +587,16 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plan", action="store_true", help="print the runs, their state and time estimates; train nothing")
     ap.add_argument("--report", action="store_true", help="only rewrite the table from the results JSON")
-    ap.add_argument("--tiny", action="store_true", help="tiny config, a few steps, CPU (smoke test)")
+    ap.add_argument("--scale", choices=tuple(SCALES), default="gpu",
+                    help="gpu: the protocol (default); cpu: shrunk to hours on a 2-core CPU; tiny: smoke test")
+    ap.add_argument("--tiny", action="store_true", help="the same as --scale tiny")
     ap.add_argument("--variants", default=",".join(VARIANTS[::-1]))
     ap.add_argument("--rates", default=",".join(RATES))
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=None, help="stage-1 optimizer steps per run (default 800)")
+    ap.add_argument("--base-steps", type=int, default=None, help="steps of the memory-free G per seed (0: none)")
+    ap.add_argument("--latent-cache", default=None, help="encoded training clips shared by runs (default OUT/latents)")
+    ap.add_argument("--base-dir", default=None, help="memory-free Gs (default OUT/base); consistency.py can share them")
     ap.add_argument("--budget-min", type=float, default=9.0, help="wall-clock budget of this call, evaluation included")
     ap.add_argument("--out", default=None, help="run folders (default runs/ablation, runs/ablation-tiny with --tiny)")
     ap.add_argument("--results", default=None, help="results JSON (default OUT/results.json); the table goes beside "
@@ -523,17 +612,27 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def settings_from_args(args) -> Settings:
-    s = Settings(**(TINY if args.tiny else {}))
-    for name in ("steps", "batch_size", "num_clips", "eval_clips", "text_table"):
-        if getattr(args, name) is not None:
+def scale_of(args) -> str:
+    return "tiny" if args.tiny else args.scale
+
+
+def settings_from_args(args, settings_cls=None, scales=None, extra: tuple[str, ...] = ()):
+    """Settings of the chosen scale with the command line's overrides (`extra`: the caller's own fields)."""
+    s = (settings_cls or Settings)(**(scales or SCALES)[scale_of(args)])
+    for name in ("steps", "base_steps", "batch_size", "num_clips", "eval_clips", "text_table", "latent_cache",
+                 "base_dir") + extra:
+        if getattr(args, name, None) is not None:
             setattr(s, name, getattr(args, name))
     if args.workers is not None:
         s.workers = args.workers
-    elif not args.tiny:
+    elif not s.tiny:
         s.workers = max(0, min(14, (os.cpu_count() or 2) - 2))
     s.in_process = s.in_process or args.in_process
     return s
+
+
+def default_out(args, name: str) -> Path:
+    return Path(args.out or {"gpu": f"runs/{name}", "cpu": f"runs/{name}-cpu", "tiny": f"runs/{name}-tiny"}[scale_of(args)])
 
 
 def main(argv=None) -> int:
@@ -541,11 +640,13 @@ def main(argv=None) -> int:
     t_call = time.time()
     deadline = t_call + args.budget_min * 60
     s = settings_from_args(args)
-    out = Path(args.out or ("runs/ablation-tiny" if args.tiny else "runs/ablation"))
+    out = default_out(args, "ablation")
+    s.latent_cache = s.latent_cache or str(out / "latents")
     results_path = Path(args.results) if args.results else out / "results.json"
-    runs = plan_runs(args.variants.split(","), args.rates.split(","), [int(x) for x in args.seeds.split(",")])
+    runs = plan_runs(args.variants.split(","), args.rates.split(","), [int(x) for x in args.seeds.split(",")],
+                     base=s.base_steps > 0)
     for r in runs:
-        if r.variant not in VARIANTS or r.rate not in RATES:
+        if not r.is_base and (r.variant not in VARIANTS or r.rate not in RATES):
             raise SystemExit(f"unknown variant/rate {r.variant}/{r.rate}")
     if args.report:  # the table of an existing results file, whatever its protocol
         print(write_tables(json.loads(results_path.read_text()), results_path, out))
@@ -574,7 +675,7 @@ def main(argv=None) -> int:
         for r in runs:
             rec = results["runs"].get(r.id)
             run_dir = out / "runs" / r.id
-            if rec is None or "eval" in rec or not rec.get("trained"):
+            if rec is None or r.is_base or "eval" in rec or not rec.get("trained"):
                 continue
             if not (run_dir / "model").exists():
                 print(f"  {r.id}: trained but its folder is gone (another machine?); it will be retrained", flush=True)
@@ -591,11 +692,21 @@ def main(argv=None) -> int:
     evaluate_pending()
     for r in runs:
         rec = results["runs"].setdefault(r.id, {"variant": r.variant, "rate": r.rate, "seed": r.seed})
+        if r.is_base and rec.get("trained") and not is_trained(base_run_dir(s, out, r.seed), s.base_steps):
+            rec["trained"] = False  # trained on another machine: its G is not here
         if rec.get("trained"):
             continue
-        run_dir = out / "runs" / r.id
+        run_dir = base_run_dir(s, out, r.seed) if r.is_base else out / "runs" / r.id
+        steps = s.base_steps if r.is_base else s.steps
+        if r.is_base and is_trained(run_dir, steps):  # here already (e.g. trained by consistency.py)
+            rec["train"], rec["trained"] = dict(train_state(run_dir), wall_s_this_call=0.0), True
+            checkpoint()
+            continue
+        if not r.is_base and s.base_steps and not results["runs"].get(f"base_s{r.seed}", {}).get("trained"):
+            print(f"  {r.id}: waits for base_s{r.seed}", flush=True)
+            continue
         st = train_state(run_dir)
-        steps_left = s.steps - (st["step"] if st else 0)
+        steps_left = steps - (st["step"] if st else 0)
         est = estimate_train_s(timing_records(results), r.rate, s.batch_size, steps_left)
         left = deadline - time.time() - eval_reserve()
         if left < (5 if s.tiny else 60):
@@ -606,13 +717,13 @@ def main(argv=None) -> int:
                   "when it fits one call)", flush=True)
             continue
         t0 = time.time()
-        init = build_init_folder(out / "inits" / r.id, s, r.variant, r.rate, r.seed, f"ablation-{r.id}")
+        init = run_init_folder(out, s, r, f"ablation-{r.id}")
         print(f"  training {r.id}: {steps_left} steps left (~{est / 60:.1f} min; {left / 60:.1f} min left)", flush=True)
-        st = run_training(init, run_dir, "pretrain", s, r.seed, max(left / 60, 0.1), s.steps)
+        st = run_training(init, run_dir, BASE if r.is_base else "pretrain", s, r.seed, max(left / 60, 0.1), steps)
         rec["train"] = {k: st.get(k) for k in ("step", "samples", "elapsed_s", "samples_per_s", "final_loss",
                                               "first_loss")} if st else {}
         rec["train"]["wall_s_this_call"] = round(time.time() - t0, 1)
-        rec["trained"] = is_trained(run_dir, s.steps)
+        rec["trained"] = is_trained(run_dir, steps)
         call["trained"].append(r.id)
         checkpoint()
         if rec["trained"]:
@@ -621,8 +732,9 @@ def main(argv=None) -> int:
     checkpoint()
     table = write_tables(results, results_path, out)
     print(table)
-    left_runs = [r.id for r in runs if "eval" not in results["runs"].get(r.id, {})]
-    print(f"{len(runs) - len(left_runs)}/{len(runs)} runs evaluated in {results_path}"
+    left_runs = [r.id for r in runs if not r.is_base and "eval" not in results["runs"].get(r.id, {})]
+    evaluable = [r for r in runs if not r.is_base]
+    print(f"{len(evaluable) - len(left_runs)}/{len(evaluable)} runs evaluated in {results_path}"
           + (f"; still to do: {', '.join(left_runs)} (rerun with --resume)" if left_runs else "; all done"))
     return 0
 
@@ -637,17 +749,20 @@ def write_tables(results: dict, results_path: Path, out: Path, formatter=None) -
 
 
 def print_plan(runs: list[Run], results: dict, s: Settings, out: Path, budget_min: float) -> None:
-    print(f"{len(runs)} runs: stage 1 for {s.steps} steps x batch {s.batch_size} each "
-          f"(time estimates: H100, from measured runs where there are some, else guesses)")
+    bases = sum(r.is_base for r in runs)
+    print(f"{len(runs) - bases} runs: stage 1 for {s.steps} steps x batch {s.batch_size} each"
+          + (f", after {bases} memory-free G run(s) of {s.base_steps} steps" if bases else "")
+          + " (time estimates: from measured runs where there are some, else H100 guesses)")
     print("| run | variant | rate | seed | state | est. min |\n|---|---|---|---|---|---|")
     total = 0.0
     for r in runs:
         rec = results["runs"].get(r.id, {})
-        st = train_state(out / "runs" / r.id)
-        done = st["step"] if st else 0
-        state = "evaluated" if "eval" in rec else "trained" if rec.get("trained") else f"step {done}/{s.steps}"
-        est = 0.0 if "eval" in rec else GUESS_EVAL_S + (0.0 if rec.get("trained") else estimate_train_s(
-            timing_records(results), r.rate, s.batch_size, s.steps - done))
+        st = train_state(base_run_dir(s, out, r.seed) if r.is_base else out / "runs" / r.id)
+        done, steps = (st["step"] if st else 0), (s.base_steps if r.is_base else s.steps)
+        state = "evaluated" if "eval" in rec else "trained" if rec.get("trained") else f"step {done}/{steps}"
+        finished = "eval" in rec or (r.is_base and rec.get("trained"))
+        est = 0.0 if finished else (0.0 if r.is_base else GUESS_EVAL_S) + (0.0 if rec.get("trained") else
+                                                                           estimate_train_s(timing_records(results), r.rate, s.batch_size, steps - done))
         total += est
         print(f"| {r.id} | {r.variant} | {r.rate} | {r.seed} | {state} | {est / 60:.1f} |")
     calls = math.ceil(total / 60 / (budget_min - 1)) if total else 0

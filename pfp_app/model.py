@@ -1,7 +1,8 @@
 """Model configs (one registry, DiT-style) and the bundle the pipeline runs: G, φ, codec, text encoder.
 
 Named configs: `tiny` (tests, `tiny-random`), `default` (the embedded model we train and ship in
-assets/), `wan2.1-1.3b` and `wan2.1-14b` (real Wan shapes; weights come from the user's folder).
+assets/), `small` (the paper-evidence benchmarks at CPU scale), `wan2.1-1.3b` and `wan2.1-14b` (real Wan
+shapes; weights come from the user's folder).
 Every config runs the same code path: diffusers' WanTransformer3DModel + AutoencoderKLWan, our φ.
 """
 
@@ -74,6 +75,14 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=64, hr_channels=192, hr_attention_layers=1, hr_heads=4),
         video=VideoSpec(height=128, width=128, fps=8, segment_latent_frames=5, steps=16),
         notes="the embedded default: 128x128 at 8 fps, trained by this project on procedural storyboard clips",
+    ),
+    "small": ModelConfig(
+        transformer=dict(_WAN_DIT, num_attention_heads=4, attention_head_dim=64, ffn_dim=768, num_layers=4,
+                         text_dim=384, freq_dim=128, rope_max_seq_len=512),
+        vae=dict(base_dim=24, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True]),
+        memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=32, hr_channels=128, hr_attention_layers=1, hr_heads=4),
+        video=VideoSpec(height=64, width=64, fps=8, segment_latent_frames=5, steps=16),
+        notes="CPU-sized experiments (benchmarks/*.py --scale cpu): 64x64 with the default model's codec",
     ),
     "wan2.1-1.3b": ModelConfig(
         transformer=dict(_WAN_DIT, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),

@@ -203,3 +203,56 @@ def test_consistency_verdicts_follow_the_numbers():
         summary = cons.summarise(fake(delta))
         assert all(summary["orderings"][k]["verdict"] == verdict for k, _ in cons.METRICS)
         assert verdict in cons.format_table(fake(delta))
+
+
+# ---- the memory-free G that every run of a seed starts from (the CPU scale) ----------------------
+
+def test_runs_of_a_seed_start_from_one_memory_free_g_shared_by_both_benchmarks(tmp_path):
+    from safetensors.torch import load_file
+
+    from pfp_app.model import build_random_model
+
+    abl, cons_out, base_dir = tmp_path / "abl", tmp_path / "cons", tmp_path / "base"
+    common = ["--tiny", "--base-steps", "3", "--base-dir", str(base_dir), "--latent-cache", str(tmp_path / "lat")]
+    assert ra.main([*common, "--out", str(abl), "--seeds", "0", "--variants", "proposed,only_lr",
+                    "--rates", "4x4x2"]) == 0
+    res = json.loads((abl / "results.json").read_text())
+    assert res["runs"]["base_s0"]["trained"] and "eval" not in res["runs"]["base_s0"]
+    assert all("eval" in r for k, r in res["runs"].items() if k != "base_s0")
+    assert json.loads((base_dir / "s0" / "state" / "state.json").read_text())["stage"] == "base"
+
+    def g(folder):
+        return load_file(next((folder / "transformer").glob("*.safetensors")))
+
+    base_g, fresh = g(base_dir / "s0" / "model"), build_random_model("tiny", seed=0).transformer.state_dict()
+    assert any(not torch_equal(base_g[k], fresh[k]) for k in base_g)  # the base run trained G
+    for rid in ("proposed_4x4x2_s0", "only_lr_4x4x2_s0"):
+        init = g(abl / "inits" / rid)
+        assert all(torch_equal(init[k], base_g[k]) for k in base_g), rid
+    table = (abl / "table.md").read_text()
+    assert "first trained alone (no memory, stage `base`) for 3 steps" in table
+
+    # consistency.py with the same settings and --base-dir finds that G trained and does not train it again
+    before = (base_dir / "s0" / "metrics.jsonl").read_text()
+    assert cons.main([*common, "--out", str(cons_out)]) == 0
+    assert (base_dir / "s0" / "metrics.jsonl").read_text() == before
+    init = g(cons_out / "s0" / "init")
+    assert all(torch_equal(init[k], base_g[k]) for k in base_g)
+    assert len(list((tmp_path / "lat").glob("*.safetensors"))) == 1  # one encoding of the clips for every run
+    # a G trained under other settings is never taken
+    with pytest.raises(SystemExit, match="other settings"):
+        cons.main(["--tiny", "--base-steps", "5", "--base-dir", str(base_dir), "--out", str(tmp_path / "c2")])
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_cpu_scale_tables_say_so():
+    p = ra.Settings(**ra.CPU).protocol()
+    assert ra.scale_note(p, ["cpu"]) == ra.CPU_SCALE
+    assert ra.scale_note(ra.Settings().protocol(), ["cpu"]) == ra.NOT_ON_GPU
+    assert ra.scale_note(ra.Settings().protocol(), ["NVIDIA H100 80GB HBM3"]) is None
+    assert ra.scale_note(ra.Settings(**ra.TINY).protocol(), ["cpu"]) == ra.NOT_ON_GPU

@@ -209,3 +209,59 @@ def test_export_shards_large_parts(finetuned, tmp_path):
     shards = sorted((dest / "transformer").glob("*.safetensors"))
     assert len(shards) > 1 and (dest / "transformer" / "diffusion_pytorch_model.safetensors.index.json").exists()
     load_model(dest)
+
+
+def _weights(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_base_stage_trains_g_alone_and_leaves_phi_as_it_was(tmp_path):
+    """Stage `base` (G without memory, the stand-in for a pretrained video model): G's denoising loss falls,
+    φ is never touched, and no batch carried a memory."""
+    from pfp_app.model import build_random_model
+
+    out = tmp_path / "base"
+    state = train(TrainConfig(stage="base", out=str(out), max_steps=60, **TINY_DATA))
+    losses = [r["loss"] for r in metrics(out)]
+    assert {r["kind"] for r in metrics(out)} == {"segment"}
+    assert state["step"] == 60 and sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses
+    init = build_random_model("tiny", seed=0)
+    trained = load_model(out / "model")
+    phi0, phi1 = _weights(init.memory_encoder), _weights(trained.memory_encoder)
+    assert phi0.keys() == phi1.keys() and all(torch.equal(phi0[k], phi1[k]) for k in phi0)
+    g0, g1 = _weights(init.transformer), _weights(trained.transformer)
+    assert any(not torch.equal(g0[k], g1[k]) for k in g0)
+    # the optimizer held G's parameters only
+    n_g = sum(1 for p in init.transformer.parameters())
+    assert len(torch.load(out / "state" / "optimizer.pt", weights_only=True)["state"]) == n_g
+
+
+def test_latent_cache_is_read_back_and_trains_exactly_as_without_it(tmp_path, monkeypatch):
+    import pfp_app.train.trainer as trainer
+
+    cache = tmp_path / "cache"
+    plain = train(TrainConfig(stage="pretrain", out=str(tmp_path / "plain"), max_steps=6, **TINY_DATA))
+    first = train(TrainConfig(stage="pretrain", out=str(tmp_path / "a"), max_steps=6, latent_cache=str(cache),
+                              **TINY_DATA))
+    files = sorted(cache.glob("*.safetensors"))
+    assert len(files) == 1
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("the clips were rendered again although the cache holds them")
+
+    monkeypatch.setattr(trainer, "_load_training_clips", no_rendering)
+    second = train(TrainConfig(stage="pretrain", out=str(tmp_path / "b"), max_steps=6, latent_cache=str(cache),
+                               **TINY_DATA))
+    assert plain["final_loss"] == first["final_loss"] == second["final_loss"]
+    a = _weights(load_model(tmp_path / "plain" / "model").transformer)
+    b = _weights(load_model(tmp_path / "b" / "model").transformer)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # other clips (another data seed) are another cache entry, never the stored one
+    with pytest.raises(AssertionError, match="rendered again"):
+        train(TrainConfig(stage="pretrain", out=str(tmp_path / "c"), max_steps=1, latent_cache=str(cache),
+                          **{**TINY_DATA, "data_seed": 7}))
+    monkeypatch.undo()
+    files[0].write_bytes(b"not a safetensors file")  # a damaged entry is rebuilt, not trusted
+    again = train(TrainConfig(stage="pretrain", out=str(tmp_path / "d"), max_steps=6, latent_cache=str(cache),
+                              **TINY_DATA))
+    assert again["final_loss"] == plain["final_loss"]

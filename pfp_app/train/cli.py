@@ -10,7 +10,7 @@ import json
 def add_train_parsers(sub) -> None:
     from .trainer import STAGES, TrainConfig
 
-    t = sub.add_parser("train", help="train the codec, stage 1 (retrieval pretraining) or stage 2 (next-segment fine-tuning)",
+    t = sub.add_parser("train", help="train the codec, G alone (base), stage 1 (retrieval pretraining) or stage 2 (next-segment fine-tuning)",
                        description="Runs on the CPU, one GPU, or several through `accelerate launch` / torchrun.")
     t.add_argument("--stage", choices=STAGES, required=True)
     for f in dataclasses.fields(TrainConfig):

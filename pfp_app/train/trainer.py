@@ -1,4 +1,6 @@
-"""Training: the codec, stage 1 (frame-retrieval pretraining of φ with G), stage 2 (next-segment fine-tuning).
+"""Training: the codec, stage 1 (frame-retrieval pretraining of φ with G), stage 2 (next-segment fine-tuning),
+and `base` (G alone, no memory: a small stand-in for a pretrained video model such as Wan, which the paper
+starts stage 1 from).
 
 One file, nanoGPT-style. Built on `accelerate`: the same command runs on the CPU, one GPU, or many
 (`accelerate launch` / `torchrun`); bf16 autocast on GPU; EMA of weights (diffusers' EMAModel); a
@@ -34,17 +36,21 @@ from ..model import PFPModel, build_random_model, load_model
 from ..text_encoder import PrecomputedTextEncoder
 from .data import (
     LatentClips,
+    cached_latents,
     caption_table_from_file,
     clip_dataset,
     encode_clips,
+    latent_clips,
     load_clips,
+    module_fingerprint,
     np_seed,
     random_windows,
     restrict_storyboard,
     shard_indices,
+    source_fingerprint,
 )
 
-STAGES = ("codec", "pretrain", "finetune")
+STAGES = ("codec", "base", "pretrain", "finetune")
 
 
 @dataclass
@@ -76,6 +82,7 @@ class TrainConfig:
     log_every: int = 25
     workers: int = 0
     grad_accum: int = 1  # micro-batches per optimizer step (accelerate's gradient accumulation)
+    latent_cache: str | None = None  # folder of encoded training clips, shared by runs with the same data and codec
 
 
 class MemoryTrainingModule(nn.Module):
@@ -121,7 +128,7 @@ def _init_model(cfg: TrainConfig) -> PFPModel:
     else:
         # a Wan 2.1 folder without φ weights gets a fresh φ of the Wan config (stage 1 trains it)
         model = load_model(cfg.init, torch_dtype=torch.float32, new_memory=MODEL_CONFIGS["wan2.1-1.3b"].memory)
-    trained = {"codec": ("vae",)}.get(cfg.stage, ("transformer", "memory_encoder"))
+    trained = {"codec": ("vae",), "base": ("transformer",)}.get(cfg.stage, ("transformer", "memory_encoder"))
     for name, m in model.modules().items():
         m.float().train(name in trained).requires_grad_(name in trained)
     return model
@@ -143,6 +150,28 @@ def _load_training_clips(model, cfg, accelerator) -> tuple[torch.Tensor, list[st
                          f"{accelerator.num_processes} without clips; use at least one clip per process")
     frames, storyboards = load_clips(ds, idx, cfg.workers)
     return frames, storyboards
+
+
+def _training_latents(model: PFPModel, cfg: TrainConfig, accelerator, text_encoder) -> LatentClips:
+    """This process's shard of the training clips encoded by the (frozen) codec, with every latent frame's
+    prompt; read from / written to `cfg.latent_cache` when set (keyed by data, shard and codec weights)."""
+    v, codec = model.video, model.codec
+
+    def build() -> tuple[torch.Tensor, list[str]]:
+        frames, storyboards = _load_training_clips(model, cfg, accelerator)
+        return encode_clips(codec, frames, storyboards, v.fps).latents, storyboards
+
+    if cfg.latent_cache:
+        key = dict(data=source_fingerprint(cfg.data), num_clips=cfg.num_clips, clip_seconds=cfg.clip_seconds,
+                   height=v.height, fps=v.fps, data_seed=cfg.data_seed, rank=accelerator.process_index,
+                   world=accelerator.num_processes, codec=module_fingerprint(codec.vae))
+        latents, storyboards = cached_latents(cfg.latent_cache, key, build)
+        latents = latents.to(codec.device)
+    else:
+        latents, storyboards = build()
+    if isinstance(text_encoder, PrecomputedTextEncoder):
+        storyboards = [restrict_storyboard(s, set(text_encoder.table)) if s else s for s in storyboards]
+    return latent_clips(latents, storyboards, v.fps, codec.temporal_ratio)
 
 
 def _save_state(accelerator, cfg, model: PFPModel, optimizer, ema, state: dict) -> None:
@@ -175,7 +204,7 @@ def _save_state(accelerator, cfg, model: PFPModel, optimizer, ema, state: dict) 
 def _trainable(model: PFPModel, cfg: TrainConfig) -> list[nn.Parameter]:
     if cfg.stage == "codec":
         return list(model.codec.vae.parameters())
-    params = list(model.memory_encoder.parameters())
+    params = [] if cfg.stage == "base" else list(model.memory_encoder.parameters())
     params += [p for p in model.transformer.parameters() if p.requires_grad]
     return params
 
@@ -245,15 +274,15 @@ def train(cfg: TrainConfig) -> dict:
     model.to(device)
     set_seed(cfg.seed + accelerator.process_index)  # from here on each rank draws its own randomness
 
-    # data: rendered/decoded once per run, latents kept on the device
-    frames, storyboards = _load_training_clips(model, cfg, accelerator)
+    # data: rendered/decoded once per run (latents: or read from --latent-cache), kept on the device
     if cfg.stage == "codec":
+        frames, _ = _load_training_clips(model, cfg, accelerator)
+        num_clips = len(frames)
         trainer_module = CodecTrainingModule(model.codec.vae)
     else:
         text_encoder = _text_encoder(model, cfg)
-        if isinstance(text_encoder, PrecomputedTextEncoder):
-            storyboards = [restrict_storyboard(s, set(text_encoder.table)) if s else s for s in storyboards]
-        clips = encode_clips(model.codec, frames, storyboards, model.video.fps)
+        clips = _training_latents(model, cfg, accelerator, text_encoder)
+        num_clips = len(clips)
         trainer_module = MemoryTrainingModule(model)
 
     params = _trainable(model, cfg)
@@ -275,7 +304,7 @@ def train(cfg: TrainConfig) -> dict:
     bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not accelerator.is_main_process, desc=cfg.stage)
     n = model.video.segment_latent_frames
     accelerator.print(f"{cfg.stage}: {world} process(es) x batch {cfg.batch_size} x grad-accum {cfg.grad_accum} "
-                      f"= {cfg.batch_size * world * cfg.grad_accum} samples per step, {len(frames)} clips on this rank")
+                      f"= {cfg.batch_size * world * cfg.grad_accum} samples per step, {num_clips} clips on this rank")
     stop = _agree(accelerator, state["step"] >= cfg.max_steps or time.time() - t_start >= budget_s)[0]
     while not stop:
         for g in optimizer.param_groups:
@@ -350,11 +379,13 @@ def _summarise(state: dict, losses: list[float], run_samples: int, run_seconds: 
 
 
 def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen, device, n: int):
-    """One batch: stage-1 retrieval (always in pretrain; a share of batches in finetune) or stage-2 next segment."""
+    """One batch: stage-1 retrieval (always in pretrain; a share of batches in finetune), stage-2 next segment,
+    or (stage `base`) a segment denoised by G alone, with no memory."""
     idx = torch.randint(0, len(clips), (cfg.batch_size,), generator=gen)
     lat = clips.latents[idx.to(clips.latents.device)]  # (B, C, T', H', W')
     b, t_total = lat.shape[0], lat.shape[2]
-    retrieval = cfg.stage == "pretrain" or torch.rand(1, generator=gen).item() < cfg.retrieval_share
+    retrieval = cfg.stage == "pretrain" or (cfg.stage == "finetune"
+                                            and torch.rand(1, generator=gen).item() < cfg.retrieval_share)
     if retrieval:
         # Ω at its true time positions; no caption: recall must come from the memory (the inspector
         # recalls uploaded videos, which have none)
@@ -364,12 +395,12 @@ def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen
         kind = "retrieval"
     else:
         s = int(torch.randint(0, t_total - n + 1, (1,), generator=gen))  # s = 0: the first segment, no memory
-        x0, history = lat[:, :, s : s + n], (lat[:, :, :s] if s > 0 else None)
+        x0, history = lat[:, :, s : s + n], (lat[:, :, :s] if s > 0 and cfg.stage == "finetune" else None)
         positions = torch.arange(s, s + n, device=device, dtype=torch.float32)
         prompts = [clips.prompts[i][s] for i in idx.tolist()]
         prompts = [p if torch.rand(1, generator=gen).item() >= cfg.caption_dropout else "" for p in prompts]
         text = text_encoder.encode(prompts)
-        kind = "next_segment"
+        kind = "next_segment" if cfg.stage == "finetune" else "segment"
     t = sample_train_t(b, 3.0, gen).to(device)
     noise = torch.randn(x0.shape, generator=gen).to(device)
     return module(x0, text.to(device), history, positions, t, noise), kind
