@@ -14,7 +14,7 @@ import torch
 from ..backbone.memory_dit import MemoryTokens
 from ..data.world import WorldClipDataset
 from ..flow import SamplerSettings, sample
-from ..metrics import mean_and_ci95, psnr, ssim
+from ..metrics import lpips_or_none, mean_and_ci95, psnr, ssim
 from ..model import PFPModel
 
 
@@ -27,7 +27,8 @@ def query_latents(num_latents: int, queries: int) -> list[int]:
 @torch.no_grad()
 def recall_clip_batch(model: PFPModel, frames: torch.Tensor, queries: int, steps: int, seed: int, device,
                       zero_memory: bool = False) -> dict[str, list[float]]:
-    """frames (B, 3, T, H, W) in [-1, 1] -> per-query PSNR/SSIM lists for recall and references."""
+    """frames (B, 3, T, H, W) in [-1, 1] -> per-query PSNR/SSIM lists for recall and references, and LPIPS
+    lists too where its package and weights are installed (they are never downloaded)."""
     codec, r = model.codec, model.codec.temporal_ratio
     latents = codec.encode(frames.to(device))  # (B, C, T', H', W')
     b, t_lat = latents.shape[0], latents.shape[2]
@@ -48,14 +49,13 @@ def recall_clip_batch(model: PFPModel, frames: torch.Tensor, queries: int, steps
     ceil = codec.decode(pairs_true)[:, :, -1]
     truth = torch.cat([frames[:, :, r * j] for j in js]).to(rec)
     mean_frame = frames.mean(dim=2).repeat(len(js), 1, 1, 1).to(rec)
-    out = {k: [] for k in ("psnr", "ssim", "mean_psnr", "mean_ssim", "codec_psnr", "codec_ssim")}
-    for i in range(truth.shape[0]):
-        out["psnr"].append(psnr(rec[i], truth[i]))
-        out["ssim"].append(ssim(rec[i], truth[i]))
-        out["mean_psnr"].append(psnr(mean_frame[i], truth[i]))
-        out["mean_ssim"].append(ssim(mean_frame[i], truth[i]))
-        out["codec_psnr"].append(psnr(ceil[i], truth[i]))
-        out["codec_ssim"].append(ssim(ceil[i], truth[i]))
+    metrics = {"psnr": psnr, "ssim": ssim}
+    if lpips_or_none(rec[:1], truth[:1]) is not None:
+        metrics["lpips"] = lpips_or_none
+    out: dict[str, list[float]] = {}
+    for prefix, pred in (("", rec), ("mean_", mean_frame), ("codec_", ceil)):
+        for name, fn in metrics.items():
+            out[prefix + name] = [fn(pred[i], truth[i]) for i in range(truth.shape[0])]
     return out
 
 
@@ -72,7 +72,7 @@ def evaluate_recall(model: PFPModel, num_clips: int = 16, seconds: float = 20.0,
         frames = torch.stack([ds[i]["frames"] for i in range(start, min(start + batch, num_clips))])
         for zero in (False, True):
             res = recall_clip_batch(model, frames, queries, steps, seed + start, device, zero_memory=zero)
-            keys = ("psnr", "ssim") if zero else res.keys()
+            keys = [k for k in res if not k.startswith(("mean_", "codec_"))] if zero else res.keys()
             n_clips = frames.shape[0]
             for k in keys:  # res[k] is query-major: index q * n_clips + clip
                 per_clip = [sum(res[k][q * n_clips + c] for q in range(len(res[k]) // n_clips)) / (len(res[k]) // n_clips)
@@ -85,13 +85,18 @@ def evaluate_recall(model: PFPModel, num_clips: int = 16, seconds: float = 20.0,
 
 
 def format_scores(s: dict) -> str:
-    row = lambda name, p, q: f"| {name} | {s[p]['mean']:.2f} ± {s[p]['ci95']:.2f} | {s[q]['mean']:.3f} ± {s[q]['ci95']:.3f} |"  # noqa: E731
+    lp = "lpips" in s  # only where LPIPS is installed
+
+    def row(name: str, prefix: str) -> str:
+        cell = lambda k, d: f"{s[prefix + k]['mean']:.{d}f} ± {s[prefix + k]['ci95']:.{d}f}"  # noqa: E731
+        return f"| {name} | {cell('psnr', 2)} | {cell('ssim', 3)} |" + (f" {cell('lpips', 3)} |" if lp else "")
+
     return "\n".join([
         f"recall on {s['settings']['num_clips']} held-out clips x {s['settings']['queries']} frames "
         f"(rate {s['settings']['rate']}, {s['settings']['variant']}, {s['settings']['steps']} steps)",
-        "| | PSNR (dB) | SSIM |", "|---|---|---|",
-        row("recall from memory", "psnr", "ssim"),
-        row("φ output zeroed", "zeroed_psnr", "zeroed_ssim"),
-        row("history mean frame", "mean_psnr", "mean_ssim"),
-        row("codec reconstruction (ceiling)", "codec_psnr", "codec_ssim"),
+        "| | PSNR (dB) | SSIM |" + (" LPIPS |" if lp else ""), "|---|---|---|" + ("---|" if lp else ""),
+        row("recall from memory", ""),
+        row("φ output zeroed", "zeroed_"),
+        row("history mean frame", "mean_"),
+        row("codec reconstruction (ceiling)", "codec_"),
     ])
