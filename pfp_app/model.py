@@ -57,6 +57,10 @@ class ModelConfig:
 _WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
 _WAN_DIT = dict(patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, cross_attn_norm=True,
                 qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+_DEFAULT_DIT = dict(_WAN_DIT, num_attention_heads=6, attention_head_dim=64, ffn_dim=1024, num_layers=6, text_dim=384,
+                    freq_dim=128, rope_max_seq_len=512)
+# 4x space, 4x time: an 8x-space codec trained for minutes on this data reached only 18.7 dB
+_DEFAULT_VAE = dict(base_dim=24, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True])
 
 MODEL_CONFIGS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
@@ -68,18 +72,15 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         notes="test-sized; untrained unless loaded from a folder",
     ),
     "default": ModelConfig(
-        transformer=dict(_WAN_DIT, num_attention_heads=6, attention_head_dim=64, ffn_dim=1024, num_layers=6,
-                         text_dim=384, freq_dim=128, rope_max_seq_len=512),
-        # 4x space, 4x time: an 8x-space codec trained for minutes on this data reached only 18.7 dB
-        vae=dict(base_dim=24, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True]),
+        transformer=_DEFAULT_DIT,
+        vae=_DEFAULT_VAE,
         memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=64, hr_channels=192, hr_attention_layers=1, hr_heads=4),
         video=VideoSpec(height=128, width=128, fps=8, segment_latent_frames=5, steps=16),
         notes="the embedded default: 128x128 at 8 fps, trained by this project on procedural storyboard clips",
     ),
-    "small": ModelConfig(
-        transformer=dict(_WAN_DIT, num_attention_heads=4, attention_head_dim=64, ffn_dim=768, num_layers=4,
-                         text_dim=384, freq_dim=128, rope_max_seq_len=512),
-        vae=dict(base_dim=24, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True]),
+    "small": ModelConfig(  # the default's codec (shared by the benchmarks) with a smaller G and φ
+        transformer=dict(_DEFAULT_DIT, num_attention_heads=4, ffn_dim=768, num_layers=4),
+        vae=_DEFAULT_VAE,
         memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=32, hr_channels=128, hr_attention_layers=1, hr_heads=4),
         video=VideoSpec(height=64, width=64, fps=8, segment_latent_frames=5, steps=16),
         notes="CPU-sized experiments (benchmarks/*.py --scale cpu): 64x64 with the default model's codec",
