@@ -265,3 +265,17 @@ def test_latent_cache_is_read_back_and_trains_exactly_as_without_it(tmp_path, mo
     again = train(TrainConfig(stage="pretrain", out=str(tmp_path / "d"), max_steps=6, latent_cache=str(cache),
                               **TINY_DATA))
     assert again["final_loss"] == plain["final_loss"]
+
+
+def test_loading_clips_in_process_keeps_the_training_threads():
+    """Rendering without worker processes used to set torch to one thread for the rest of the run
+    (training on a 2-core CPU at half speed)."""
+    from pfp_app.train.data import clip_dataset, load_clips
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        load_clips(clip_dataset("world", 1, 1.0, 32, 8, 0), [0], workers=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -27,9 +27,12 @@ def clip_dataset(source: str, num_clips: int, seconds: float, size: int, fps: in
     return VideoFolderDataset(source, seconds=seconds, size=(size, size), fps=fps, seed=seed, num_items=num_clips)
 
 
+def _one_thread_worker() -> None:
+    torch.set_num_threads(1)  # N rendering processes on N cores; never in the training process itself
+
+
 def _load_item(args):
     dataset, i = args
-    torch.set_num_threads(1)
     item = dataset[i]
     return item["frames"].mul(127.5).add(127.5).round().clamp(0, 255).to(torch.uint8), item["storyboard"]
 
@@ -39,7 +42,7 @@ def load_clips(dataset, indices: list[int], workers: int = 0) -> tuple[torch.Ten
     jobs = [(dataset, i) for i in indices]
     if workers > 1:
         # spawn, not fork: forking a process whose OpenMP pool is running can deadlock
-        with get_context("spawn").Pool(workers) as pool:
+        with get_context("spawn").Pool(workers, initializer=_one_thread_worker) as pool:
             results = pool.map(_load_item, jobs, chunksize=4)
     else:
         results = [_load_item(j) for j in jobs]
