@@ -275,7 +275,7 @@ def test_loading_clips_in_process_keeps_the_training_threads():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        load_clips(clip_dataset("world", 1, 1.0, 32, 8, 0), [0], workers=0)
+        load_clips(clip_dataset("world", 1, 2.0, 32, 8, 0), [0], workers=0)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
