@@ -384,7 +384,8 @@ def main(argv=None) -> int:
     if args.report:  # the table of an existing results file, whatever its protocol
         print(write_tables(json.loads(results_path.read_text()), results_path, out))
         return 0
-    results = ra.load_results(results_path, "consistency", s.protocol(), args.resume or args.plan)
+    results = ra.load_results(results_path, "consistency", s.protocol(), args.resume or args.plan,
+                              Settings().protocol())
     jobs = [(seed, arm) for seed in seeds for arm in ARMS]
 
     if args.plan:

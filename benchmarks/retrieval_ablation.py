@@ -4,6 +4,7 @@
     python benchmarks/retrieval_ablation.py --resume --budget-min 9 \
         --text-table .carry/captions.safetensors --results benchmarks/results/ablation.json   # one GPU call
     python benchmarks/retrieval_ablation.py --scale cpu --budget-min 600 --resume   # the reduced protocol on a CPU
+    python benchmarks/retrieval_ablation.py --data /videos/train --eval-data /videos/heldout ...  # on your own videos
     python benchmarks/retrieval_ablation.py --tiny --out /tmp/ablation  # CPU smoke test (tests/test_ablation_smoke.py)
 
 Protocol (arXiv 2512.23851 Table 1, on the procedural storyboard world):
@@ -92,6 +93,22 @@ def scale_note(protocol: dict, devices: list[str]) -> str | None:
     return None
 
 
+def source_name(source: str) -> str:
+    return "world" if source == "world" else f"`{Path(source).name}/` video"
+
+
+def check_sources(s: Settings) -> None:
+    """Held-out clips must be clips never trained on: windows of the training videos would not be."""
+    if s.data != "world" and not s.eval_data:
+        raise SystemExit(f"--data {s.data} needs --eval-data: a folder of other videos for the held-out clips "
+                         "(windows of the training videos are not held out)")
+    for folder in {s.data, s.eval_data} - {"world", ""}:
+        if not Path(folder).is_dir():
+            raise SystemExit(f"video folder {folder!r} does not exist")
+    if s.eval_data and s.eval_data != "world" and Path(s.eval_data).resolve() == Path(s.data).resolve():
+        raise SystemExit("--eval-data must be another folder than --data (held-out clips are never trained on)")
+
+
 def start_of_g(p: dict) -> str:
     """How G starts, for the tables' protocol line."""
     if p.get("base_steps"):
@@ -107,6 +124,8 @@ class Settings:
     """What every run shares. Fields above `_protocol_end` define the experiment (checked on --resume)."""
 
     config: str = "default"  # MODEL_CONFIGS name of G and φ
+    data: str = "world"  # training clips: the procedural world, or a folder of videos
+    eval_data: str = ""  # held-out clips: '' = the world with eval_seed; a folder of OTHER videos with --data DIR
     codec: str = "default"  # model spec whose (frozen) codec and video spec every run shares
     steps: int = 800  # optimizer steps per training stage, equal for every run
     batch_size: int = 32
@@ -171,16 +190,22 @@ def default_device() -> str:
 
 # ---------------------------------------------------------------------------------------------- results file
 
-def load_results(path: Path, benchmark: str, protocol: dict, resume: bool) -> dict:
-    """The results JSON (created if missing). On an existing file: --resume needed, and the same protocol."""
+def load_results(path: Path, benchmark: str, protocol: dict, resume: bool, defaults: dict | None = None) -> dict:
+    """The results JSON (created if missing). On an existing file: --resume needed, and the same protocol.
+    A protocol field added after the file was written counts as agreeing while it holds its default
+    (`defaults`: the protocol of the default settings), which is what the older code did."""
     if path.exists():
         res = json.loads(path.read_text())
         if not resume:
             raise SystemExit(f"{path} already holds results; pass --resume to continue them, or choose another "
                              "--out / --results")
-        if res.get("protocol") != protocol:
-            old = res.get("protocol", {})
-            diff = {k: (old.get(k), v) for k, v in protocol.items() if old.get(k) != v}
+        old = res.get("protocol", {})
+        missing = {k: v for k, v in protocol.items() if k not in old}
+        if defaults is not None and old and all(defaults.get(k, object()) == v for k, v in missing.items()):
+            old = {**old, **missing}
+            res["protocol"] = old
+        if old != protocol:
+            diff = {k: (old.get(k), protocol.get(k)) for k in {**old, **protocol} if old.get(k) != protocol.get(k)}
             raise SystemExit(f"{path} was measured under another protocol ({diff}: (old, new)); results of "
                              "different protocols are never mixed: choose another --results")
         return res
@@ -246,7 +271,7 @@ def run_training(init: Path, out: Path, stage: str, s, seed: int, budget_min: fl
     the same training fields. A finished run is not touched (no process start, no clip rendering)."""
     if is_trained(out, max_steps):
         return train_state(out)
-    cfg = dict(stage=stage, init=str(init), out=str(out), data="world", num_clips=s.num_clips,
+    cfg = dict(stage=stage, init=str(init), out=str(out), data=s.data, num_clips=s.num_clips,
                clip_seconds=s.clip_seconds, data_seed=s.data_seed, batch_size=s.batch_size, lr=s.lr,
                warmup_steps=s.warmup_steps, max_steps=max_steps, time_budget_min=round(budget_min, 3),
                checkpoint_every_min=s.checkpoint_every_min, resume=True, seed=seed, num_query=s.num_query,
@@ -285,14 +310,15 @@ _HELDOUT: dict = {}
 
 
 def heldout_frames(s: Settings, size: int, fps: int):
-    """(N, 3, T, H, W) held-out clips in [-1, 1], rendered once per process (another data seed)."""
+    """(N, 3, T, H, W) held-out clips in [-1, 1], made once per process: world clips of another data seed,
+    or windows of the --eval-data videos."""
     import torch
 
-    from pfp_app.data.world import WorldClipDataset
+    from pfp_app.train.data import clip_dataset
 
-    key = (s.eval_clips, s.eval_seconds, size, fps, s.eval_seed)
+    key = (s.eval_data or s.data, s.eval_clips, s.eval_seconds, size, fps, s.eval_seed)
     if key not in _HELDOUT:
-        ds = WorldClipDataset(s.eval_clips, seconds=s.eval_seconds, size=size, fps=fps, seed=s.eval_seed)
+        ds = clip_dataset(s.eval_data or s.data, s.eval_clips, s.eval_seconds, size, fps, s.eval_seed)
         _HELDOUT[key] = torch.stack([ds[i]["frames"] for i in range(len(ds))])
     return _HELDOUT[key]
 
@@ -519,9 +545,10 @@ def format_table(results: dict, command: str = "") -> str:
     lines += [
         f"{start_of_g(p)} + φ of each variant/rate (fresh, same seed); shared frozen codec of "
         f"`{p['codec']}`{size}; stage 1 for {p['steps']} steps × batch {p['batch_size']} (lr {p['lr']}, warm-up "
-        f"{p['warmup_steps']}, EMA {p['ema_decay']}) on {p['num_clips']} world clips of {p['clip_seconds']:g} s "
-        f"(data seed {p['data_seed']}); recall of {p['eval_queries']} frames spread over each of "
-        f"{p['eval_clips']} held-out {p['eval_seconds']:g}-s clips (data seed {p['eval_seed']}), "
+        f"{p['warmup_steps']}, EMA {p['ema_decay']}) on {p['num_clips']} {source_name(p.get('data', 'world'))} "
+        f"clips of {p['clip_seconds']:g} s (data seed {p['data_seed']}); recall of {p['eval_queries']} frames "
+        f"spread over each of {p['eval_clips']} held-out {p['eval_seconds']:g}-s clips "
+        f"({source_name(p.get('eval_data') or p.get('data', 'world'))}, data seed {p['eval_seed']}), "
         f"{p['eval_steps']} sampler steps, no caption. Mean ± 95% interval over clips (per-clip mean over its "
         "frames, averaged over seeds).",
         f"Device: {', '.join(devices) or '(none yet)'} · wall time: {wall_min:.1f} min over {len(calls)} call(s) · "
@@ -590,6 +617,8 @@ def parse_args(argv=None):
     ap.add_argument("--scale", choices=tuple(SCALES), default="gpu",
                     help="gpu: the protocol (default); cpu: shrunk to hours on a 2-core CPU; tiny: smoke test")
     ap.add_argument("--tiny", action="store_true", help="the same as --scale tiny")
+    ap.add_argument("--data", default=None, help="training clips: 'world' (default) or a folder of videos")
+    ap.add_argument("--eval-data", default=None, help="held-out clips: a folder of other videos (with --data DIR)")
     ap.add_argument("--variants", default=",".join(VARIANTS[::-1]))
     ap.add_argument("--rates", default=",".join(RATES))
     ap.add_argument("--seeds", default="0,1")
@@ -620,7 +649,7 @@ def settings_from_args(args, settings_cls=None, scales=None, extra: tuple[str, .
     """Settings of the chosen scale with the command line's overrides (`extra`: the caller's own fields)."""
     s = (settings_cls or Settings)(**(scales or SCALES)[scale_of(args)])
     for name in ("steps", "base_steps", "batch_size", "num_clips", "eval_clips", "text_table", "latent_cache",
-                 "base_dir") + extra:
+                 "base_dir", "data", "eval_data") + extra:
         if getattr(args, name, None) is not None:
             setattr(s, name, getattr(args, name))
     if args.workers is not None:
@@ -628,6 +657,7 @@ def settings_from_args(args, settings_cls=None, scales=None, extra: tuple[str, .
     elif not s.tiny:
         s.workers = max(0, min(14, (os.cpu_count() or 2) - 2))
     s.in_process = s.in_process or args.in_process
+    check_sources(s)
     return s
 
 
@@ -651,7 +681,8 @@ def main(argv=None) -> int:
     if args.report:  # the table of an existing results file, whatever its protocol
         print(write_tables(json.loads(results_path.read_text()), results_path, out))
         return 0
-    results = load_results(results_path, "retrieval_ablation", s.protocol(), args.resume or args.plan)
+    results = load_results(results_path, "retrieval_ablation", s.protocol(), args.resume or args.plan,
+                           Settings().protocol())
 
     if args.plan:
         print_plan(runs, results, s, out, args.budget_min)

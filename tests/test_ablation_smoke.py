@@ -256,3 +256,50 @@ def test_cpu_scale_tables_say_so():
     assert ra.scale_note(ra.Settings().protocol(), ["cpu"]) == ra.NOT_ON_GPU
     assert ra.scale_note(ra.Settings().protocol(), ["NVIDIA H100 80GB HBM3"]) is None
     assert ra.scale_note(ra.Settings(**ra.TINY).protocol(), ["cpu"]) == ra.NOT_ON_GPU
+
+
+# ---- on a user's own videos ------------------------------------------------------------------
+
+def _video_folder(root: Path, n: int, seed: int) -> Path:
+    """n 5-s MP4s of world clips (any videos would do; these have texture and cuts)."""
+    from pfp_app.data.world import WorldClipDataset
+    from pfp_app.video_io import write_mp4
+
+    root.mkdir(parents=True)
+    ds = WorldClipDataset(n, seconds=5.0, size=64, fps=8, seed=seed)
+    for i in range(n):
+        write_mp4(root / f"clip{i}.mp4", ds[i]["frames"], fps=8)
+    return root
+
+
+def test_retrieval_ablation_on_a_folder_of_videos(tmp_path):
+    train_dir, eval_dir = _video_folder(tmp_path / "train", 3, 1), _video_folder(tmp_path / "heldout", 3, 2)
+    out = tmp_path / "abl"
+    assert ra.main(["--tiny", "--data", str(train_dir), "--eval-data", str(eval_dir), "--out", str(out),
+                    "--seeds", "0", "--variants", "proposed", "--rates", "4x4x2"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["protocol"]["data"] == str(train_dir) and res["protocol"]["eval_data"] == str(eval_dir)
+    run = res["runs"]["proposed_4x4x2_s0"]
+    assert len(run["eval"]["per_clip"]["psnr"]) == ra.TINY["eval_clips"]
+    train_cfg = json.loads((out / "runs" / "proposed_4x4x2_s0" / "model" / "training.json").read_text())["config"]
+    assert train_cfg["data"] == str(train_dir)
+    assert "`heldout/` video" in (out / "table.md").read_text()
+
+    with pytest.raises(SystemExit, match="needs --eval-data"):
+        ra.main(["--tiny", "--data", str(train_dir), "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="another folder than --data"):
+        ra.main(["--tiny", "--data", str(train_dir), "--eval-data", str(train_dir), "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="does not exist"):
+        ra.main(["--tiny", "--data", str(tmp_path / "nope"), "--eval-data", str(eval_dir), "--out", str(tmp_path / "x")])
+
+
+def test_results_written_before_a_protocol_field_existed_resume(tmp_path):
+    """A results file from before `data` existed resumes while `data` keeps its default, and only then."""
+    s = ra.Settings(**ra.TINY)
+    old = {k: v for k, v in s.protocol().items() if k not in ("data", "eval_data")}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"benchmark": "retrieval_ablation", "protocol": old, "runs": {}, "calls": []}))
+    assert ra.load_results(path, "retrieval_ablation", s.protocol(), True, ra.Settings().protocol())["runs"] == {}
+    other = dict(s.protocol(), data="/videos")
+    with pytest.raises(SystemExit, match="another protocol"):
+        ra.load_results(path, "retrieval_ablation", other, True, ra.Settings().protocol())
