@@ -723,8 +723,13 @@ def main(argv=None) -> int:
     evaluate_pending()
     for r in runs:
         rec = results["runs"].setdefault(r.id, {"variant": r.variant, "rate": r.rate, "seed": r.seed})
+        if r.is_base and all(results["runs"].get(x.id, {}).get("trained") for x in runs
+                             if x.seed == r.seed and not x.is_base):
+            continue  # every run of the seed is trained: its G is needed no more
         if r.is_base and rec.get("trained") and not is_trained(base_run_dir(s, out, r.seed), s.base_steps):
-            rec["trained"] = False  # trained on another machine: its G is not here
+            # trained on another machine: its G is not here. Retrained, it may differ from the first by GPU
+            # nondeterminism, which the runs of the seed trained from the first one do not share
+            rec["trained"] = False
         if rec.get("trained"):
             continue
         run_dir = base_run_dir(s, out, r.seed) if r.is_base else out / "runs" / r.id
