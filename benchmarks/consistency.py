@@ -296,8 +296,8 @@ def format_table(results: dict) -> str:
         f"{p['data_seed']}). {p['storyboards']} storyboards (character re-enters after ≥ {p['min_gap']:g} s, "
         f"camera returns to the first place), {p['gen_steps']} sampler steps. Scores ×100, mean ± 95% interval "
         "over storyboards (averaged over seeds).",
-        f"Device: {', '.join(devices) or '(none yet)'} · wall time: {sum(c.get('wall_s', 0) for c in calls) / 60:.1f} "
-        f"min over {len(calls)} call(s) · dates: {', '.join(sorted({c.get('date', '?')[:10] for c in calls})) or '-'}",
+        f"Device: {', '.join(devices) or '(none yet)'} · wall time: {ra.calls_wall_min(calls):.1f} "
+        f"min over {len(calls)} process call(s) · dates: {', '.join(sorted({c.get('date', '?')[:10] for c in calls})) or '-'}",
         "",
         "| Method | seeds | " + " | ".join(t for _, t in METRICS) + " | fidelity: "
         + " / ".join(t for _, t in FIDELITY) + " |",
@@ -340,6 +340,8 @@ def parse_args(argv=None):
                     help="gpu: the protocol (default); cpu: shrunk to hours on a 2-core CPU; tiny: smoke test")
     ap.add_argument("--tiny", action="store_true", help="the same as --scale tiny")
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--arms", default=",".join(ARMS),
+                    help="arms this call trains and scores (default both; one each lets two calls run side by side)")
     ap.add_argument("--pretrain-steps", type=int, default=None)
     ap.add_argument("--finetune-steps", type=int, default=None)
     ap.add_argument("--storyboards", type=int, default=None)
@@ -386,7 +388,10 @@ def main(argv=None) -> int:
         return 0
     results = ra.load_results(results_path, "consistency", s.protocol(), args.resume or args.plan,
                               Settings().protocol())
-    jobs = [(seed, arm) for seed in seeds for arm in ARMS]
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if not arms or any(a not in ARMS for a in arms):
+        raise SystemExit(f"--arms: choose from {', '.join(ARMS)} (got {args.arms!r})")
+    jobs = [(seed, arm) for seed in seeds for arm in ARMS if arm in arms]
 
     if args.plan:
         print(f"{len(jobs)} arms; per seed: with = stage 1 {s.pretrain_steps} + stage 2 {s.finetune_steps} steps, "

@@ -537,7 +537,7 @@ def format_table(results: dict, command: str = "") -> str:
     devices = sorted({c.get("device", "?") for c in calls})
     note = scale_note(p, devices)
     size = f" at {p['size']}×{p['size']}" if p.get("size") else ""
-    wall_min = sum(c.get("wall_s", 0) for c in calls) / 60
+    wall_min = calls_wall_min(calls)
     any_lpips = any(r["lpips"][0] is not None for r in s["rows"].values())
     lines = ["### Table 1 (ours): frame retrieval after stage-1 pretraining", ""]
     if note:
@@ -551,7 +551,7 @@ def format_table(results: dict, command: str = "") -> str:
         f"({source_name(p.get('eval_data') or p.get('data', 'world'))}, data seed {p['eval_seed']}), "
         f"{p['eval_steps']} sampler steps, no caption. Mean ± 95% interval over clips (per-clip mean over its "
         "frames, averaged over seeds).",
-        f"Device: {', '.join(devices) or '(none yet)'} · wall time: {wall_min:.1f} min over {len(calls)} call(s) · "
+        f"Device: {', '.join(devices) or '(none yet)'} · wall time: {wall_min:.1f} min over {len(calls)} process call(s) · "
         f"dates: {', '.join(sorted({c.get('date', '?')[:10] for c in calls})) or '-'}"
         + (f" · command: `{command}`" if command else ""),
         "",
@@ -773,6 +773,18 @@ def main(argv=None) -> int:
     print(f"{len(evaluable) - len(left_runs)}/{len(evaluable)} runs evaluated in {results_path}"
           + (f"; still to do: {', '.join(left_runs)} (rerun with --resume)" if left_runs else "; all done"))
     return 0
+
+
+def calls_wall_min(calls: list[dict]) -> float:
+    """Minutes during which at least one call ran: calls side by side on one GPU (benchmarks/parallel_gpu.sh)
+    overlap, and a plain sum would count their shared minutes once per process."""
+    spans = sorted((t, t + c.get("wall_s", 0)) for c in calls
+                   for t in [datetime.datetime.fromisoformat(c["date"]).timestamp()] if c.get("date"))
+    total, end = 0.0, float("-inf")
+    for a, b in spans:
+        total += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return total / 60
 
 
 def write_tables(results: dict, results_path: Path, out: Path, formatter=None) -> str:
