@@ -303,3 +303,41 @@ def test_results_written_before_a_protocol_field_existed_resume(tmp_path):
     other = dict(s.protocol(), data="/videos")
     with pytest.raises(SystemExit, match="another protocol"):
         ra.load_results(path, "retrieval_ablation", other, True, ra.Settings().protocol())
+
+
+# ---- runs side by side on one GPU (benchmarks/parallel_gpu.sh): merging their results ----------
+
+import merge_results  # noqa: E402
+
+
+def _part(runs: dict, protocol: dict, start: str, wall_s: float) -> dict:
+    return {"benchmark": "retrieval_ablation", "protocol": protocol, "runs": runs,
+            "calls": [{"date": start, "wall_s": wall_s, "device": "NVIDIA H200", "argv": [start]}]}
+
+
+def test_merged_parts_keep_every_run_the_most_complete_record_and_real_wall_time():
+    proto = {"steps": 800, "batch_size": 32}
+    a = _part({"proposed_4x4x2_s0": {"trained": True, "eval": {"per_clip": [1.0]}}}, proto,
+              "2026-12-02T01:00:00+00:00", 540)
+    b = _part({"only_lr_4x4x2_s0": {"trained": True, "eval": {"per_clip": [2.0]}},
+               "proposed_4x4x2_s0": {"trained": False}}, proto, "2026-12-02T01:01:00+00:00", 480)
+    merged = merge_results.merge(None, [a, b])
+    assert set(merged["runs"]) == {"proposed_4x4x2_s0", "only_lr_4x4x2_s0"}
+    assert merged["runs"]["proposed_4x4x2_s0"]["eval"] == {"per_clip": [1.0]}  # not replaced by the unfinished one
+    assert len(merged["calls"]) == 2
+    # the two calls overlap from 01:01 to 01:09: 9 minutes of wall time, not 17
+    assert ra.calls_wall_min(merged["calls"]) == pytest.approx(9.0)
+    # merging the same part again adds nothing
+    assert len(merge_results.merge(merged, [a])["calls"]) == 2
+
+
+def test_parts_of_different_protocols_are_never_merged():
+    a = _part({}, {"steps": 800}, "2026-12-02T01:00:00+00:00", 10)
+    b = _part({}, {"steps": 400}, "2026-12-02T01:00:00+00:00", 10)
+    with pytest.raises(SystemExit, match=r"different protocols are never mixed: \{'steps': \(800, 400\)\}"):
+        merge_results.merge(None, [a, b])
+
+
+def test_consistency_arms_option_checks_its_names(tmp_path):
+    with pytest.raises(SystemExit, match="--arms: choose from with_pretrain, without_pretrain"):
+        cons.main(["--tiny", "--arms", "with", "--out", str(tmp_path), "--plan"])
