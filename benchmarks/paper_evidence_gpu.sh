@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call of the paper-evidence benchmarks on one GPU: every run of one seed side by side.
 #
-#   benchmarks/paper_evidence_gpu.sh SEED BUDGET_MIN DIR [table1] [table2]   (default both tables)
+#   benchmarks/paper_evidence_gpu.sh SEED BUDGET_MIN DIR [table1] [table2]   (default table1; both together
+#   are 8 processes, more than parallel_gpu.sh lets share one GPU)
 #
 # Table 1: the six φ runs of SEED (4 variants at 4×4×2, Proposed at 2×2×2 and 2×2×1), one process each.
 # Table 2: the two arms of SEED (with / without stage-1 pretraining), one process each.
@@ -10,7 +11,7 @@
 set -u
 seed=$1 budget=$2 dir=$3
 shift 3
-tables=${*:-table1 table2}
+tables=${*:-table1}
 T=.carry/captions.safetensors
 groups=()
 if [[ $tables == *table2* ]]; then  # the longest runs (1600 steps each) start first

@@ -15,6 +15,11 @@
 set -u
 budget=$1 dir=$2
 shift 2
+max=${MAX_GROUPS:-6}
+if [ "$#" -gt "$max" ]; then  # measured 2026-12-02: of 8 side by side on an H200, one ran out of GPU memory
+  echo "parallel_gpu.sh: $# groups, at most $max side by side (8 ran out of GPU memory on an H200; MAX_GROUPS=N to change)" >&2
+  exit 2
+fi
 mkdir -p "$dir/latents"
 t0=$(date +%s)
 pids=()
