@@ -8,7 +8,9 @@ table functions are fed synthetic numbers to see each outcome (reproduced / reve
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -341,3 +343,22 @@ def test_parts_of_different_protocols_are_never_merged():
 def test_consistency_arms_option_checks_its_names(tmp_path):
     with pytest.raises(SystemExit, match="--arms: choose from with_pretrain, without_pretrain"):
         cons.main(["--tiny", "--arms", "with", "--out", str(tmp_path), "--plan"])
+
+
+def test_parallel_gpu_driver_runs_groups_side_by_side_on_one_latent_cache(tmp_path):
+    """benchmarks/parallel_gpu.sh, the command behind the H200 numbers, on the CPU with two tiny groups."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    common = "--tiny --seeds 0 --rates 4x4x2 --in-process --workers 0"
+    groups = [f"retrieval_ablation.py {common} --variants proposed", f"retrieval_ablation.py {common} --variants only_lr"]
+    proc = subprocess.run(["bash", "benchmarks/parallel_gpu.sh", "5", str(tmp_path / "p"), *groups], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list((tmp_path / "p" / "latents").glob("latents-*.safetensors"))) == 1  # encoded once, shared
+    parts = sorted((tmp_path / "p").glob("part-*.json"))
+    merged = merge_results.merge(None, [json.loads(p.read_text()) for p in parts])
+    assert {k for k, r in merged["runs"].items() if r.get("eval")} == {"proposed_4x4x2_s0", "only_lr_4x4x2_s0"}
+    # too many groups for one GPU: refused with the reason, nothing started
+    proc = subprocess.run(["bash", "benchmarks/parallel_gpu.sh", "5", str(tmp_path / "q"), *groups * 4], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "8 groups, at most 6 side by side" in proc.stderr
+    assert not list((tmp_path / "q").glob("part-*"))
