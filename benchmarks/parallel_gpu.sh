@@ -10,7 +10,7 @@
 # finish about that many runs in the time of one (the reason for this script: a device call is at most
 # 10 minutes and a fresh machine keeps no run folders). Group 0 encodes the training clips into the shared
 # latent cache DIR/latents; the others start once it is there (the trainer writes it atomically), with
-# what is left of the budget. Group i trains into runs/parallel-i and writes DIR/part-i.json and
+# what is left of the budget. Group i trains into DIR/runs-i and writes DIR/part-i.json and
 # DIR/part-i.log; merge the parts with benchmarks/merge_results.py, then `SCRIPT --report`.
 set -u
 budget=$1 dir=$2
@@ -25,8 +25,10 @@ t0=$(date +%s)
 pids=()
 i=0
 for group in "$@"; do
-  if [ "$i" -gt 0 ]; then  # wait (at most 4 minutes) for group 0's latent cache
-    until compgen -G "$dir/latents/latents-*.safetensors" >/dev/null || [ $(( $(date +%s) - t0 )) -gt 240 ]; do
+  if [ "$i" -gt 0 ]; then  # wait (at most 4 minutes) for group 0's latent cache, unless group 0 has ended
+    # (with nothing left to train, it never builds one)
+    until compgen -G "$dir/latents/latents-*.safetensors" >/dev/null || ! kill -0 "${pids[0]}" 2>/dev/null \
+        || [ $(( $(date +%s) - t0 )) -gt 240 ]; do
       sleep 3
     done
   fi
@@ -35,7 +37,7 @@ for group in "$@"; do
   read -r script args <<<"$group"
   # shellcheck disable=SC2086  # a group is a list of arguments
   "${PYTHON:-python3}" "benchmarks/$script" $args --resume --budget-min "$left" --latent-cache "$dir/latents" \
-    --out "runs/parallel-$i" --results "$dir/part-$i.json" >"$dir/part-$i.log" 2>&1 &
+    --out "$dir/runs-$i" --results "$dir/part-$i.json" >"$dir/part-$i.log" 2>&1 &
   pids+=($!)
   i=$((i + 1))
 done

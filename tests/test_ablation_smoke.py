@@ -357,6 +357,14 @@ def test_parallel_gpu_driver_runs_groups_side_by_side_on_one_latent_cache(tmp_pa
     parts = sorted((tmp_path / "p").glob("part-*.json"))
     merged = merge_results.merge(None, [json.loads(p.read_text()) for p in parts])
     assert {k for k, r in merged["runs"].items() if r.get("eval")} == {"proposed_4x4x2_s0", "only_lr_4x4x2_s0"}
+    # the same call again: everything is measured, group 0 builds no cache, and the others start once it
+    # has ended rather than after the 4-minute wait for a cache
+    proc = subprocess.run(["bash", "benchmarks/parallel_gpu.sh", "5", str(tmp_path / "p"), *groups], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    started = int(re.search(r"group 1 at \+(\d+) s", proc.stdout).group(1))
+    assert started < 200, proc.stdout
+    assert "all done" in (tmp_path / "p" / "part-1.log").read_text()
     # too many groups for one GPU: refused with the reason, nothing started
     proc = subprocess.run(["bash", "benchmarks/parallel_gpu.sh", "5", str(tmp_path / "q"), *groups * 4], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=60)
