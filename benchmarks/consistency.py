@@ -296,8 +296,7 @@ def format_table(results: dict) -> str:
         f"{p['data_seed']}). {p['storyboards']} storyboards (character re-enters after ≥ {p['min_gap']:g} s, "
         f"camera returns to the first place), {p['gen_steps']} sampler steps. Scores ×100, mean ± 95% interval "
         "over storyboards (averaged over seeds).",
-        f"Device: {', '.join(devices) or '(none yet)'} · wall time: {ra.calls_wall_min(calls):.1f} "
-        f"min over {len(calls)} process call(s) · dates: {', '.join(sorted({c.get('date', '?')[:10] for c in calls})) or '-'}",
+        ra.calls_summary(calls),
         "",
         "| Method | seeds | " + " | ".join(t for _, t in METRICS) + " | fidelity: "
         + " / ".join(t for _, t in FIDELITY) + " |",

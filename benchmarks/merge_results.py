@@ -14,11 +14,13 @@ import json
 import sys
 from pathlib import Path
 
+import retrieval_ablation as ra
+
 
 def completeness(rec: dict) -> tuple:
-    """Order records of one run: evaluated (Table 1) or scored storyboards (Table 2) > trained > started."""
-    return (bool(rec.get("eval")) or bool(rec.get("scores")), len(rec.get("storyboards", {})),
-            bool(rec.get("trained")), rec.get("train", {}).get("step", 0) if isinstance(rec.get("train"), dict) else 0)
+    """Order records of one run: evaluated (Table 1) or more storyboards scored (Table 2) > trained > steps."""
+    return (bool(rec.get("eval")), len(rec.get("storyboards", {})), bool(rec.get("trained")),
+            rec.get("train", {}).get("step", 0))
 
 
 def merge(target: dict | None, parts: list[dict]) -> dict:
@@ -27,9 +29,8 @@ def merge(target: dict | None, parts: list[dict]) -> dict:
         if p["benchmark"] != out["benchmark"]:
             raise SystemExit(f"cannot merge {p['benchmark']} results into {out['benchmark']} results")
         if p["protocol"] != out["protocol"]:
-            diff = {k: (out["protocol"].get(k), p["protocol"].get(k)) for k in {**out["protocol"], **p["protocol"]}
-                    if out["protocol"].get(k) != p["protocol"].get(k)}
-            raise SystemExit(f"results of different protocols are never mixed: {diff} (target, part)")
+            raise SystemExit("results of different protocols are never mixed: "
+                             f"{ra.protocol_diff(out['protocol'], p['protocol'])} (target, part)")
         for rid, rec in p["runs"].items():
             if rid not in out["runs"] or completeness(rec) > completeness(out["runs"][rid]):
                 out["runs"][rid] = rec
@@ -38,15 +39,23 @@ def merge(target: dict | None, parts: list[dict]) -> dict:
     return out
 
 
+def read_results(path: Path) -> dict:
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path}: not a readable results file ({e})") from None
+    if not isinstance(res, dict) or not {"benchmark", "protocol", "runs", "calls"} <= res.keys():
+        raise SystemExit(f"{path}: not a results file of retrieval_ablation.py or consistency.py")
+    return res
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         raise SystemExit(__doc__)
     target_path, part_paths = Path(argv[0]), [Path(a) for a in argv[1:]]
-    target = json.loads(target_path.read_text()) if target_path.exists() else None
-    merged = merge(target, [json.loads(p.read_text()) for p in part_paths])
-    tmp = target_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(merged, indent=1, sort_keys=True))
-    tmp.replace(target_path)
+    target = read_results(target_path) if target_path.exists() else None
+    merged = merge(target, [read_results(p) for p in part_paths])
+    ra.save_json(target_path, merged)
     print(f"{target_path}: {len(merged['runs'])} runs, {len(merged['calls'])} calls")
     return 0
 

@@ -9,6 +9,10 @@
 # EXTRA: more arguments for every group (EXTRA=--tiny: the CPU smoke test of this script).
 # Results: DIR/part-*.json (merge into benchmarks/results/ with benchmarks/merge_results.py).
 set -u
+if [ "$#" -lt 3 ]; then
+  echo "usage: paper_evidence_gpu.sh SEED BUDGET_MIN DIR [table1] [table2]" >&2
+  exit 2
+fi
 seed=$1 budget=$2 dir=$3
 shift 3
 tables=${*:-table1}

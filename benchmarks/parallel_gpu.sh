@@ -13,6 +13,10 @@
 # what is left of the budget. Group i trains into DIR/runs-i and writes DIR/part-i.json and
 # DIR/part-i.log; merge the parts with benchmarks/merge_results.py, then `SCRIPT --report`.
 set -u
+if [ "$#" -lt 3 ]; then
+  echo "usage: parallel_gpu.sh BUDGET_MIN DIR \"SCRIPT ARGS\" [\"SCRIPT ARGS\" ...]" >&2
+  exit 2
+fi
 budget=$1 dir=$2
 shift 2
 max=${MAX_GROUPS:-6}

@@ -205,11 +205,15 @@ def load_results(path: Path, benchmark: str, protocol: dict, resume: bool, defau
             old = {**old, **missing}
             res["protocol"] = old
         if old != protocol:
-            diff = {k: (old.get(k), protocol.get(k)) for k in {**old, **protocol} if old.get(k) != protocol.get(k)}
-            raise SystemExit(f"{path} was measured under another protocol ({diff}: (old, new)); results of "
-                             "different protocols are never mixed: choose another --results")
+            raise SystemExit(f"{path} was measured under another protocol ({protocol_diff(old, protocol)}: "
+                             "(old, new)); results of different protocols are never mixed: choose another --results")
         return res
     return {"benchmark": benchmark, "protocol": protocol, "runs": {}, "calls": []}
+
+
+def protocol_diff(a: dict, b: dict) -> dict:
+    """{field: (a's value, b's value)} for every field where two protocols differ."""
+    return {k: (a.get(k), b.get(k)) for k in {**a, **b} if a.get(k) != b.get(k)}
 
 
 def save_json(path: Path, data: dict) -> None:
@@ -537,7 +541,6 @@ def format_table(results: dict, command: str = "") -> str:
     devices = sorted({c.get("device", "?") for c in calls})
     note = scale_note(p, devices)
     size = f" at {p['size']}×{p['size']}" if p.get("size") else ""
-    wall_min = calls_wall_min(calls)
     any_lpips = any(r["lpips"][0] is not None for r in s["rows"].values())
     lines = ["### Table 1 (ours): frame retrieval after stage-1 pretraining", ""]
     if note:
@@ -551,9 +554,7 @@ def format_table(results: dict, command: str = "") -> str:
         f"({source_name(p.get('eval_data') or p.get('data', 'world'))}, data seed {p['eval_seed']}), "
         f"{p['eval_steps']} sampler steps, no caption. Mean ± 95% interval over clips (per-clip mean over its "
         "frames, averaged over seeds).",
-        f"Device: {', '.join(devices) or '(none yet)'} · wall time: {wall_min:.1f} min over {len(calls)} process call(s) · "
-        f"dates: {', '.join(sorted({c.get('date', '?')[:10] for c in calls})) or '-'}"
-        + (f" · command: `{command}`" if command else ""),
+        calls_summary(calls) + (f" · command: `{command}`" if command else ""),
         "",
         "| Method | rate | PSNR ↑ | SSIM ↑ | LPIPS ↓ | PSNR − history mean (dB) | PSNR, φ zeroed | seeds: PSNR each "
         "| paper PSNR / SSIM / LPIPS |",
@@ -773,6 +774,14 @@ def main(argv=None) -> int:
     print(f"{len(evaluable) - len(left_runs)}/{len(evaluable)} runs evaluated in {results_path}"
           + (f"; still to do: {', '.join(left_runs)} (rerun with --resume)" if left_runs else "; all done"))
     return 0
+
+
+def calls_summary(calls: list[dict]) -> str:
+    """The device, wall time and dates line under both benchmarks' tables."""
+    devices = sorted({c.get("device", "?") for c in calls})
+    dates = sorted({c.get("date", "?")[:10] for c in calls})
+    return (f"Device: {', '.join(devices) or '(none yet)'} · wall time: {calls_wall_min(calls):.1f} min over "
+            f"{len(calls)} process call(s) · dates: {', '.join(dates) or '-'}")
 
 
 def calls_wall_min(calls: list[dict]) -> float:

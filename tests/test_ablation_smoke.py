@@ -340,6 +340,17 @@ def test_parts_of_different_protocols_are_never_merged():
         merge_results.merge(None, [a, b])
 
 
+def test_merge_refuses_a_file_that_is_not_results(tmp_path):
+    bad = tmp_path / "part-0.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit, match=r"part-0.json: not a readable results file"):
+        merge_results.main([str(tmp_path / "merged.json"), str(bad)])
+    bad.write_text('{"runs": {}}')
+    with pytest.raises(SystemExit, match=r"part-0.json: not a results file of retrieval_ablation.py or consistency"):
+        merge_results.main([str(tmp_path / "merged.json"), str(bad)])
+    assert not (tmp_path / "merged.json").exists()
+
+
 def test_consistency_arms_option_checks_its_names(tmp_path):
     with pytest.raises(SystemExit, match="--arms: choose from with_pretrain, without_pretrain"):
         cons.main(["--tiny", "--arms", "with", "--out", str(tmp_path), "--plan"])
@@ -370,3 +381,5 @@ def test_parallel_gpu_driver_runs_groups_side_by_side_on_one_latent_cache(tmp_pa
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "8 groups, at most 6 side by side" in proc.stderr
     assert not list((tmp_path / "q").glob("part-*"))
+    proc = subprocess.run(["bash", "benchmarks/parallel_gpu.sh", "5"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: parallel_gpu.sh BUDGET_MIN DIR")
