@@ -1,35 +1,51 @@
 #!/usr/bin/env bash
-# How the embedded default model (assets/pfp-default) is trained: one GPU, resumable phases that each
-# fit a 10-minute window. Each phase starts from the previous phase's exported model folder.
-#   phase 1: codec (small AutoencoderKLWan) then stage-1 retrieval pretraining of G + φ
-#            (as run: the codec in one call, stage 1 in the next, reusing runs/codec on the warm machine)
-#   phase 2: more stage 1, then stage 2 (next-segment fine-tuning, 30% retrieval batches kept)
-#   phase 3: stage 2 from the phase-1 model, then held-out evaluation (what shipped: phase 2 was skipped)
-# Usage: bash benchmarks/train_default_gpu.sh PHASE OUTDIR [INIT_MODEL]
-# Caption embeddings come from `python -m pfp_app captions --out .carry/captions.safetensors` (CPU).
+# How the embedded default model v2 (assets/pfp-default) is trained: one H200, resumable phases that each fit
+# the device tool's 10-minute window; each phase starts from the previous phase's exported folder.
+#   codec:    the codec (AutoencoderKLWan, 4x space, 4x time, 32 channels) in image mode on the bank's photos
+#             and the world's frames, then in video mode on photo motion, real clips and world clips
+#   memory:   stage 1 (frame retrieval) of a fresh G + φ on that codec, on the world and the bank's footage,
+#             then stage 2 (next segment on the captioned world, retrieval batches from world + bank)
+#   finetune: more stage 2 from a model folder
+# Each phase then evaluates on held-out data (world clips, the bank's held-out real clips and photographs).
+# Usage: bash benchmarks/train_default_gpu.sh PHASE OUT [INIT] [MINUTES...]
+# Needs: data/bank (`python -m pfp_app bank`) and .carry/captions.safetensors (`python -m pfp_app captions
+# --pairs 200 --out .carry/captions.safetensors`), both made on a CPU machine and carried.
 set -euo pipefail
-phase=$1; out=$2; init=${3:-assets/pfp-default}
-captions=.carry/captions.safetensors
-common=(--workers 14 --text-table "$captions" --num-clips 1536 --batch-size 32 --lr 3e-4 --warmup-steps 200 --log-every 50)
+phase=$1; out=$2; init=${3:-}
+py=${PYTHON:-python3}
+bank=data/bank
+caps=.carry/captions.safetensors
 mkdir -p "$out"
+smi() { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 >> "$out/smi.csv" & }
+smi
 case "$phase" in
-  1)
-    python3 -m pfp_app train --stage codec --init default --out runs/codec --num-clips 384 --batch-size 16 \
-      --lr 4e-4 --warmup-steps 100 --codec-window 17 --time-budget-min 5 --workers 14 --log-every 50 --data-seed 1
-    python3 -m pfp_app train --stage pretrain --init runs/codec/model --out runs/pre "${common[@]}" \
-      --data-seed 2 --time-budget-min 6.3 --checkpoint-every-min 2
-    final=runs/pre/model ;;
-  2)
-    python3 -m pfp_app train --stage pretrain --init "$init" --out runs/pre2 "${common[@]}" --data-seed 3 --time-budget-min 3
-    python3 -m pfp_app train --stage finetune --init runs/pre2/model --out runs/ft "${common[@]}" --data-seed 4 \
-      --retrieval-share 0.3 --time-budget-min 4.5
+  codec)
+    a=${4:-2.5}; b=${5:-4.5}
+    $py -m pfp_app train --stage codec --init default --out runs/codec_img --data "world+bank:$bank" --num-clips 96 \
+      --batch-size 128 --codec-window 1 --lr 5e-4 --warmup-steps 100 --time-budget-min "$a" --workers 14 --log-every 50
+    $py -m pfp_app train --stage codec --init runs/codec_img/model --out runs/codec_vid --data "world+bank:$bank" --num-clips 96 \
+      --batch-size 48 --codec-window 9 --lr 3e-4 --warmup-steps 50 --time-budget-min "$b" --workers 14 --log-every 50
+    final=runs/codec_vid/model ;;
+  memory)
+    a=${4:-5.0}; b=${5:-2.5}
+    common=(--init default --vae "$init/vae" --workers 14 --text-table "$caps" --batch-size 96 --log-every 50
+            --latent-cache runs/latents --checkpoint-every-min 3)
+    $py -m pfp_app train --stage pretrain "${common[@]}" --out runs/pre --data "world+bank:$bank" --num-clips 1024 \
+      --data-seed 2 --lr 4e-4 --warmup-steps 200 --time-budget-min "$a"
+    $py -m pfp_app train --stage finetune --init runs/pre/model --workers 14 --text-table "$caps" --batch-size 96 \
+      --log-every 50 --latent-cache runs/latents --out runs/ft --data world --retrieval-data "world+bank:$bank" \
+      --num-clips 1024 --data-seed 4 --lr 3e-4 --warmup-steps 100 --retrieval-share 0.3 --time-budget-min "$b"
     final=runs/ft/model ;;
-  3)
-    python3 -m pfp_app train --stage finetune --init "$init" --out runs/ft2 "${common[@]}" --data-seed 5 \
-      --retrieval-share 0.3 --time-budget-min 6.5 --checkpoint-every-min 2
+  finetune)
+    a=${4:-5.0}
+    $py -m pfp_app train --stage finetune --init "$init" --workers 14 --text-table "$caps" --batch-size 96 \
+      --log-every 50 --latent-cache runs/latents --out runs/ft2 --data world --retrieval-data "world+bank:$bank" \
+      --num-clips 1024 --data-seed 6 --lr 2e-4 --warmup-steps 50 --retrieval-share 0.3 --time-budget-min "$a"
     final=runs/ft2/model ;;
-  *) echo "unknown phase $phase"; exit 2 ;;
+  *) echo "unknown phase $phase (codec, memory, finetune)"; exit 2 ;;
 esac
-python3 -m pfp_app export --model "$final" --out "$out/model"
-cat runs/*/metrics.jsonl > "$out/metrics.jsonl" || true
-timeout "${EVAL_TIMEOUT:-75}" python3 -m pfp_app evaluate --model "$out/model" --num-clips 8 --out "$out/eval.json" || echo "evaluation skipped (time)"
+$py -m pfp_app export --model "$final" --out "$out/model"
+cat runs/*/metrics.jsonl > "$out/metrics.jsonl" 2>/dev/null || true
+timeout "${EVAL_TIMEOUT:-90}" $py -m pfp_app evaluate --model "$out/model" --num-clips 8 --bank "$bank" --photo-clips 4 \
+  --out "$out/eval.json" | tee "$out/eval.txt" || echo "evaluation stopped (time)"
+kill %1 2>/dev/null || true

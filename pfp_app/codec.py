@@ -61,3 +61,33 @@ class WanLatentCodec:
             return self.decode(new)
         frames = self.decode(torch.cat([context, new], dim=2))
         return frames[:, :, -self.temporal_ratio * new.shape[2] :]
+
+
+@torch.no_grad()
+def init_temporal_identity(vae: AutoencoderKLWan) -> AutoencoderKLWan:
+    """Make a fresh Wan VAE's time path start as its image path: video mode then equals image mode.
+
+    Wan's causal 3D convolutions see the current frame through their last time tap only when they work on
+    one frame (image mode), so image-mode training never shapes the earlier taps, and random earlier taps make
+    video mode far worse than image mode (a codec trained on photographs scored 9-15 dB in video mode against
+    26-32 dB in image mode). Zeroing the earlier taps makes every causal conv a per-frame 2D conv; the
+    down-sampling time convs become "keep the chunk's last frame" and the up-sampling ones "repeat the
+    frame" (both output halves the identity). Video fine-tuning then learns motion from a working codec.
+    """
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
+
+    time_convs = {id(m.time_conv) for m in vae.modules() if isinstance(m, WanResample) and hasattr(m, "time_conv")}
+    for m in vae.modules():
+        if not isinstance(m, WanCausalConv3d) or m.weight.shape[2] == 1:
+            continue
+        if id(m) not in time_convs:
+            m.weight[:, :, :-1] = 0
+            continue
+        out_ch, in_ch = m.weight.shape[:2]
+        eye = torch.eye(in_ch, dtype=m.weight.dtype, device=m.weight.device)
+        m.weight.zero_()
+        for k in range(out_ch // in_ch):  # up-sampling: 2 copies (the two output frames); down-sampling: 1
+            m.weight[k * in_ch : (k + 1) * in_ch, :, -1, 0, 0] = eye
+        if m.bias is not None:
+            m.bias.zero_()
+    return vae

@@ -19,12 +19,36 @@ from ..storyboard import parse_storyboard
 
 
 def clip_dataset(source: str, num_clips: int, seconds: float, size: int, fps: int, seed: int):
-    """'world' -> procedural clips; anything else is a folder of videos (with optional caption files)."""
+    """'world' -> procedural clips; 'bank:DIR' -> the real-footage bank (photo motion and real clips, no
+    captions); 'A+B' -> items alternate between the sources; anything else is a folder of videos (with
+    optional caption files)."""
+    parts = [p for p in source.split("+") if p]
+    if len(parts) > 1:
+        per = -(-num_clips // len(parts))
+        return MixedClipDataset([clip_dataset(p, per, seconds, size, fps, seed) for p in parts], num_clips)
     if source == "world":
         return WorldClipDataset(num_clips, seconds=seconds, size=size, fps=fps, seed=seed)
+    if source.startswith("bank:"):
+        from ..data.bank import BankClipDataset
+
+        return BankClipDataset(source[len("bank:"):], num_clips, seconds=seconds, size=size, fps=fps, seed=seed)
     from ..data.video_folder import VideoFolderDataset
 
     return VideoFolderDataset(source, seconds=seconds, size=(size, size), fps=fps, seed=seed, num_items=num_clips)
+
+
+class MixedClipDataset(torch.utils.data.Dataset):
+    """Items taken in turn from several datasets: item i is part i % k's item i // k."""
+
+    def __init__(self, parts: list, num_clips: int):
+        self.parts, self.num_clips = parts, num_clips
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def __getitem__(self, i: int) -> dict:
+        k = len(self.parts)
+        return self.parts[i % k][i // k]
 
 
 def _one_thread_worker() -> None:
@@ -107,8 +131,13 @@ def source_fingerprint(source: str) -> str:
     import hashlib
     from pathlib import Path
 
+    if "+" in source:
+        return "+".join(source_fingerprint(p) for p in source.split("+") if p)
     if source == "world":
         return source
+    if source.startswith("bank:"):
+        manifest = Path(source[len("bank:"):]) / "bank.json"
+        return f"bank:{hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else source}"
     root = Path(source).resolve()
     files = sorted((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in root.rglob("*") if f.is_file())
     return f"{root}:{hashlib.sha256(repr(files).encode()).hexdigest()}"

@@ -100,3 +100,83 @@ def format_scores(s: dict) -> str:
         row("history mean frame", "mean_"),
         row("codec reconstruction (ceiling)", "codec_"),
     ])
+
+
+def trim_to_codec(frames: torch.Tensor, temporal_ratio: int) -> torch.Tensor:
+    """(3, T, H, W) -> its last 1 + r k frames, the lengths the codec takes."""
+    t = frames.shape[1]
+    return frames[:, t - (1 + temporal_ratio * ((t - 1) // temporal_ratio)):]
+
+
+@torch.no_grad()
+def codec_clip_scores(model: PFPModel, frames: torch.Tensor, device) -> dict[str, float]:
+    """Video mode, as the app uses it: a whole clip (3, T, H, W) in [-1, 1] encoded and decoded at once.
+    Mean PSNR/SSIM over its frames, and the same for the clip's own mean frame (what a blur of the clip
+    scores: a codec must beat it by far)."""
+    codec = model.codec
+    x = trim_to_codec(frames, codec.temporal_ratio)[None].to(device)  # (1, 3, T, H, W)
+    rec = codec.decode(codec.encode(x))
+    mean = x.mean(dim=2, keepdim=True).expand_as(x)
+    out = {}
+    for prefix, pred in (("codec_", rec), ("mean_", mean)):
+        out[prefix + "psnr"] = sum(psnr(pred[0, :, k], x[0, :, k]) for k in range(x.shape[2])) / x.shape[2]
+        out[prefix + "ssim"] = sum(ssim(pred[0, :, k], x[0, :, k]) for k in range(x.shape[2])) / x.shape[2]
+    return out
+
+
+def heldout_real_clips(bank_root: str, size: int, fps: float) -> dict[str, torch.Tensor]:
+    """The bank's held-out real clips, (3, T, H, W) in [-1, 1] each, by name."""
+    from ..data.bank import load_bank
+
+    bank = load_bank(bank_root, "heldout")
+    if bank.size != size or abs(bank.fps - fps) > 1e-6:
+        raise ValueError(f"the bank's clips are {bank.size}x{bank.size} at {bank.fps:g} fps, the model makes "
+                         f"{size}x{size} at {fps:g} fps; rebuild it with `python -m pfp_app bank --size {size} --fps {fps:g}`")
+    return {name: c.float().div(127.5).sub(1.0) for name, c in zip(bank.clip_names, bank.clips)}
+
+
+def heldout_photo_clips(bank_root: str, num: int, seconds: float, size: int, fps: float, seed: int) -> dict[str, torch.Tensor]:
+    """Photo-motion clips (with cuts and returns) made from the bank's held-out photographs."""
+    from ..data.bank import load_bank
+    from ..data.photo_motion import PhotoMotion
+
+    bank = load_bank(bank_root, "heldout")
+    motion = PhotoMotion(bank.photos, size, fps)
+    return {f"photos-{i}": motion.clip(seconds, torch.Generator().manual_seed(seed + i)) for i in range(num)}
+
+
+@torch.no_grad()
+def evaluate_clips(model: PFPModel, clips: dict[str, torch.Tensor], steps: int | None = None, queries: int = 6,
+                   seed: int = 10_000, device="cpu") -> dict:
+    """Per clip: recall from memory, φ zeroed, the history mean and the codec on the recalled frames (mean ±
+    95% interval over the clip's recalled frames), and the codec over every frame of the clip in video mode
+    beside the clip's mean frame. Also the mean over clips with its interval."""
+    steps = steps or model.video.steps
+    per_clip: dict[str, dict] = {}
+    for k, (name, frames) in enumerate(clips.items()):
+        x = trim_to_codec(frames, model.codec.temporal_ratio)[None]
+        row: dict[str, dict] = {}
+        for zero in (False, True):
+            res = recall_clip_batch(model, x, queries, steps, seed + k, device, zero_memory=zero)
+            for key, vals in res.items():
+                if zero and key.startswith(("mean_", "codec_")):
+                    continue
+                row[("zeroed_" if zero else "") + key] = dict(zip(("mean", "ci95"), mean_and_ci95(vals)))
+        for key, val in codec_clip_scores(model, frames, device).items():
+            row["video_" + key] = {"mean": val, "ci95": 0.0}
+        row["frames"] = {"mean": float(x.shape[2]), "ci95": 0.0}
+        per_clip[name] = row
+    keys = [k for k in next(iter(per_clip.values())) if k != "frames"]
+    overall = {k: dict(zip(("mean", "ci95"), mean_and_ci95([r[k]["mean"] for r in per_clip.values()]))) for k in keys}
+    return {"clips": per_clip, "overall": overall,
+            "settings": {"steps": steps, "queries": queries, "seed": seed, "rate": model.memory_encoder.config.rate}}
+
+
+def format_clip_scores(s: dict, title: str) -> str:
+    cols = (("recall", "psnr"), ("φ zeroed", "zeroed_psnr"), ("history mean", "mean_psnr"),
+            ("codec (recalled frames)", "codec_psnr"), ("codec, video mode (all frames)", "video_codec_psnr"),
+            ("clip's mean frame", "video_mean_psnr"))
+    lines = [title, "| clip | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, row in list(s["clips"].items()) + [("**mean over clips**", s["overall"])]:
+        lines.append(f"| {name} | " + " | ".join(f"{row[k]['mean']:.2f} ± {row[k]['ci95']:.2f}" for _, k in cols) + " |")
+    return "\n".join(lines)

@@ -44,7 +44,6 @@ from .data import (
     load_clips,
     module_fingerprint,
     np_seed,
-    random_windows,
     restrict_storyboard,
     shard_indices,
     source_fingerprint,
@@ -58,7 +57,7 @@ class TrainConfig:
     stage: str = "pretrain"
     out: str = "runs/default"
     init: str = "default"  # a config name (random init) or a model folder to start from
-    data: str = "world"  # 'world' or a folder of videos
+    data: str = "world"  # 'world', 'bank:DIR' (real-footage bank), 'A+B' (both in turn), or a folder of videos
     num_clips: int = 256
     clip_seconds: float = 20.0
     data_seed: int = 0
@@ -83,6 +82,9 @@ class TrainConfig:
     workers: int = 0
     grad_accum: int = 1  # micro-batches per optimizer step (accelerate's gradient accumulation)
     latent_cache: str | None = None  # folder of encoded training clips, shared by runs with the same data and codec
+    vae: str | None = None  # a trained codec folder (AutoencoderKLWan) to use instead of the --init model's
+    retrieval_data: str | None = None  # stage 2: draw its retrieval batches from this data spec instead of --data
+    codec_temporal_init: str = "identity"  # a fresh codec's time taps: 'identity' (video mode = image mode) or 'random'
 
 
 class MemoryTrainingModule(nn.Module):
@@ -128,6 +130,21 @@ def _init_model(cfg: TrainConfig) -> PFPModel:
     else:
         # a Wan 2.1 folder without φ weights gets a fresh φ of the Wan config (stage 1 trains it)
         model = load_model(cfg.init, torch_dtype=torch.float32, new_memory=MODEL_CONFIGS["wan2.1-1.3b"].memory)
+    if cfg.vae:  # e.g. a fresh G and φ of a config on a codec trained in an earlier phase
+        from diffusers import AutoencoderKLWan
+
+        from ..codec import WanLatentCodec
+
+        vae = AutoencoderKLWan.from_pretrained(cfg.vae, use_safetensors=True, local_files_only=True, torch_dtype=torch.float32)
+        if vae.config.z_dim != model.transformer.config.in_channels:
+            raise ValueError(f"--vae has {vae.config.z_dim} latent channels, G takes {model.transformer.config.in_channels}")
+        model.codec = WanLatentCodec(vae)
+    if cfg.stage == "codec" and cfg.init in MODEL_CONFIGS and cfg.codec_temporal_init == "identity":
+        from ..codec import init_temporal_identity
+
+        init_temporal_identity(model.codec.vae)
+    elif cfg.codec_temporal_init not in ("identity", "random"):
+        raise ValueError(f"--codec-temporal-init must be 'identity' or 'random', not {cfg.codec_temporal_init[:40]!r}")
     trained = {"codec": ("vae",), "base": ("transformer",)}.get(cfg.stage, ("transformer", "memory_encoder"))
     for name, m in model.modules().items():
         m.float().train(name in trained).requires_grad_(name in trained)
@@ -276,12 +293,25 @@ def train(cfg: TrainConfig) -> dict:
 
     # data: rendered/decoded once per run (latents: or read from --latent-cache), kept on the device
     if cfg.stage == "codec":
-        frames, _ = _load_training_clips(model, cfg, accelerator)
-        num_clips = len(frames)
+        from .codec_data import CodecBatches
+
+        if (cfg.codec_window - 1) % model.codec.temporal_ratio:
+            raise ValueError(f"--codec-window must be 1 + {model.codec.temporal_ratio}k frames (1 = image mode), "
+                             f"not {cfg.codec_window}")
+        torch.backends.cudnn.benchmark = True
+        v = model.video
+        codec_batches = CodecBatches(cfg.data, cfg.num_clips, cfg.clip_seconds, v.height, v.fps, cfg.data_seed,
+                                     accelerator.process_index, accelerator.num_processes, cfg.workers, device)
+        num_clips = codec_batches.num_clips
         trainer_module = CodecTrainingModule(model.codec.vae)
     else:
         text_encoder = _text_encoder(model, cfg)
         clips = _training_latents(model, cfg, accelerator, text_encoder)
+        retrieval_clips = clips
+        if cfg.stage == "finetune" and cfg.retrieval_data:  # e.g. captioned world for stage 2, real footage for recall
+            from dataclasses import replace
+
+            retrieval_clips = _training_latents(model, replace(cfg, data=cfg.retrieval_data), accelerator, text_encoder)
         num_clips = len(clips)
         trainer_module = MemoryTrainingModule(model)
 
@@ -314,11 +344,11 @@ def train(cfg: TrainConfig) -> dict:
             with accelerator.accumulate(trainer_module):
                 with accelerator.autocast():
                     if cfg.stage == "codec":
-                        x = random_windows(frames, cfg.codec_window, cfg.batch_size, gen).to(device)
+                        x = codec_batches(cfg.batch_size, cfg.codec_window, gen)  # (B, 3, window, H, W)
                         loss, extra = trainer_module(x)
                         kind = "codec"
                     else:
-                        loss, kind = _memory_step(trainer_module, clips, text_encoder, cfg, gen, device, n)
+                        loss, kind = _memory_step(trainer_module, clips, text_encoder, cfg, gen, device, n, retrieval_clips)
                         extra = {}
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -358,7 +388,9 @@ def train(cfg: TrainConfig) -> dict:
     _summarise(state, losses, state["samples"] - run_samples0, time.time() - run_t0)
     if cfg.stage == "codec" and accelerator.is_main_process:  # the shipped codec is the EMA one: its latent
         ema.copy_to(params)                                   # statistics are measured on it
-        _set_latent_statistics(model, frames, device)
+        stats_gen = torch.Generator().manual_seed(cfg.seed)
+        windows = torch.cat([codec_batches(16, 17, stats_gen) for _ in range(4)])  # 64 video windows
+        _set_latent_statistics(model, windows.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu(), device)
     state["elapsed_s"] += time.time() - last_ckpt
     accelerator.wait_for_everyone()
     _save_state(accelerator, cfg, model, optimizer, ema, state)
@@ -378,14 +410,16 @@ def _summarise(state: dict, losses: list[float], run_samples: int, run_seconds: 
             state["first_loss"] = sum(losses[:50]) / len(losses[:50])
 
 
-def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen, device, n: int):
+def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen, device, n: int,
+                 retrieval_clips: LatentClips | None = None):
     """One batch: stage-1 retrieval (always in pretrain; a share of batches in finetune), stage-2 next segment,
     or (stage `base`) a segment denoised by G alone, with no memory."""
-    idx = torch.randint(0, len(clips), (cfg.batch_size,), generator=gen)
-    lat = clips.latents[idx.to(clips.latents.device)]  # (B, C, T', H', W')
-    b, t_total = lat.shape[0], lat.shape[2]
     retrieval = cfg.stage == "pretrain" or (cfg.stage == "finetune"
                                             and torch.rand(1, generator=gen).item() < cfg.retrieval_share)
+    source = retrieval_clips if retrieval and retrieval_clips is not None else clips
+    idx = torch.randint(0, len(source), (cfg.batch_size,), generator=gen)
+    lat = source.latents[idx.to(source.latents.device)]  # (B, C, T', H', W')
+    b, t_total = lat.shape[0], lat.shape[2]
     if retrieval:
         # Ω at its true time positions; no caption: recall must come from the memory (the inspector
         # recalls uploaded videos, which have none)

@@ -1,0 +1,150 @@
+"""The real-footage bank (issue 12): built from installed photographs (scikit-image's, which every install has)
+and clips, with its held-out split; photo motion; the codec's identity time path; codec training on the bank."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+
+from pfp_app.codec import init_temporal_identity
+from pfp_app.data.bank import BankClipDataset, BankError, build_bank, is_heldout_photo, load_bank
+from pfp_app.data.photo_motion import PhotoMotion, _object_path, camera_thetas, ping_pong
+from pfp_app.video_io import write_mp4
+
+SKIMAGE_ONLY = (("scikit-image", "skimage:data", "BSD-3-Clause", "file"),)
+
+
+def _fake_clip(path, frames: int, seed: int):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    write_mp4(path, np.stack([np.roll(base, k, axis=1) for k in range(frames)]), fps=16)  # a slow pan
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bank")
+    clips = root / "src"
+    clips.mkdir()
+    for name, n in (("Megamind.avi", 40), ("Megamind_bugy.avi", 40), ("vtest.avi", 30), ("cup.mp4", 20)):
+        _fake_clip(clips / (name.split(".")[0] + ".mp4"), n, len(name))
+    paths = sorted(clips.glob("*.mp4"))
+    manifest = build_bank(root / "bank", size=32, fps=8, crop=48, per_scale=1, sources=SKIMAGE_ONLY,
+                          clip_paths=paths, log=lambda *_: None)
+    return root / "bank", manifest
+
+
+def test_bank_holds_scikit_image_photos_with_a_heldout_split_that_spares_the_world(bank):
+    root, manifest = bank
+    names = {p["name"]: p for p in manifest["photos"]}
+    assert "scikit-image-astronaut" in names and names["scikit-image-astronaut"]["licence"] == "BSD-3-Clause"
+    for world_place in ("astronaut", "brick", "coffee", "grass", "gravel", "rocket", "chelsea"):
+        assert names[f"scikit-image-{world_place}"]["split"] == "train"  # the world trains on these
+    for p in manifest["photos"]:
+        assert p["split"] == ("heldout" if is_heldout_photo(p["name"]) else "train")
+        files = list((root / "photos" / p["split"]).glob(f"{p['name']}-*.jpg"))
+        assert len(files) == p["crops"] >= 1
+    assert json.loads((root / "bank.json").read_text())["counts"] == manifest["counts"]
+    photos = load_bank(root).photos
+    assert photos.dtype == torch.uint8 and photos.shape[1:] == (3, 48, 48)
+    assert photos.shape[0] == manifest["counts"]["photos_train"]
+
+
+def test_bank_keeps_heldout_clips_out_and_drops_the_copy_of_megamind(bank):
+    root, manifest = bank
+    split = {c["name"]: c["split"] for c in manifest["clips"]}
+    assert split == {"Megamind": "heldout", "cup": "heldout", "vtest": "train"}  # Megamind_bugy dropped
+    held = load_bank(root, "heldout")
+    assert sorted(held.clip_names) == ["Megamind", "cup"]
+    mega = held.clips[held.clip_names.index("Megamind")]
+    assert mega.shape == (3, 20, 32, 32)  # 40 frames at 16 fps -> 20 at 8 fps, square at 32
+
+
+def test_bank_clip_dataset_items_are_long_clips_of_photos_and_real_windows(bank):
+    root, _ = bank
+    ds = BankClipDataset(root, num_clips=4, seconds=4.0, size=32, fps=8, seed=1)
+    items = [ds[i] for i in range(4)]
+    for it in items:
+        assert it["frames"].shape == (3, 33, 32, 32) and it["storyboard"] == ""
+        assert -1.0 <= float(it["frames"].min()) and float(it["frames"].max()) <= 1.0
+    assert torch.equal(ds[2]["frames"], items[2]["frames"])  # deterministic per item
+    with pytest.raises(BankError, match="was built at 32x32"):
+        BankClipDataset(root, num_clips=2, size=64)
+    with pytest.raises(BankError, match="not a bank"):
+        load_bank(root.parent / "src")
+
+
+def test_cli_bank_command_without_photos_says_what_to_install(tmp_path):
+    with pytest.raises(BankError, match="apt-get install opencv-doc"):
+        build_bank(tmp_path / "b", sources=(("none", str(tmp_path / "nothing"), "-", "file"),), clips=False)
+
+
+def test_camera_stays_inside_the_photo_and_a_still_camera_does_not_move():
+    gen = torch.Generator().manual_seed(0)
+    theta = camera_thetas(64, 9, gen, "cpu")
+    corners = torch.tensor([[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [-1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])  # (4, 3)
+    mapped = torch.einsum("btij,kj->btki", theta, corners)  # every output corner in photo coordinates
+    assert float(mapped.abs().max()) <= 1.0 + 1e-5  # reflection padding is never needed
+    still = camera_thetas(64, 9, torch.Generator().manual_seed(0), "cpu", still=1.0)
+    assert torch.allclose(still[:, :1].expand_as(still), still)
+
+
+def test_objects_leave_the_frame_and_come_back():
+    path = _object_path(16, 41, torch.Generator().manual_seed(0), "cpu", returns=True)  # (B, T, 2)
+    inside = path.abs().amax(-1) < 1.0
+    assert bool(inside[:, 0].all())  # starts in view
+    assert bool((~inside[:, 20]).all())  # out of view in the middle
+    assert bool(torch.allclose(path[:, 0], path[:, -1]))  # back where it began
+    assert ping_pong(3, 7).tolist() == [0, 1, 2, 1, 0, 1, 2]
+
+
+def test_photo_motion_windows_move_and_clips_return_to_earlier_photos(bank):
+    root, _ = bank
+    motion = PhotoMotion(load_bank(root).photos, size=32, fps=8)
+    w = motion.windows(8, 9, torch.Generator().manual_seed(0))
+    assert w.shape == (8, 3, 9, 32, 32)
+    assert float((w[:, :, 1:] - w[:, :, :-1]).abs().mean()) > 1e-3  # not stills
+    clip = motion.clip(20.0, torch.Generator().manual_seed(1))
+    assert clip.shape == (3, 161, 32, 32)
+
+
+def test_identity_time_init_makes_video_mode_equal_image_mode_on_a_still():
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=8, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True],
+                           latents_mean=[0.0] * 8, latents_std=[1.0] * 8).eval()
+    img = torch.rand(1, 3, 1, 32, 32) * 2 - 1
+    video = img.repeat(1, 1, 9, 1, 1)
+    with torch.no_grad():
+        random_gap = (vae.decode(vae.encode(video).latent_dist.mode()).sample
+                      - vae.decode(vae.encode(img).latent_dist.mode()).sample).abs().max()
+        init_temporal_identity(vae)
+        z_img, z_vid = vae.encode(img).latent_dist.mode(), vae.encode(video).latent_dist.mode()
+        assert torch.allclose(z_vid, z_img.expand_as(z_vid), atol=1e-5)
+        x_img, x_vid = vae.decode(z_img).sample, vae.decode(z_vid).sample
+    assert x_vid.shape[2] == 9 and torch.allclose(x_vid, x_img.expand_as(x_vid), atol=1e-4)
+    assert float(random_gap) > 1e-3  # without the init the two modes differ
+
+
+def test_codec_training_on_the_bank_lowers_its_loss(bank, tmp_path):
+    from pfp_app.train.trainer import TrainConfig, train
+
+    root, _ = bank
+    # a codec of the tiny config is 4x smaller than the bank's 32x32 frames: use a 32-pixel model by config
+    from pfp_app.model import MODEL_CONFIGS, VideoSpec, ModelConfig
+
+    MODEL_CONFIGS["tiny32"] = ModelConfig(**{**MODEL_CONFIGS["tiny"].__dict__,
+                                             "video": VideoSpec(height=32, width=32, fps=8, segment_latent_frames=3, steps=4)})
+    try:
+        out = tmp_path / "codec"
+        state = train(TrainConfig(stage="codec", init="tiny32", out=str(out), data=f"world+bank:{root}", num_clips=2,
+                                  clip_seconds=2.0, batch_size=6, codec_window=5, max_steps=40, lr=3e-3, warmup_steps=1,
+                                  log_every=5, workers=0))
+    finally:
+        del MODEL_CONFIGS["tiny32"]
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert state["step"] == 40 and all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.8 * losses[0]  # it learns from photo motion, real clips and world clips
