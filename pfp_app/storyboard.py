@@ -30,9 +30,12 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
+from .options import quote
+
 MAX_SECONDS = 600.0
 DEFAULT_LAST_SHOT_SECONDS = 5.0
 MAX_SEGMENTS = 1_000_000
+MAX_STORYBOARD_CHARS = 1_000_000  # ~10,000 shots of 100 characters; bounds parsing time and MP4 metadata
 
 _NUM = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _INT = r"[0-9]+"
@@ -44,7 +47,10 @@ _TIME = (
     rf"|(?P<s>{_NUM})\s*s?"
 )
 _FLAGS = re.ASCII | re.IGNORECASE
-_TIME_FULL_RE = re.compile(rf"\s*(?:{_TIME})\s*", _FLAGS)
+# No leading/trailing \s* here: parse_time strips first. "\s*s?\s*" (two adjacent runs) made a
+# failed fullmatch of "1" + n spaces + "x" backtrack O(n^2) (issue 15: 40 KB took 5 s).
+_TIME_FULL_RE = re.compile(rf"(?:{_TIME})", _FLAGS)
+_ASCII_SPACE = " \t\n\r\x0b\x0c"  # what \s matches under re.ASCII
 _SHOT_RE = re.compile(rf"(?:{_TIME})(?P<sep>\s*:)?", _FLAGS)
 _TOTAL_RE = re.compile(r"(?:end|total)\s*:(?P<value>.*)", _FLAGS | re.DOTALL)
 _LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")
@@ -128,9 +134,9 @@ class Segment:
 
 def parse_time(text: str, line_no: int | None = None) -> float:
     """Parse one TIME token (see module docstring) into seconds."""
-    m = _TIME_FULL_RE.fullmatch(text)
+    m = _TIME_FULL_RE.fullmatch(text.strip(_ASCII_SPACE))
     if m is None:
-        raise StoryboardError(f"cannot parse time {text.strip()!r} (try '12s', '1:05' or '1m05s')", line_no)
+        raise StoryboardError(f"cannot parse time {quote(text.strip())} (try '12s', '1:05' or '1m05s')", line_no)
     return _match_seconds(m, line_no)
 
 
@@ -140,7 +146,7 @@ def _match_seconds(m: re.Match[str], line_no: int | None) -> float:
     if g["h"] is not None:
         mins, secs = int(g["hm"]), float(g["hs"])
         if mins >= 60:
-            raise StoryboardError(f"minutes must be below 60 in {m.group(0).strip()!r}", line_no)
+            raise StoryboardError(f"minutes must be below 60 in {quote(m.group(0).strip())}", line_no)
         value = float(g["h"]) * 3600 + mins * 60 + secs
     elif g["m"] is not None:
         secs = float(g["ms"])
@@ -152,7 +158,7 @@ def _match_seconds(m: re.Match[str], line_no: int | None) -> float:
         secs = 0.0
         value = float(g["s"])
     if secs >= 60:
-        raise StoryboardError(f"seconds must be below 60 in {m.group(0).strip()!r}", line_no)
+        raise StoryboardError(f"seconds must be below 60 in {quote(m.group(0).strip())}", line_no)
     return float(value)
 
 
@@ -175,6 +181,8 @@ def parse_storyboard(text: str, total_seconds: float | None = None) -> Storyboar
     """Parse storyboard text; raises only :class:`StoryboardError` on bad input."""
     if not isinstance(text, str):
         raise StoryboardError(f"storyboard must be text, got {type(text).__name__}")
+    if len(text) > MAX_STORYBOARD_CHARS:
+        raise StoryboardError(f"the storyboard is too long: {len(text):,} characters (limit {MAX_STORYBOARD_CHARS:,})")
     starts: list[tuple[float, str, int]] = []  # (start, prompt, line_no)
     total: float | None = None
     total_line: int | None = None
@@ -204,9 +212,9 @@ def parse_storyboard(text: str, total_seconds: float | None = None) -> Storyboar
         try:
             total, total_line = float(total_seconds), None
         except (TypeError, ValueError, OverflowError):
-            raise StoryboardError(f"total_seconds must be a number, got {total_seconds!r}") from None
+            raise StoryboardError(f"total_seconds must be a number, got {quote(total_seconds)}") from None
         if not math.isfinite(total) or total <= 0:
-            raise StoryboardError(f"total length must be a positive number of seconds, got {total_seconds!r}")
+            raise StoryboardError(f"total length must be a positive number of seconds, got {quote(total_seconds)}")
         _check_limit(total, "total length", None)
     elif total is None:
         total = min(last_start + DEFAULT_LAST_SHOT_SECONDS, MAX_SECONDS)
@@ -231,18 +239,18 @@ def parse_storyboard(text: str, total_seconds: float | None = None) -> Storyboar
 def _parse_shot_line(line: str, line_no: int) -> tuple[float, str, int]:
     """Parse a stripped, non-comment ``TIME: prompt`` line."""
     head = line.split(":", 1)[0].strip()
-    no_colon = f"missing ':' between time and prompt (expected 'TIME: prompt', got {line!r})"
-    bad_time = f"cannot parse time {head!r} (try '12s', '1:05' or '1m05s')"
+    no_colon = f"missing ':' between time and prompt (expected 'TIME: prompt', got {quote(line)})"
+    bad_time = f"cannot parse time {quote(head)} (try '12s', '1:05' or '1m05s')"
     m = _SHOT_RE.match(line)
     if m is None:
         if line.startswith("-") and line[1:2].isdigit():
-            raise StoryboardError(f"negative time in {head!r}", line_no)
+            raise StoryboardError(f"negative time in {quote(head)}", line_no)
         raise StoryboardError(bad_time if ":" in line else no_colon, line_no)
     if m.group("sep") is None:
         if ":" not in line:
             raise StoryboardError(no_colon, line_no)
         if m.group("h") is not None or m.group("m") is not None:
-            raise StoryboardError(f"missing ':' after time {m.group(0).strip()!r}", line_no)
+            raise StoryboardError(f"missing ':' after time {quote(m.group(0).strip())}", line_no)
         raise StoryboardError(bad_time, line_no)
     seconds = _match_seconds(m, line_no)
     _check_limit(seconds, "time", line_no)
