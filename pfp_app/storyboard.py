@@ -183,6 +183,9 @@ def parse_storyboard(text: str, total_seconds: float | None = None) -> Storyboar
         raise StoryboardError(f"storyboard must be text, got {type(text).__name__}")
     if len(text) > MAX_STORYBOARD_CHARS:
         raise StoryboardError(f"the storyboard is too long: {len(text):,} characters (limit {MAX_STORYBOARD_CHARS:,})")
+    if "\x00" in text:  # it cannot go into the MP4's metadata, and is never meant
+        nul_line = len(_LINE_BREAK_RE.split(text[: text.index("\x00")]))
+        raise StoryboardError("contains a NUL character (\\x00); remove it", nul_line)
     starts: list[tuple[float, str, int]] = []  # (start, prompt, line_no)
     total: float | None = None
     total_line: int | None = None
@@ -297,3 +300,26 @@ def segment_schedule(sb: Storyboard, segment_seconds: float) -> list[Segment]:
         end = (i + 1) * seg
         out.append(Segment(index=i, start=start, end=end, prompt=sb.shots[k].prompt, shot_index=k))
     return out
+
+
+MAX_STORYBOARD_FILE_BYTES = 4 * MAX_STORYBOARD_CHARS  # UTF-8 takes at most 4 bytes a character
+
+
+def read_storyboard_file(path) -> str:
+    """The text of a storyboard file: UTF-8 (a BOM is allowed) or one clear error. Other encodings are
+    refused rather than guessed (Latin-1 bytes used to become U+FFFD silently)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise StoryboardError(f"storyboard file {quote(str(p))} not found")
+    if p.stat().st_size > MAX_STORYBOARD_FILE_BYTES:
+        raise StoryboardError(f"storyboard file {quote(str(p))} is too large ({p.stat().st_size:,} bytes; "
+                              f"limit {MAX_STORYBOARD_FILE_BYTES:,})")
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise StoryboardError(f"storyboard file {quote(p.name)} is not UTF-8 text (byte 0x{data[err.start]:02x}); "
+                              "save it as UTF-8 (Latin-1 and other encodings are not guessed)", line) from None
