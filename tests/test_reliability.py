@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from pfp_app import atomic
-from pfp_app.cli import main
 from pfp_app.project import MARKER_FILE, Project
 from pfp_app.storyboard import StoryboardError, parse_storyboard
 from pfp_app.takes import list_takes

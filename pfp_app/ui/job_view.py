@@ -14,8 +14,6 @@ import time
 import gradio as gr
 
 from ..jobs import Job, JobQueue
-from ..storyboard import StoryboardError, format_storyboard
-from .storyboard_view import with_prompt
 from .studio import Studio
 
 POLL_SECONDS = 1.0
@@ -51,19 +49,7 @@ class StudioJobs:
 
     def enqueue_regenerate(self, name: str, text: str, shot, prompt: str, seed, steps, profile: str = "auto"):
         """-> (status HTML, page state, project message, storyboard text: with the edited prompt)."""
-        sb = self.studio._parse(text)
-        try:
-            k = int(shot)
-            if not 0 <= k < len(sb.shots):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise gr.Error("Pick a shot of the storyboard to regenerate") from None
-        new_text = gr.update()
-        if prompt and " ".join(prompt.split()) != sb.shots[k].prompt:
-            try:
-                text = new_text = format_storyboard(with_prompt(sb, k, prompt))
-            except StoryboardError as err:
-                raise gr.Error(str(err)) from None
+        _, k, text, new_text = self.studio.shot_edit(text, shot, prompt)
         self.studio._open(name)
         s = self.studio._settings(seed, steps)
         job = self.queue.submit("regenerate", dict(project=name.strip(), text=text, shot=k, prompt="", seed=s.seed,

@@ -320,11 +320,9 @@ class Studio:
         except (StoryboardError, TypeError, ValueError, IndexError):
             return ""
 
-    def regenerate(self, project_name: str, text: str, shot, prompt: str, seed, steps, profile: str = "auto",
-                   progress: Callable | None = None) -> Iterator[tuple]:
-        """Regenerate one shot (new seed and/or edited prompt) and recompute the shots after it from the new
-        history; the segments before it are kept untouched. Yields like `generate` (with the new storyboard text)."""
-        t_click = time.perf_counter()
+    def shot_edit(self, text: str, shot, prompt: str):
+        """-> (storyboard, shot index, storyboard text, editor update): the storyboard with the picked shot's
+        prompt replaced by `prompt` when it was edited (the update is then the new text)."""
         sb = self._parse(text)
         try:
             k = int(shot)
@@ -339,6 +337,14 @@ class Studio:
             except StoryboardError as err:
                 raise gr.Error(str(err)) from None
             text = new_text = format_storyboard(sb)
+        return sb, k, text, new_text
+
+    def regenerate(self, project_name: str, text: str, shot, prompt: str, seed, steps, profile: str = "auto",
+                   progress: Callable | None = None) -> Iterator[tuple]:
+        """Regenerate one shot (new seed and/or edited prompt) and recompute the shots after it from the new
+        history; the segments before it are kept untouched. Yields like `generate` (with the new storyboard text)."""
+        t_click = time.perf_counter()
+        sb, k, text, new_text = self.shot_edit(text, shot, prompt)
         project = self._open(project_name)
         settings = self._settings(seed, steps)
         self._acquire("a generation")
