@@ -81,13 +81,14 @@ def _load(args):
 def cmd_generate(args) -> int:
     from .pipeline import GenerationSettings
     from .atomic import atomic_copy
-    from .options import check_options, quote
+    from .options import check_options, check_runtime_options, quote
     from .project import Project, check_folder_for
     from .storyboard import format_storyboard, parse_storyboard, read_storyboard_file
     from .video_io import video_info
 
     # everything a user gave is checked before the model loads (issue 15: --crf 99 failed after generating)
     vars(args).update(check_options(seed=args.seed, steps=args.steps, crf=args.crf, fps=args.fps))
+    check_runtime_options(args.profile, args.device)
     storyboard = parse_storyboard(read_storyboard_file(args.storyboard))
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
@@ -146,9 +147,10 @@ def cmd_recall(args) -> int:
     from .video_io import tensor_to_frames
 
     from .atomic import atomic_path
-    from .options import check_options, quote
+    from .options import check_options, check_runtime_options, quote
 
     vars(args).update(check_options(seed=args.seed, steps=args.steps))
+    check_runtime_options(args.profile, args.device)
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must end in .png, got {quote(out.name)}")

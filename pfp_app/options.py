@@ -91,3 +91,18 @@ def check_seconds(name: str, value, low: float = 0.0, high: float = math.inf, lo
     if not math.isfinite(x) or x < low or x > high or (low_open and x == low):
         raise OptionError(f"{what}, got {quote(value)}")
     return x
+
+
+def check_choice(name: str, value, choices: list[str]) -> str:
+    """`value` if it is one of `choices`, else OptionError listing them."""
+    if value not in choices:
+        raise OptionError(f"{name} must be one of {', '.join(choices)}; got {quote(value)}")
+    return value
+
+
+def check_runtime_options(profile: str, device: str) -> None:
+    """--profile and --device, before the model is loaded (an unknown profile used to fail after loading)."""
+    from .runtime import profile_names
+
+    check_choice("--profile", profile, profile_names())
+    check_choice("--device", device, ["auto", "cpu", "cuda"])

@@ -202,6 +202,8 @@ def test_atomic_path_removes_the_temp_on_error(tmp_path):
     ("--steps", "1001", "--steps must be a whole number from 1 to 1000, got '1001'"),
     ("--seed", "-5", "--seed must be a whole number from 0 to 2147483647"),
     ("--fps", "abc", "--fps must be a whole number from 1 to 120, got 'abc'"),
+    ("--profile", "turbo", "--profile must be one of auto, "),
+    ("--device", "tpu", "--device must be one of auto, cpu, cuda; got 'tpu'"),
 ])
 def test_options_are_refused_before_the_model_loads(tmp_path, capsys, flag, value, match):
     story = write_storyboard(tmp_path / "s.txt", SHORT)
