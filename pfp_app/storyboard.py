@@ -241,20 +241,27 @@ def parse_storyboard(text: str, total_seconds: float | None = None) -> Storyboar
 
 def _parse_shot_line(line: str, line_no: int) -> tuple[float, str, int]:
     """Parse a stripped, non-comment ``TIME: prompt`` line."""
-    head = line.split(":", 1)[0].strip()
-    no_colon = f"missing ':' between time and prompt (expected 'TIME: prompt', got {quote(line)})"
-    bad_time = f"cannot parse time {quote(head)} (try '12s', '1:05' or '1m05s')"
+    # messages are built only on error: building them for every line made 12,000 shots take 0.5 s
+    def head() -> str:
+        return quote(line.split(":", 1)[0].strip())
+
+    def no_colon() -> str:
+        return f"missing ':' between time and prompt (expected 'TIME: prompt', got {quote(line)})"
+
+    def bad_time() -> str:
+        return f"cannot parse time {head()} (try '12s', '1:05' or '1m05s')"
+
     m = _SHOT_RE.match(line)
     if m is None:
         if line.startswith("-") and line[1:2].isdigit():
-            raise StoryboardError(f"negative time in {quote(head)}", line_no)
-        raise StoryboardError(bad_time if ":" in line else no_colon, line_no)
+            raise StoryboardError(f"negative time in {head()}", line_no)
+        raise StoryboardError(bad_time() if ":" in line else no_colon(), line_no)
     if m.group("sep") is None:
         if ":" not in line:
-            raise StoryboardError(no_colon, line_no)
+            raise StoryboardError(no_colon(), line_no)
         if m.group("h") is not None or m.group("m") is not None:
             raise StoryboardError(f"missing ':' after time {quote(m.group(0).strip())}", line_no)
-        raise StoryboardError(bad_time, line_no)
+        raise StoryboardError(bad_time(), line_no)
     seconds = _match_seconds(m, line_no)
     _check_limit(seconds, "time", line_no)
     prompt = line[m.end():].strip()
