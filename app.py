@@ -19,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "missing), 'tiny-random', a PFP model folder or a Wan 2.1 diffusers folder")
     p.add_argument("--profile", default="auto", help="runtime profile (when pfp_app.runtime is installed)")
     p.add_argument("--projects", default="projects", help="folder holding the projects (default ./projects)")
-    p.add_argument("--listen", action="store_true", help="serve on all interfaces (0.0.0.0) instead of 127.0.0.1")
+    p.add_argument("--listen", nargs="?", const="0.0.0.0", default=False, metavar="HOST",
+                   help="serve on HOST, or on all interfaces (0.0.0.0) when no HOST is given, instead of 127.0.0.1; "
+                        "requests must name this machine (Host header check)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     return p
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from pfp_app.model import ModelLoadError
     from pfp_app.ui import Studio, build_demo
+    from starlette.middleware import Middleware
+
+    from pfp_app.ui.host_guard import HostGuard, allowed_hosts
     from pfp_app.ui.layout import launch_kwargs
 
     projects = Path(args.projects).resolve()
@@ -47,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"PFP Studio: model {studio.model.label}; projects in {projects}", file=sys.stderr)
     demo = build_demo(studio)
     demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
+    # Host and Origin checks (DNS rebinding, other local origins); a --share tunnel arrives under gradio.live's
+    # name, so the check is off there (--share is public by choice)
+    guard = [] if args.share else [Middleware(HostGuard, hosts=allowed_hosts(args.listen or None), port=args.port)]
+    demo.launch(server_name=args.listen or "127.0.0.1", server_port=args.port, share=args.share,
                 allowed_paths=[str(projects)], max_file_size="2gb", inbrowser=False, footer_links=[],
-                **launch_kwargs())
+                app_kwargs={"middleware": guard}, **launch_kwargs())
     return 0
 
 

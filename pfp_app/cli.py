@@ -7,7 +7,6 @@ video, out of GPU memory) ends with one line on stderr and exit code 2, never a 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -22,8 +21,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     p.add_argument("--profile", default="auto",
                    help="runtime profile: auto, resident, lowvram, fp8, offload, offload+fp8, cpu (presets/profiles/)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    p.add_argument("--seed", type=int, default=0)
+    # options are checked by pfp_app.options (one layer for the CLI and the studio), not by argparse's type=
+    p.add_argument("--steps", default=None, help="denoising steps, 1-1000 (default: the model's)")
+    p.add_argument("--seed", default=0, help="0 to 2147483647 (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--storyboard", required=True, help="storyboard text file: one '12s: prompt' per line")
     g.add_argument("--out", required=True, help="output .mp4")
     g.add_argument("--project", default=None, help="project folder (default: OUT's name + '_project' beside it)")
-    g.add_argument("--fps", type=int, default=None, help="frame rate of the MP4 (default: the model's; frames are resampled, duration kept)")
-    g.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (0-51)")
+    g.add_argument("--fps", default=None, help="frame rate of the MP4 (default: the model's; frames are resampled, duration kept)")
+    g.add_argument("--crf", default=18, help="H.264 quality, lower is better (0-51)")
     _add_model_args(g)
 
     r = sub.add_parser("recall", help="compress a video's history and reconstruct one of its frames from memory alone")
@@ -80,21 +80,23 @@ def _load(args):
 
 def cmd_generate(args) -> int:
     from .pipeline import GenerationSettings
-    from .project import Project
-    from .storyboard import parse_storyboard
+    from .atomic import atomic_copy
+    from .options import check_options, check_runtime_options, quote
+    from .project import Project, check_folder_for
+    from .storyboard import format_storyboard, parse_storyboard, read_storyboard_file
     from .video_io import video_info
 
-    sb_path = Path(args.storyboard)
-    if not sb_path.is_file():
-        raise FileNotFoundError(f"storyboard file '{sb_path}' not found")
-    storyboard = parse_storyboard(sb_path.read_text(errors="replace"))
+    # everything a user gave is checked before the model loads (issue 15: --crf 99 failed after generating)
+    vars(args).update(check_options(seed=args.seed, steps=args.steps, crf=args.crf, fps=args.fps))
+    check_runtime_options(args.profile, args.device)
+    storyboard = parse_storyboard(read_storyboard_file(args.storyboard))
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
-        raise ValueError(f"--out must end in .mp4, got '{out.name}'")
-    if args.fps is not None and not 1 <= args.fps <= 120:
-        raise ValueError("--fps must be between 1 and 120")
+        raise ValueError(f"--out must end in .mp4, got {quote(out.name)}")
+    folder = Path(args.project) if args.project else out.with_name(out.stem + "_project")
+    check_folder_for(folder, format_storyboard(storyboard))
     out.parent.mkdir(parents=True, exist_ok=True)
-    project = Project(args.project or out.with_name(out.stem + "_project"))
+    project = Project(folder)
     pipe = _load(args)
     segments = pipe.schedule(storyboard)
     print(f"{pipe.model.label}: {len(segments)} segments of {pipe.segment_seconds:.2f} s for {storyboard.duration:g} s "
@@ -113,7 +115,7 @@ def cmd_generate(args) -> int:
     film = pipe.export(project, crf=args.crf)
     target_fps = args.fps or pipe.model.video.fps
     if target_fps == pipe.model.video.fps:  # the project's film is the output: copy, do not encode again
-        shutil.copyfile(film, out)
+        atomic_copy(film, out)  # never in place: a kill during the copy left a truncated MP4
     else:
         pipe.export(project, out, crf=args.crf, fps=target_fps)
     print(f"wrote {out} ({video_info(out).num_frames} frames at {target_fps} fps)")
@@ -144,9 +146,14 @@ def cmd_recall(args) -> int:
     from .recall_clip import check_recall_request, encode_clip, prepare_clip
     from .video_io import tensor_to_frames
 
+    from .atomic import atomic_path
+    from .options import check_options, check_runtime_options, quote
+
+    vars(args).update(check_options(seed=args.seed, steps=args.steps))
+    check_runtime_options(args.profile, args.device)
     out = Path(args.out)
     if out.suffix.lower() != ".png":
-        raise ValueError(f"--out must end in .png, got '{out.name}'")
+        raise ValueError(f"--out must end in .png, got {quote(out.name)}")
     names = ("--at ", "--history")
     check_recall_request(args.video, args.at, args.history, names)  # bad input fails before the model loads
     pipe = _load(args)
@@ -155,8 +162,8 @@ def cmd_recall(args) -> int:
     res = pipe.recall(encode_clip(pipe, clip), frame_index, truth_frames=clip.frames, steps=args.steps, seed=args.seed)
     truth, recalled = tensor_to_frames(res.truth[:, None])[0], tensor_to_frames(res.recalled[:, None])[0]
     panel = np.concatenate([truth, recalled, error_heatmap(res.recalled, res.truth)], axis=1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(panel).save(out)
+    with atomic_path(out) as tmp:
+        Image.fromarray(panel).save(tmp, format="PNG")
     print(f"recalled frame {frame_index} ({clip.time_of(frame_index):.2f} s) of {clip.frames.shape[1]} from "
           f"{res.memory_tokens} memory tokens (compression {res.compression_ratio:.0f}:1) in {res.seconds:.1f} s")
     print(f"PSNR {res.psnr:.2f} dB  SSIM {res.ssim:.3f}  (history-mean baseline PSNR {res.baseline_psnr:.2f} dB)")
@@ -181,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             print("error: out of GPU memory; try --device cpu or a smaller profile (finished segments are kept)", file=sys.stderr)
             return 2
         if isinstance(err, EXPECTED_ERRORS) or type(err).__name__.endswith("Error"):
-            print(f"error: {err}", file=sys.stderr)
+            from .options import shorten
+
+            print(f"error: {shorten(err, 2000)}", file=sys.stderr)  # never megabytes of echoed input
             return 2
         raise
 

@@ -222,11 +222,8 @@ class PFPPipeline:
         segments = segments if segments is not None else range(project.finished_segments())
         if len(segments) == 0:
             raise ValueError("nothing to export: the project has no finished segment")
-        frames = torch.cat([_read_segment(project.segment_video_path(i)) for i in segments], dim=1)  # (3, T, H, W)
         src_fps, fps = self.model.video.fps, fps or self.model.video.fps
-        if fps != src_fps:
-            n_out = max(1, round(frames.shape[1] * fps / src_fps))
-            frames = frames[:, torch.clamp((torch.arange(n_out) * src_fps / fps).round().long(), max=frames.shape[1] - 1)]
+        frames = stream_segment_frames([project.segment_video_path(i) for i in segments], src_fps, fps)
         settings = project.read_settings()
         comment = f"PFP Studio | model={settings.get('model')} seed={settings.get('seed')}\n{project.read_storyboard()}"
         return write_mp4(out_path or project.film_path, frames, fps, crf=crf, comment=comment)
@@ -283,11 +280,24 @@ class PFPPipeline:
                             memory.num_tokens, history[0].numel(), time.perf_counter() - t0)
 
 
-def _read_segment(path) -> torch.Tensor:
-    from .video_io import frames_to_tensor, read_video
+def stream_segment_frames(paths: list, src_fps: float, fps: float):
+    """uint8 (H, W, 3) frames of the segment files in order, one segment in memory at a time (a 10-minute
+    film held whole as float32 took ~1 GB at 128x128); resampled to `fps` by nearest frame, duration kept."""
+    from .video_io import read_video, video_info
 
-    frames, _ = read_video(path)
-    return frames_to_tensor(frames)
+    counts = [video_info(p).num_frames for p in paths]  # our own segment files: complete, written atomically
+    total = sum(counts)
+    n_out = total if fps == src_fps else max(1, round(total * fps / src_fps))
+    i_out, first = 0, 0
+    for path, count in zip(paths, counts):
+        seg = read_video(path)[0]  # (T, H, W, 3) uint8
+        while i_out < n_out:
+            j = max(first, min(total - 1, round(i_out * src_fps / fps)))  # max: a segment shorter than its header
+            if j >= first + len(seg):
+                break
+            yield seg[j - first]
+            i_out += 1
+        first += count
 
 
 def seconds_to_frame(seconds: float, fps: float) -> int:

@@ -12,12 +12,13 @@ Writes go to a temporary name and are renamed, so a killed process never leaves 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_path, atomic_write_text, clean_stale_temps
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,79}$")
 
@@ -37,10 +38,28 @@ def safe_child(root: str | Path, name: str) -> Path:
     return path
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+MARKER_FILE = ".pfp_project"  # written in every project folder: the app's own folders are told from a user's
+
+
+def check_folder_for(folder: str | Path, storyboard_text: str) -> None:
+    """Refuse, before anything is written, a folder that the CLI must not write into: one it did not create
+    (not empty, not a project) or a project of another storyboard. An absent or empty folder is fine."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ProjectError(f"project folder '{folder}' is a file; choose another --project (nothing was written)")
+    if not any(folder.iterdir()):
+        return
+    project_like = (folder / MARKER_FILE).is_file() or (folder / "segments" / "seg_000.safetensors").is_file()
+    if not project_like:
+        raise ProjectError(f"'{folder}' already exists and is not a PFP Studio project; choose another --project or "
+                           "an empty folder (nothing was written)")
+    sb_path = folder / "storyboard.txt"
+    has_work = (folder / "segments" / "seg_000.safetensors").is_file() or sb_path.is_file()
+    if has_work and (not sb_path.is_file() or sb_path.read_text(encoding="utf-8", errors="replace") != storyboard_text):
+        raise ProjectError(f"project folder '{folder}' holds another storyboard or other settings; choose another --project "
+                           "(nothing was overwritten)")
 
 
 class Project:
@@ -48,6 +67,10 @@ class Project:
         self.folder = Path(folder)
         self.segments_dir = self.folder / "segments"
         self.segments_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.folder / MARKER_FILE).is_file():
+            atomic_write_text(self.folder / MARKER_FILE, '{"app": "PFP Studio"}\n')
+        for folder in (self.folder, self.segments_dir, self.folder / "previews"):
+            clean_stale_temps(folder)  # half files of a killed writer (a live writer's are kept)
 
     # storyboard and settings ----------------------------------------------------------------
     @property
@@ -63,16 +86,16 @@ class Project:
         return self.folder / "film.mp4"
 
     def write_storyboard(self, text: str) -> None:
-        _atomic_write_bytes(self.storyboard_path, text.encode())
+        atomic_write_text(self.storyboard_path, text)
 
     def read_storyboard(self) -> str:
-        return self.storyboard_path.read_text() if self.storyboard_path.exists() else ""
+        return self.storyboard_path.read_text(encoding="utf-8") if self.storyboard_path.exists() else ""
 
     def write_settings(self, settings: dict) -> None:
-        _atomic_write_bytes(self.settings_path, json.dumps(settings, indent=2, sort_keys=True).encode())
+        atomic_write_text(self.settings_path, json.dumps(settings, indent=2, sort_keys=True))
 
     def read_settings(self) -> dict:
-        return json.loads(self.settings_path.read_text()) if self.settings_path.exists() else {}
+        return json.loads(self.settings_path.read_text(encoding="utf-8")) if self.settings_path.exists() else {}
 
     # segments ---------------------------------------------------------------------------------
     def segment_latents_path(self, index: int) -> Path:
@@ -84,10 +107,9 @@ class Project:
     def save_segment_latents(self, index: int, latents: torch.Tensor, meta: dict) -> Path:
         """latents (C, n, H', W') of one segment."""
         path = self.segment_latents_path(index)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"latents": latents.detach().float().cpu().contiguous()}, str(tmp),
-                  metadata={k: str(v) for k, v in meta.items()})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"latents": latents.detach().float().cpu().contiguous()}, str(tmp),
+                      metadata={k: str(v) for k, v in meta.items()})
         return path
 
     def finished_segments(self) -> int:

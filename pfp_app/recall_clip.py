@@ -6,12 +6,14 @@ size and frame rate and trimmed to 1 + 4k frames ending at the video's end, as t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .options import shorten
 from .video_io import MAX_UPLOAD_BYTES, VideoInfo, VideoReadError, frames_to_tensor, read_video, video_info
 
 
@@ -22,6 +24,25 @@ class Clip:
     frames: torch.Tensor  # (3, T, H, W) in [-1, 1]
     first_time: float  # seconds of frames[:, 0] in the source video
     fps: float
+    source_duration: float | None = None  # decodable seconds of the source video (times up to it are valid)
+
+    @property
+    def last_time(self) -> float:
+        return self.time_of(self.frames.shape[1] - 1)
+
+    def check_time(self, at: float, at_name: str = "", duration: float | None = None) -> float:
+        """`at` as a float if it lies in this clip (half a frame of slack at both ends), else ValueError.
+        A cached clip is checked here: `at=1e9` used to return the last frame and `inf` an OverflowError."""
+        try:
+            x = float(at)
+        except (TypeError, ValueError):
+            raise ValueError(f"{at_name}{shorten(at)} is not a time in seconds") from None
+        end = duration if duration is not None else self.source_duration
+        end = self.last_time if end is None else max(end, self.last_time)
+        if not (math.isfinite(x) and self.first_time - 0.5 / self.fps <= x <= end + 0.5 / self.fps):
+            raise ValueError(f"{at_name}{x:g} s is outside the compressed history "
+                             f"({self.first_time:.2f} to {end:.2f} s)")
+        return x
 
     def frame_index(self, seconds: float) -> int:
         return min(self.frames.shape[1] - 1, max(0, round((seconds - self.first_time) * self.fps)))
@@ -51,7 +72,8 @@ def check_recall_request(path: str | Path, at: float, history_seconds: float,
     if not history_seconds > 0:
         raise ValueError(f"{history_name} must be positive")
     if not 0 <= at <= info.duration:
-        raise ValueError(f"{at_name}{at:g} s is outside the video (0 to {info.duration:.2f} s)")
+        damage = f"; {info.damage_note()}" if info.damaged else ""
+        raise ValueError(f"{at_name}{at:g} s is outside the video (0 to {info.duration:.2f} s{damage})")
     start = max(0.0, info.duration - history_seconds)
     if at < start:
         raise ValueError(f"{at_name}{at:g} s is before the compressed history ({start:.2f} to {info.duration:.2f} s); "
@@ -76,7 +98,7 @@ def prepare_clip(pipe, path: str | Path, at: float, history_seconds: float,
         raise ValueError(f"{at_name}{at:g} s is before the compressed history ({first_time:.2f} to {info.duration:.2f} s "
                          f"after trimming to whole codec blocks); raise {history_name} to at least "
                          f"{info.duration - at + r / v.fps:.2f}")
-    return Clip(frames_to_tensor(frames[len(frames) - keep :]), first_time, float(v.fps))
+    return Clip(frames_to_tensor(frames[len(frames) - keep :]), first_time, float(v.fps), info.duration)
 
 
 @torch.no_grad()

@@ -10,15 +10,16 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import imageio_ffmpeg
 import numpy as np
 import torch
+
+from .atomic import atomic_path, temp_path_for
 
 MAX_UPLOAD_BYTES = 2 * 1024**3
 
@@ -36,6 +37,18 @@ class VideoInfo:
     width: int
     height: int
     duration: float  # seconds = num_frames / fps
+    header_frames: int | None = field(default=None, compare=False)  # what the header claims (may overstate)
+
+    @property
+    def damaged(self) -> bool:
+        """The header promises more frames than can be decoded (a half-written or damaged file)."""
+        return self.header_frames is not None and self.header_frames > self.num_frames
+
+    def damage_note(self) -> str:
+        if not self.damaged:
+            return ""
+        return (f"the file's header says {self.header_frames / self.fps:.2f} s ({self.header_frames} frames), but only "
+                f"{self.num_frames} frames ({self.duration:.2f} s) can be decoded: it is damaged or half-written")
 
 
 # ---------------------------------------------------------------- tensors
@@ -117,30 +130,73 @@ def write_mp4(
     first = _pad_even(first)
     h, w = first.shape[:2]
 
-    out_params = ["-crf", str(int(crf)), "-preset", "medium", "-movflags", "+faststart"]
-    if comment is not None:
-        out_params += ["-metadata", f"comment={comment}"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.mp4")
-    try:
-        writer = imageio_ffmpeg.write_frames(
-            str(tmp), (w, h), fps=fps, codec="libx264", quality=None, pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error", output_params=out_params,
-        )
-        writer.send(None)  # start ffmpeg
+    out_params = ["-crf", str(int(crf)), "-preset", "medium"]
+    if comment is None:
+        out_params += ["-movflags", "+faststart"]
+    with atomic_path(path) as tmp:
+        video = tmp if comment is None else temp_path_for(path)
         try:
-            writer.send(np.ascontiguousarray(first))
-            for f in it:
-                f = _pad_even(f)
-                if f.shape[:2] != (h, w):
-                    raise ValueError(f"all frames must have the same size: {f.shape[:2]} != {(h, w)}")
-                writer.send(np.ascontiguousarray(f))
+            writer = imageio_ffmpeg.write_frames(
+                str(video), (w, h), fps=fps, codec="libx264", quality=None, pix_fmt_in="rgb24",
+                pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error", output_params=out_params,
+            )
+            writer.send(None)  # start ffmpeg
+            try:
+                writer.send(np.ascontiguousarray(first))
+                for f in it:
+                    f = _pad_even(f)
+                    if f.shape[:2] != (h, w):
+                        raise ValueError(f"all frames must have the same size: {f.shape[:2]} != {(h, w)}")
+                    writer.send(np.ascontiguousarray(f))
+            finally:
+                writer.close()
+            if comment is not None:
+                _remux_with_comment(video, tmp, comment)
         finally:
-            writer.close()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            if video != tmp:
+                video.unlink(missing_ok=True)
     return path
+
+
+MAX_COMMENT_CHARS = 65_536
+
+
+def _ffmetadata_escape(value: str) -> str:
+    """A value for ffmpeg's FFMETADATA file: '=', ';', '#', '\\' and newlines take a backslash.
+    NUL cannot be stored (ffmpeg reads C strings); it is written as U+FFFD (the parser rejects it anyway)."""
+    value = value.replace("\x00", "\ufffd")
+    for c in ("\\", "=", ";", "#", "\n"):
+        value = value.replace(c, "\\" + c)
+    return value
+
+
+def comment_for_metadata(comment: str) -> str:
+    """The comment as stored: cut to MAX_COMMENT_CHARS with a note saying so (the full storyboard stays
+    in the project folder), so a long storyboard never makes the export fail."""
+    if len(comment) <= MAX_COMMENT_CHARS:
+        return comment
+    note = f"\n… (cut at {MAX_COMMENT_CHARS:,} of {len(comment):,} characters; the project folder has the rest)"
+    return comment[: MAX_COMMENT_CHARS - len(note)] + note
+
+
+def _remux_with_comment(src: Path, dst: Path, comment: str) -> None:
+    """Copy the streams of `src` into `dst` with `comment` as metadata, read from an FFMETADATA file.
+
+    Not `-metadata comment=...` on the command line: a long storyboard made the argument list too long
+    (E2BIG at ~128 KiB) and a NUL byte made it invalid. The copy (no re-encode) also moves the index to
+    the front (+faststart)."""
+    meta = temp_path_for(dst.with_name(dst.stem + ".ffmeta.txt"))
+    try:
+        meta.write_text(";FFMETADATA1\ncomment=" + _ffmetadata_escape(comment_for_metadata(comment)) + "\n",
+                        encoding="utf-8")
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(src), "-f", "ffmetadata", "-i",
+               str(meta), "-map", "0", "-map_metadata", "1", "-c", "copy", "-movflags", "+faststart", "-f", "mp4",
+               str(dst)]
+        res = subprocess.run(cmd, capture_output=True, timeout=3600)
+        if res.returncode != 0:
+            raise OSError(f"ffmpeg could not write '{dst.name}': {res.stderr.decode(errors='replace')[-300:]}")
+    finally:
+        meta.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- reading
@@ -172,20 +228,24 @@ def _open(path: PathLike) -> tuple[cv2.VideoCapture, Path, float]:
 
 
 def video_info(path: PathLike) -> VideoInfo:
-    """Frame rate, frame count, size and duration (counts frames if the header lacks a count)."""
+    """Frame rate, frame count, size and duration of a video: the one place that measures a video's length.
+
+    The count is of the frames that decode (grab() demuxes and decodes, without colour conversion), not the
+    header's: a half-written MP4 whose header said 177 frames decoded 86, and recall silently returned the
+    wrong frame. Costs one decode pass (a 20-s 480p clip: well under a second)."""
     cap, p, fps = _open(path)
     try:
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        if n <= 0:
-            n = 0
-            while cap.grab():
-                n += 1
+        header = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        n = 0
+        while cap.grab():
+            n += 1
         w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     finally:
         cap.release()
     if n == 0 or w <= 0 or h <= 0:
         raise VideoReadError(f"cannot read video '{p}': no frames")
-    return VideoInfo(fps=fps, num_frames=n, width=w, height=h, duration=n / fps)
+    return VideoInfo(fps=fps, num_frames=n, width=w, height=h, duration=n / fps,
+                     header_frames=header if header > 0 else None)
 
 
 def read_video(

@@ -157,3 +157,42 @@ def test_studio_in_a_browser(server):
     assert "seed=0" in comment and "1.5s: a green dotted square in front of the gravel path" in comment
     assert (projects / ".last").read_text() == "untitled"
     assert external == [], f"the page tried to reach the internet: {external}"
+
+
+def test_a_reloaded_page_reattaches_to_the_running_job_and_stops_it(server):
+    """Issue 15 #7: the job goes on when the page reloads; the new page shows its progress and Stop works."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, projects, log = server
+    expect.set_options(timeout=60_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        try:
+            page.goto(url)
+            expect(page.locator("#project-msg")).to_contain_text("Opened")  # the restored text is in the editor
+            page.locator("#storyboard textarea").fill("0s: a red striped circle in front of the brick wall\nend: 60s")
+            expect(page.locator("#storyboard-status")).to_contain_text("1 shot")
+            box = page.locator("#steps input[type=number]")  # slow enough to be running after the reload
+            box.fill("40")
+            box.press("Enter")
+            page.locator("#generate").click()
+            expect(page.locator("#job-queue")).to_contain_text("running")
+            expect(page.locator("#gen-status")).to_contain_text(re.compile(r"segment \d+ of 40"), timeout=120_000)
+            page.reload()  # used to stop the job
+            expect(page.locator("#job-queue")).to_contain_text("running")
+            expect(page.locator("#gen-status progress#pfp-seg-progress")).to_be_attached()
+            segments = projects / "untitled" / "segments"
+            before = len(list(segments.glob("seg_*.safetensors")))
+            page.wait_for_timeout(3000)
+            assert len(list(segments.glob("seg_*.safetensors"))) >= before  # still going after the reload
+            page.locator("#stop").click()
+            expect(page.locator("#gen-status")).to_contain_text("Stopped.", timeout=120_000)
+            expect(page.locator("#job-queue")).to_contain_text("Queue: empty")
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "reattach-failure.png"), full_page=True)
+            print(log.read_text())
+            raise
+        finally:
+            browser.close()
+    assert list((projects / "untitled" / "takes").iterdir())  # the first test's film was kept as a take

@@ -182,7 +182,7 @@ def test_out_must_be_an_mp4(capsys, story, tmp_path):
 
 def test_fps_out_of_range(capsys, story, tmp_path):
     expect_error(capsys, ["generate", "--storyboard", str(story), "--out", str(tmp_path / "f.mp4"), "--fps", "0",
-                          "--model", "tiny-random"], "--fps must be between 1 and 120")
+                          "--model", "tiny-random"], "--fps must be a whole number from 1 to 120")
 
 
 def test_missing_video(capsys, tmp_path):

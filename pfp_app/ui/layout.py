@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from .job_view import POLL_SECONDS, StudioJobs
 from .storyboard_view import TABLE_HEADERS, WHOLE_FILM
 from .studio import DEFAULT_PROJECT, MAX_SEED, MAX_STEPS, Studio
 
@@ -17,7 +18,6 @@ CSS = """
 .pfp-status .pfp-bar { display: grid; grid-template-columns: 9em 1fr; align-items: center; gap: .5em; }
 .pfp-status p { margin: .3em 0 0 0; }
 #true-frame img, #recalled-frame img, #error-map img { image-rendering: pixelated; }
-#job-progress { min-height: 64px; }
 #model-info { border-left: 4px solid var(--color-accent); padding-left: .6em; }
 """
 
@@ -76,8 +76,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     gen_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-                job_progress = gr.HTML("", elem_id="job-progress", padding=False)  # where gr.Progress draws
                 status = gr.HTML(elem_id="gen-status")
+                queue_md = gr.Markdown(elem_id="job-queue")
 
             # ------------------------------------------------------------------ right: watch, inspect, export
             with gr.Column(scale=7, min_width=420):
@@ -139,23 +139,20 @@ def build_demo(studio: Studio) -> gr.Blocks:
         preset_btn.click(studio.load_preset, preset, storyboard)
         save_btn.click(studio.save_storyboard, [project, storyboard], project_msg)
 
-        gen_outputs = [preview, status, at, storyboard, seed]
-        job = dict(concurrency_id=JOB, concurrency_limit=2, show_progress_on=[job_progress])
-        # a second click while a job runs is refused at once, with a message, before it reaches the queue
-        idle = dict(fn=studio.refuse_if_busy, concurrency_limit=None, trigger_mode="multiple", show_progress="hidden")
-        def generate(name, text, seed_, steps_, profile_, progress=gr.Progress()):
-            yield from studio.generate(name, text, seed_, steps_, profile_, progress=progress)
-
-        def regenerate(name, text, shot_, prompt, seed_, steps_, profile_, progress=gr.Progress()):
-            yield from studio.regenerate(name, text, shot_, prompt, seed_, steps_, profile_, progress=progress)
-
-        gen_btn.click(**idle).success(generate, [project, storyboard, seed, steps, profile], gen_outputs, **job).then(
-            studio.project_summary, project, project_msg, queue=False)
-        stop_btn.click(studio.stop, None, project_msg, queue=False)
+        # Generate and Regenerate queue a job in the app's process (pfp_app.jobs): it goes on when the page
+        # reloads or closes; a timer shows the running job's progress and previews on every open page.
+        jobs = StudioJobs(studio).start()
+        seen = gr.State(None)  # this page's view of the job it follows
+        submit = dict(concurrency_limit=None, show_progress="hidden")
+        gen_btn.click(jobs.enqueue_generate, [project, storyboard, seed, steps, profile], [status, seen, project_msg],
+                      **submit)
+        regen_btn.click(jobs.enqueue_regenerate, [project, storyboard, shot, regen_prompt, regen_seed, steps, profile],
+                        [status, seen, project_msg, storyboard], **submit)
+        stop_btn.click(jobs.stop, None, project_msg, queue=False)
+        gr.Timer(POLL_SECONDS).tick(jobs.poll, seen, [preview, status, at, queue_md, seen], concurrency_limit=None,
+                                    show_progress="hidden")
         shot.change(studio.select_shot, [storyboard, shot], regen_prompt, queue=False, show_progress="hidden")
         shot_play.click(studio.shot_preview, [project, shot], shot_video)
-        regen_btn.click(**idle).success(regenerate, [project, storyboard, shot, regen_prompt, regen_seed, steps, profile],
-                        gen_outputs, **job).then(studio.project_summary, project, project_msg, queue=False)
 
         inspect_outputs = [truth_img, recalled_img, error_img, metrics]
         ijob = dict(concurrency_id=JOB, concurrency_limit=2, trigger_mode="always_last")

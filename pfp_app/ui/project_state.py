@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict
 from pathlib import Path
 
 from safetensors import safe_open
 
+from ..atomic import atomic_write_text as _atomic_write
 from ..pipeline import GenerationSettings, PFPPipeline, SegmentResult
 from ..project import Project, ProjectError, safe_child
 from ..storyboard import Segment
@@ -26,12 +26,6 @@ LAST_FILE = ".last"
 DRAFT_FILE = "storyboard_draft.txt"
 SEEDS_FILE = "seeds.json"
 _ANY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,79}$")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def project_folder(root: str | Path, name: str) -> Path:
@@ -77,8 +71,8 @@ def read_editor_text(project: Project) -> str:
     draft = project.folder / DRAFT_FILE
     sb = project.storyboard_path
     if draft.is_file() and (not sb.is_file() or draft.stat().st_mtime_ns >= sb.stat().st_mtime_ns):
-        return draft.read_text()
-    return sb.read_text() if sb.is_file() else ""
+        return draft.read_text(encoding="utf-8", errors="replace")
+    return sb.read_text(encoding="utf-8", errors="replace") if sb.is_file() else ""
 
 
 # per-segment records -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ Generation runs the core in a worker thread; the callback is a generator that tu
 from __future__ import annotations
 
 import html
+import math
 import queue
 import sys
 import threading
@@ -25,8 +26,10 @@ import torch
 
 from ..memory.encoder import memory_token_count
 from ..model import ModelLoadError, load_model
+from ..options import MAX_SEED, OptionError, check_options, check_seconds
 from ..pipeline import GenerationSettings, GenerationStopped, PFPPipeline, seconds_to_frame
 from ..project import Project, ProjectError
+from ..takes import keep_take
 from ..storyboard import Storyboard, StoryboardError, format_storyboard, parse_storyboard
 from ..video_io import VideoReadError, read_video, write_mp4
 from . import project_state as ps
@@ -34,8 +37,7 @@ from .recall import check_upload, encode_clip, metrics_markdown, prepare_clip, r
 from .storyboard_view import WHOLE_FILM, check_storyboard, preset_names, read_preset, with_prompt
 
 DEFAULT_PROJECT = "untitled"
-MAX_STEPS = 100
-MAX_SEED = 2**31 - 1
+MAX_STEPS = 100  # the sliders' range; pfp_app.options allows up to 1000 (the API and the CLI)
 
 
 def _optional_runtime():
@@ -49,6 +51,14 @@ def _optional_runtime():
 
 def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def _checked(**values) -> dict:
+    """The options layer (pfp_app.options), its message as a gr.Error."""
+    try:
+        return check_options("ui", **values)
+    except OptionError as err:
+        raise gr.Error(str(err)) from None
 
 
 def _no_change(n: int) -> tuple:
@@ -223,15 +233,7 @@ class Studio:
 
     # generation -----------------------------------------------------------------------------------------
     def _settings(self, seed, steps) -> GenerationSettings:
-        try:
-            seed, steps = int(seed), int(steps)
-        except (TypeError, ValueError):
-            raise gr.Error("Seed and steps must be whole numbers") from None
-        if not 0 <= seed <= MAX_SEED:
-            raise gr.Error(f"Seed must be between 0 and {MAX_SEED}")
-        if not 1 <= steps <= MAX_STEPS:
-            raise gr.Error(f"Steps must be between 1 and {MAX_STEPS}")
-        return GenerationSettings(seed=seed, steps=steps)
+        return GenerationSettings(**_checked(seed=seed, steps=steps))
 
     def _acquire(self, what: str) -> None:
         if not self._job.acquire(blocking=False):
@@ -272,6 +274,7 @@ class Studio:
             pipe = self._job_pipeline(profile)
             segments = pipe.schedule(sb)
             keep = self._resumable(project, pipe, segments, settings)
+            take = self._keep_take(project, keep)
             ps.save_draft(project, text)
             ps.remember_last(self.root, project_name)
             if keep == len(segments):
@@ -283,6 +286,7 @@ class Studio:
                 return
             project.drop_segments_from(keep)
             note = f"kept {keep} finished segment{'s' * (keep != 1)}; " if keep else ""
+            note += f"the previous take is in {take.relative_to(project.folder)}/; " if take else ""
 
             def work(**cb):
                 return pipe.generate(sb, settings, project, start_segment=keep, **cb)
@@ -291,6 +295,12 @@ class Studio:
                                     f"Generating: {note}", gr.update())
         finally:
             self._release()
+
+    @staticmethod
+    def _keep_take(project: Project, keep: int):
+        """Before segments keep.. are replaced: the whole current take goes to takes/NNN/ (issue 15: Generate
+        with another storyboard or seed replaced a creator's segments without asking). Returns its folder."""
+        return keep_take(project) if project.finished_segments() > keep else None
 
     def _resumable(self, project: Project, pipe: PFPPipeline, segments, settings: GenerationSettings) -> int:
         """Segments to keep for Generate: none if the model, seed or sampler differ from the project's last run,
@@ -310,11 +320,9 @@ class Studio:
         except (StoryboardError, TypeError, ValueError, IndexError):
             return ""
 
-    def regenerate(self, project_name: str, text: str, shot, prompt: str, seed, steps, profile: str = "auto",
-                   progress: Callable | None = None) -> Iterator[tuple]:
-        """Regenerate one shot (new seed and/or edited prompt) and recompute the shots after it from the new
-        history; the segments before it are kept untouched. Yields like `generate` (with the new storyboard text)."""
-        t_click = time.perf_counter()
+    def shot_edit(self, text: str, shot, prompt: str):
+        """-> (storyboard, shot index, storyboard text, editor update): the storyboard with the picked shot's
+        prompt replaced by `prompt` when it was edited (the update is then the new text)."""
         sb = self._parse(text)
         try:
             k = int(shot)
@@ -329,6 +337,14 @@ class Studio:
             except StoryboardError as err:
                 raise gr.Error(str(err)) from None
             text = new_text = format_storyboard(sb)
+        return sb, k, text, new_text
+
+    def regenerate(self, project_name: str, text: str, shot, prompt: str, seed, steps, profile: str = "auto",
+                   progress: Callable | None = None) -> Iterator[tuple]:
+        """Regenerate one shot (new seed and/or edited prompt) and recompute the shots after it from the new
+        history; the segments before it are kept untouched. Yields like `generate` (with the new storyboard text)."""
+        t_click = time.perf_counter()
+        sb, k, text, new_text = self.shot_edit(text, shot, prompt)
         project = self._open(project_name)
         settings = self._settings(seed, steps)
         self._acquire("a generation")
@@ -343,6 +359,7 @@ class Studio:
             keep = ps.reusable_prefix(project, pipe, segments)
             finished = project.finished_segments()
             start = min(first, keep)
+            self._keep_take(project, start)
             ps.save_draft(project, text)
             ps.remember_last(self.root, project_name)
             if start == min(first, finished):
@@ -509,9 +526,7 @@ class Studio:
     def export(self, project_name: str, crf, which=WHOLE_FILM):
         """-> (MP4 path, message). Whole film -> film.mp4, one shot -> shot_NN.mp4, in the project folder."""
         project = self._open(project_name, create=False)
-        crf = int(crf)
-        if not 0 <= crf <= 51:
-            raise gr.Error("CRF must be between 0 (lossless) and 51")
+        crf = _checked(crf=crf)["crf"]
         which = WHOLE_FILM if which is None else int(which)
         if which == WHOLE_FILM:
             segments, out = range(project.finished_segments()), project.film_path
@@ -558,6 +573,7 @@ class Studio:
     def inspect(self, project_name: str, seconds, steps, seed=0):
         """-> (true frame, recalled frame, error map, metrics Markdown) at `seconds` of the project's history."""
         project = self._open(project_name, create=False)
+        opts = _checked(steps=steps, seed=seed)
 
         def job():
             history, frames = self._history(project)
@@ -565,8 +581,9 @@ class Studio:
                 return None, None, None, "Generate at least one segment, then move the slider."
             pipe = self._pipeline()
             fps = pipe.model.video.fps
-            index = min(frames.shape[1] - 1, seconds_to_frame(max(0.0, float(seconds)), fps))
-            res = pipe.recall(history, index, truth_frames=frames, steps=int(steps), seed=int(seed))
+            at = check_seconds("The time", seconds)  # finite, >= 0; past the end means the last frame
+            index = min(frames.shape[1] - 1, seconds_to_frame(at, fps))
+            res = pipe.recall(history, index, truth_frames=frames, **opts)
             return (*recall_images(res), metrics_markdown(res, index / fps, fps))
 
         out = self._inspector_job(job)
@@ -582,13 +599,17 @@ class Studio:
             gr.Warning(str(err))
             return gr.update(maximum=1.0, value=0.0, interactive=False), f"**✗** {err}"
         d = round(info.duration, 3)
-        return (gr.update(maximum=d, value=round(d / 2, 3), interactive=True),
-                f"{info.width}×{info.height}, {info.fps:g} fps, {info.duration:.2f} s — pick a time and press Recall.")
+        msg = f"{info.width}×{info.height}, {info.fps:g} fps, {info.duration:.2f} s — pick a time and press Recall."
+        if info.damaged:
+            gr.Warning(info.damage_note())
+            msg += f" **Warning:** {info.damage_note()}."
+        return gr.update(maximum=d, value=round(d / 2, 3), interactive=True), msg
 
     def recall_upload(self, path, seconds, history_seconds, steps, seed=0):
         """Compress an uploaded video's history and recall the frame at `seconds` from memory alone."""
         if not path:
             raise gr.Error("Upload a video first")
+        opts = _checked(steps=steps, seed=seed)
 
         def job():
             pipe = self._pipeline()
@@ -596,14 +617,15 @@ class Studio:
             p = Path(path)
             key = (str(p), p.stat().st_mtime_ns if p.is_file() else 0, float(history_seconds))
             cached = self._clip_cache if self._clip_cache is not None and self._clip_cache[0] == key else None
-            if cached is not None and cached[1].first_time - 1e-6 <= at:
+            if cached is not None and math.isfinite(at) and cached[1].first_time - 1e-6 <= at:
                 clip, latents = cached[1], cached[2]
+                cached[1].check_time(at)  # the cache skips prepare_clip's checks: at=1e9 or inf lands here
             else:  # read, resample and compress the video once per file and history length
                 clip = prepare_clip(pipe, path, at, float(history_seconds))
                 latents = encode_clip(pipe, clip)
                 self._clip_cache = (key, clip, latents)
             index = clip.frame_index(float(seconds))
-            res = pipe.recall(latents, index, truth_frames=clip.frames, steps=int(steps), seed=int(seed))
+            res = pipe.recall(latents, index, truth_frames=clip.frames, **opts)
             return (*recall_images(res), metrics_markdown(res, clip.first_time + index / clip.fps, clip.fps))
 
         out = self._inspector_job(job)
