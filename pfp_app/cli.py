@@ -31,8 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="render a storyboard to an MP4 (and a project folder beside it)")
-    g.add_argument("--storyboard", required=True, help="storyboard text file: one '12s: prompt' per line")
+    g.add_argument("--storyboard", default=None,
+                   help="storyboard text file: one '12s: prompt' per line (required unless --restore)")
     g.add_argument("--out", required=True, help="output .mp4")
+    g.add_argument("--from", dest="footage", default=None,
+                   help="footage to continue: a video, a folder of images or one image; it becomes the history before "
+                        "the first shot and storyboard times count from its end")
+    g.add_argument("--still-seconds", type=float, default=2.0, help="how long each still image of --from is held (default 2)")
+    g.add_argument("--export", choices=("with-footage", "generated-only"), default="with-footage",
+                   help="the MP4 starts with the footage (default) or holds the generated part only")
+    g.add_argument("--restore", action="store_true",
+                   help="--from is an MP4 exported by PFP Studio: regenerate its project (storyboard, seeds, steps, footage) "
+                        "from its comment instead of continuing from it")
+    g.add_argument("--as-footage", action="store_true",
+                   help="--from is an MP4 exported by PFP Studio: continue from its frames anyway")
     g.add_argument("--project", default=None, help="project folder (default: OUT's name + '_project' beside it)")
     g.add_argument("--fps", default=None, help="frame rate of the MP4 (default: the model's; frames are resampled, duration kept)")
     g.add_argument("--crf", default=18, help="H.264 quality, lower is better (0-51)")
@@ -86,10 +98,20 @@ def cmd_generate(args) -> int:
     from .storyboard import format_storyboard, parse_storyboard, read_storyboard_file
     from .video_io import video_info
 
+    from .footage import check_footage
+
+    record = _export_record(args)
+    if record is not None:
+        storyboard_text = record.storyboard
+        args.seed = record.seed
+        args.steps = record.steps if args.steps is None else args.steps
+    elif not args.storyboard:
+        raise ValueError("--storyboard is required (or --restore with --from an MP4 exported by PFP Studio)")
     # everything a user gave is checked before the model loads (issue 15: --crf 99 failed after generating)
     vars(args).update(check_options(seed=args.seed, steps=args.steps, crf=args.crf, fps=args.fps))
     check_runtime_options(args.profile, args.device)
-    storyboard = parse_storyboard(read_storyboard_file(args.storyboard))
+    storyboard = parse_storyboard(storyboard_text if record is not None else read_storyboard_file(args.storyboard))
+    source = check_footage(args.footage, args.still_seconds) if args.footage and record is None else None
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out must end in .mp4, got {quote(out.name)}")
@@ -98,6 +120,10 @@ def cmd_generate(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     project = Project(folder)
     pipe = _load(args)
+    if record is not None:
+        print(f"restoring '{record.path.name}': {record.describe()}", file=sys.stderr)
+        if record.model and record.model != pipe.model.name:
+            print(f"note: it was made with model {record.model}, restoring with {pipe.model.name} (--model)", file=sys.stderr)
     segments = pipe.schedule(storyboard)
     print(f"{pipe.model.label}: {len(segments)} segments of {pipe.segment_seconds:.2f} s for {storyboard.duration:g} s "
           f"-> project '{project.folder}'", file=sys.stderr)
@@ -107,30 +133,92 @@ def cmd_generate(args) -> int:
               f"{res.memory_tokens} memory tokens, {res.seconds:.1f} s: {res.segment.prompt}", file=sys.stderr)
 
     settings = GenerationSettings(seed=args.seed, steps=args.steps)
-    start = resume_point(project, pipe, storyboard, settings)
+    start = resume_point(project, pipe, storyboard, settings, _footage_settings(project, source, record))
     if start:
         print(f"resuming: {start} finished segments found in the project", file=sys.stderr)
+    if start == 0:
+        _set_footage(pipe, project, source, record)
     if start < len(segments):
-        pipe.generate(storyboard, settings, project, start_segment=start, on_segment=on_segment)
-    film = pipe.export(project, crf=args.crf)
+        if record is not None:
+            from .export_record import generate_with_seeds
+
+            generate_with_seeds(pipe, storyboard, record, project, start, on_segment=on_segment)
+        else:
+            pipe.generate(storyboard, settings, project, start_segment=start, on_segment=on_segment)
+    with_footage = args.export == "with-footage"
+    film = pipe.export(project, crf=args.crf, with_footage=with_footage)
     target_fps = args.fps or pipe.model.video.fps
     if target_fps == pipe.model.video.fps:  # the project's film is the output: copy, do not encode again
         atomic_copy(film, out)  # never in place: a kill during the copy left a truncated MP4
     else:
-        pipe.export(project, out, crf=args.crf, fps=target_fps)
+        pipe.export(project, out, crf=args.crf, fps=target_fps, with_footage=with_footage)
     print(f"wrote {out} ({video_info(out).num_frames} frames at {target_fps} fps)")
     return 0
 
 
-def resume_point(project, pipe, storyboard, settings) -> int:
+def _export_record(args):
+    """The record of `--from` when it is an MP4 exported by PFP Studio and --restore asks to restore it; None to
+    continue from the footage; a clear error when the user has not said which of the two they want."""
+    from .export_record import read_export_record
+
+    if args.restore and not args.footage:
+        raise ValueError("--restore needs --from with an MP4 exported by PFP Studio")
+    if args.restore and args.as_footage:
+        raise ValueError("choose one of --restore and --as-footage")
+    if not args.footage or args.as_footage:
+        return None
+    record = read_export_record(args.footage)
+    if args.restore and record is None:
+        raise ValueError(f"--restore: '{Path(args.footage).name}' was not exported by PFP Studio (no storyboard in its comment)")
+    if record is not None and not args.restore:
+        raise ValueError(f"'{Path(args.footage).name}' was exported by PFP Studio ({record.describe()}): add --restore to "
+                         "regenerate its project from its storyboard and seeds, or --as-footage to continue from its frames")
+    if record is not None and args.storyboard:
+        raise ValueError("--restore takes the storyboard from the export's comment: leave out --storyboard")
+    return record
+
+
+def _footage_settings(project, source, record) -> dict:
+    """The footage entry the project's settings.json will hold for this run ({} without footage)."""
+    from .footage import source_record
+
+    if source is not None:
+        return source_record(source)
+    if record is not None and record.footage_frames:
+        return {"footage": {"source": record.path.name, "restored_frames": str(record.footage_frames)}}
+    return {}
+
+
+def _set_footage(pipe, project, source, record) -> None:
+    """Write this run's footage into the (empty) project, or remove a footage it no longer uses."""
+    from .export_record import restore_footage
+    from .footage import has_footage, prepare_footage, remove_footage, save_footage
+
+    footage = prepare_footage(pipe, source.path, source.still_seconds) if source is not None else (
+        restore_footage(pipe, record) if record is not None else None)
+    if footage is None:
+        if has_footage(project):
+            remove_footage(project)
+        return
+    save_footage(project, footage, source)
+    tokens = pipe.model.memory_encoder(footage.latents.to(pipe.device, pipe.dtype)).num_tokens
+    print(f"footage '{footage.source_name}': {footage.num_frames} frames = {footage.seconds:.2f} s at the model's "
+          f"{footage.fps:g} fps, {tokens:,} memory tokens{'; ' + footage.note if footage.note else ''}; "
+          "storyboard times count from its end", file=sys.stderr)
+
+
+def resume_point(project, pipe, storyboard, settings, footage: dict | None = None) -> int:
     """Finished segments to keep: all of them when the project holds this very storyboard and these
     settings (a killed run resumes), 0 for an empty project; another project's work is never overwritten."""
     from .storyboard import format_storyboard
 
     if project.finished_segments() == 0:
         return 0
-    same = (project.read_storyboard() == format_storyboard(storyboard)
-            and project.read_settings() == pipe.settings_record(storyboard, settings))
+    held = project.read_settings()
+    expected = {**pipe.settings_record(storyboard, settings), **(footage or {})}
+    if "footage" in held and "footage" in expected and "restored_frames" in expected["footage"]:
+        expected["footage"] = held["footage"]  # a restored footage has no source file to compare
+    same = (project.read_storyboard() == format_storyboard(storyboard) and held == expected)
     if not same:
         raise ValueError(f"project folder '{project.folder}' holds another storyboard or other settings; "
                          "choose another --project (nothing was overwritten)")

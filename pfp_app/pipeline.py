@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 
 from .flow import SamplerSettings, sample
+from .footage import (footage_comment, footage_meta, footage_record, footage_video_path, has_footage,
+                      load_footage_latents)
 from .memory.encoder import MemoryCache
 from .metrics import history_mean_frame, psnr, ssim
 from .model import PFPModel
@@ -117,8 +119,13 @@ class PFPPipeline:
         on_segment: Callable[[SegmentResult], None] | None = None,
         on_step: Callable[[int, int, int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        footage: torch.Tensor | None = None,
     ) -> list[SegmentResult]:
         """Generate segments start_segment.. of the storyboard; earlier ones are read from `project`.
+
+        footage: latents (1, C, T_f, H', W') of the history before the first shot (footage.py); by default the
+        project's footage. It seeds the history: φ sees it as it sees generated segments, the storyboard's
+        segments sit at the time positions after it and the first is decoded continuing its last latent frames.
 
         on_step(segment_index, num_segments, step, steps); should_stop() is checked between segments
         and between steps (a stop mid-segment discards only that segment).
@@ -128,9 +135,11 @@ class PFPPipeline:
         sampler = settings.sampler_settings(self.model)
         segments = self.schedule(sb)
         n = self.model.video.segment_latent_frames
+        if footage is None and project is not None:
+            footage = load_footage_latents(project)
         if project is not None:
             project.write_storyboard(format_storyboard(sb))
-            project.write_settings(self.settings_record(sb, settings))
+            project.write_settings({**self.settings_record(sb, settings), **footage_record(project)})
         if start_segment > 0 and (project is None or start_segment > project.finished_segments()):
             raise ValueError(f"cannot continue from segment {start_segment}: the project holds "
                              f"{0 if project is None else project.finished_segments()} finished segments")
@@ -138,6 +147,8 @@ class PFPPipeline:
         if start_segment > 0 and (history is None or history.shape[2] != start_segment * n):
             raise ValueError(f"cannot continue from segment {start_segment}: the project holds "
                              f"{0 if history is None else history.shape[2] // n} finished segments")
+        if footage is not None:  # the footage's latents, never re-encoded from pixels, start the history
+            history = footage if history is None else torch.cat([footage, history], dim=2)
         if history is not None:
             history = history.to(self.device)
         cache: MemoryCache | None = None
@@ -215,17 +226,23 @@ class PFPPipeline:
         return torch.cat(parts, dim=1)
 
     def export(self, project: Project, out_path=None, crf: int = 18, segments: range | None = None,
-               fps: int | None = None) -> Path:
+               fps: int | None = None, with_footage: bool = True) -> Path:
         """Write the film (or a range of segments, e.g. one shot) as H.264 MP4, storyboard in its comment.
 
-        fps: another frame rate for the file; frames are resampled (nearest), so the duration is kept."""
+        fps: another frame rate for the file; frames are resampled (nearest), so the duration is kept.
+        with_footage: the whole film starts with the project's footage, if any (else: the generated part only)."""
         segments = segments if segments is not None else range(project.finished_segments())
         if len(segments) == 0:
             raise ValueError("nothing to export: the project has no finished segment")
+        lead = footage_video_path(project) if with_footage and segments.start == 0 and has_footage(project) else None
         src_fps, fps = self.model.video.fps, fps or self.model.video.fps
-        frames = stream_segment_frames([project.segment_video_path(i) for i in segments], src_fps, fps)
+        paths = [project.segment_video_path(i) for i in segments]
+        frames = stream_segment_frames(([lead] if lead else []) + paths, src_fps, fps)  # the footage first
         settings = project.read_settings()
-        comment = f"PFP Studio | model={settings.get('model')} seed={settings.get('seed')}\n{project.read_storyboard()}"
+        steps = (settings.get("sampler_settings") or {}).get("steps")
+        n_lead = int(footage_meta(project)["frames"]) if lead else None
+        comment = (f"PFP Studio | model={settings.get('model')} seed={settings.get('seed')} steps={steps}"
+                   f"{footage_comment(project, n_lead)}\n{project.read_storyboard()}")
         return write_mp4(out_path or project.film_path, frames, fps, crf=crf, comment=comment)
 
     # memory inspection ---------------------------------------------------------------------------

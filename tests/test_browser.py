@@ -196,3 +196,68 @@ def test_a_reloaded_page_reattaches_to_the_running_job_and_stops_it(server):
         finally:
             browser.close()
     assert list((projects / "untitled" / "takes").iterdir())  # the first test's film was kept as a take
+
+
+THREE_SHOTS = ("0s: a red striped circle in front of the brick wall\n1.5s: the grass field, empty\n"
+               "3s: a red striped circle in front of the brick wall\nend: 4.5s")
+
+
+def test_upload_footage_and_continue_it_in_a_browser(server, tmp_path):
+    """A creator uploads a clip, types three shots and gets one MP4 that starts with the clip and continues it."""
+    import numpy as np
+    from playwright.sync_api import expect, sync_playwright
+
+    from pfp_app.video_io import read_mp4_comment, read_video, write_mp4
+
+    url, projects, log = server
+    clip = tmp_path / "my_clip.mp4"
+    write_mp4(clip, np.random.default_rng(0).integers(0, 255, (20, 72, 96, 3), dtype=np.uint8), 8)
+    expect.set_options(timeout=30_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith((url, "data:", "blob:"))
+                   else route.abort())
+        try:
+            page.goto(url)
+            expect(page.locator("#model-info")).to_be_visible()
+            name = page.locator("#project-name input")
+            name.fill("continued")
+            name.press("Enter")
+            page.locator("#project-open").click()
+            expect(page.locator("#project-msg")).to_contain_text("continued")
+
+            page.locator("#footage-panel").get_by_text("Start from footage").click()
+            page.locator("#footage-upload input[type=file]").set_input_files(str(clip))
+            expect(page.locator("#footage-info")).to_contain_text("memory tokens", timeout=90_000)
+            expect(page.locator("#footage-info")).to_contain_text("storyboard times count from its end")
+            page.wait_for_selector("#footage-preview video[src]")
+
+            page.locator("#storyboard textarea").fill(THREE_SHOTS)
+            expect(page.locator("#storyboard-status")).to_contain_text("3 shots")
+            if STEPS:
+                box = page.locator("#steps input[type=number]")
+                box.fill(STEPS)
+                box.press("Enter")
+            page.locator("#generate").click()
+            expect(page.locator("#gen-status")).to_contain_text("Done", timeout=300_000)
+            page.locator("#export").click()
+            expect(page.locator("#export-msg")).to_contain_text("Exported", timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "studio-footage.png"), full_page=True)
+        except Exception:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "studio-footage-failure.png"), full_page=True)
+            print(log.read_text())
+            raise
+        finally:
+            browser.close()
+
+    project = projects / "continued"
+    footage, _ = read_video(project / "footage" / "footage.mp4")
+    segments = sorted((project / "segments").glob("seg_*.mp4"))
+    assert len(segments) == 3 and (project / "footage" / "source.mp4").read_bytes() == clip.read_bytes()
+    film, _ = read_video(project / "film.mp4")
+    assert len(film) == len(footage) + sum(len(read_video(s)[0]) for s in segments)
+    assert np.abs(film[: len(footage)].astype(int) - footage.astype(int)).mean() < 10  # the film starts with the clip (H.264 of noise: ~3; another clip: ~85)
+    comment = read_mp4_comment(project / "film.mp4")
+    assert f"footage_frames={len(footage)}" in comment and "3s: a red striped circle" in comment

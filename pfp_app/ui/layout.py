@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..footage import DEFAULT_STILL_SECONDS, EXPORT_GENERATED_ONLY, EXPORT_WITH_FOOTAGE
 from .job_view import POLL_SECONDS, StudioJobs
 from .storyboard_view import TABLE_HEADERS, WHOLE_FILM
 from .studio import DEFAULT_PROJECT, MAX_SEED, MAX_STEPS, Studio
@@ -54,6 +55,23 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                              "add, remove or reorder shots by editing lines; `end: 30s` sets the length",
                                         elem_id="storyboard")
                 sb_status = gr.Markdown(elem_id="storyboard-status")
+                with gr.Accordion("Start from footage (optional)", open=False, elem_id="footage-panel"):
+                    gr.Markdown("A video, an image or several stills become the history before the first shot: the "
+                                "storyboard continues them and remembers them. Storyboard times count from the "
+                                "footage's end.")
+                    with gr.Row():
+                        footage_upload = gr.File(label="Footage: one video, or images (at most 2 GB)", scale=3,
+                                                 file_count="multiple", file_types=["video", "image"], type="filepath",
+                                                 elem_id="footage-upload")
+                        still_s = gr.Number(value=DEFAULT_STILL_SECONDS, minimum=0.125, maximum=60, scale=1,
+                                            label="Seconds per still", elem_id="footage-still-seconds")
+                    footage_info = gr.Markdown(elem_id="footage-info")
+                    with gr.Row(visible=False, elem_id="footage-restore-offer") as restore_offer:
+                        restore_btn = gr.Button("Restore its project", variant="primary", elem_id="footage-restore")
+                        as_footage_btn = gr.Button("Use its frames as footage", elem_id="footage-use")
+                    footage_preview = gr.Video(label="Prepared history: what the model sees", interactive=False,
+                                               height=200, loop=True, elem_id="footage-preview")
+                    footage_remove = gr.Button("Remove the footage", size="sm", elem_id="footage-remove")
                 shot_table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "number", "number", "number", "str"],
                                           interactive=False, label="Shots", elem_id="shot-table", wrap=True,
                                           column_widths=["7%", "12%", "12%", "10%", "59%"])
@@ -123,6 +141,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     with gr.Row():
                         which = gr.Dropdown(choices=[("Whole film", WHOLE_FILM)], value=WHOLE_FILM, label="What",
                                             scale=2, elem_id="export-which")
+                        export_footage = gr.Radio([EXPORT_WITH_FOOTAGE, EXPORT_GENERATED_ONLY], value=EXPORT_WITH_FOOTAGE,
+                                                  label="Footage (whole film)", scale=2, elem_id="export-footage")
                         crf = gr.Slider(0, 51, value=16, step=1, label="H.264 CRF (lower = better, bigger)", scale=2,
                                         elem_id="crf")
                         export_btn = gr.Button("Export", variant="primary", scale=1, elem_id="export")
@@ -133,9 +153,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
         open_outputs = [project, storyboard, seed, steps, preview, status, at, project_msg]
         sb_outputs = [shot_table, sb_status, shot, which]
         storyboard.change(studio.check, storyboard, sb_outputs, queue=False, show_progress="hidden")
-        demo.load(studio.restore, None, open_outputs).then(studio.check, storyboard, sb_outputs)
-        open_btn.click(studio.open_project, project, open_outputs)
-        project.select(studio.open_project, project, open_outputs)
+        footage_outputs = [footage_preview, footage_info]
+        demo.load(studio.restore, None, open_outputs).then(studio.check, storyboard, sb_outputs).then(
+            studio.footage.show, project, footage_outputs)
+        open_btn.click(studio.open_project, project, open_outputs).then(studio.footage.show, project, footage_outputs)
+        project.select(studio.open_project, project, open_outputs).then(studio.footage.show, project, footage_outputs)
         preset_btn.click(studio.load_preset, preset, storyboard)
         save_btn.click(studio.save_storyboard, [project, storyboard], project_msg)
 
@@ -160,8 +182,18 @@ def build_demo(studio: Studio) -> gr.Blocks:
         recall_btn.click(studio.inspect, [project, at, recall_steps, seed], inspect_outputs, **ijob)
         upload.change(studio.upload_info, upload, [up_at, upload_msg])
         up_btn.click(studio.recall_upload, [upload, up_at, up_hist, recall_steps, seed], inspect_outputs, **ijob)
-        export_btn.click(studio.export, [project, crf, which], [export_file, export_msg], concurrency_id=JOB,
-                         concurrency_limit=2)
+        export_btn.click(studio.export, [project, crf, which, export_footage], [export_file, export_msg],
+                         concurrency_id=JOB, concurrency_limit=2)
+
+        fjob = dict(concurrency_id=JOB, concurrency_limit=2)
+        footage_upload.upload(studio.footage.upload, [project, footage_upload, still_s],
+                              footage_outputs + [restore_offer], **fjob).then(studio._slider_of, project, at)
+        as_footage_btn.click(studio.footage.use_as_footage, [project, footage_upload, still_s],
+                             footage_outputs + [restore_offer], **fjob).then(studio._slider_of, project, at)
+        restore_btn.click(studio.footage.restore, [project, footage_upload],
+                          [storyboard, seed, steps] + footage_outputs + [restore_offer], **fjob).then(
+            studio._slider_of, project, at)
+        footage_remove.click(studio.footage.remove, project, footage_outputs).then(studio._slider_of, project, at)
     return demo
 
 

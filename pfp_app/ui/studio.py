@@ -32,7 +32,9 @@ from ..project import Project, ProjectError
 from ..takes import keep_take
 from ..storyboard import Storyboard, StoryboardError, format_storyboard, parse_storyboard
 from ..video_io import VideoReadError, read_video, write_mp4
+from .. import footage as fm
 from . import project_state as ps
+from .footage_view import FootagePanel
 from .recall import check_upload, encode_clip, metrics_markdown, prepare_clip, recall_images
 from .storyboard_view import WHOLE_FILM, check_storyboard, preset_names, read_preset, with_prompt
 
@@ -80,6 +82,7 @@ class Studio:
         self._stop = threading.Event()
         self._history_cache: tuple | None = None  # (key, history latents, decoded frames)
         self._clip_cache: tuple | None = None  # (key, Clip, latents)
+        self.footage = FootagePanel(self)  # "start from footage" (footage_view.py)
 
     # model ------------------------------------------------------------------------------------------
     def load(self) -> "Studio":
@@ -472,34 +475,47 @@ class Studio:
         return f'<div class="pfp-status">{"".join(bars)}<p>{html.escape(message)}</p></div>'
 
     def _slider(self, project: Project | None, reset: bool = False):
-        """Inspector slider over the project's history, in seconds."""
+        """Inspector slider over the project's history (its footage, then the generated part), in seconds."""
         n = project.finished_segments() if project is not None else 0
-        if n == 0:
+        lead = fm.load_footage_latents(project)
+        if n == 0 and lead is None:
             return gr.update(maximum=1.0, value=0.0, interactive=False)
         m = self.model
-        frames = m.codec.pixel_frames(n * m.video.segment_latent_frames)
+        frames = m.codec.pixel_frames(n * m.video.segment_latent_frames + (0 if lead is None else lead.shape[2]))
         upd = dict(maximum=round((frames - 1) / m.video.fps, 3), interactive=True)
         if reset:
             upd["value"] = 0.0
         return gr.update(**upd)
 
+    def _slider_of(self, project_name: str):
+        """The inspector slider after the footage changed."""
+        try:
+            return self._slider(self._open(project_name, create=False), reset=True)
+        except gr.Error:
+            return self._slider(None)
+
     # previews and export ----------------------------------------------------------------------------------
-    def _write_segments(self, project: Project, out: Path, segments: range, crf: int) -> Path:
-        """The segments' decoded MP4s joined into one H.264 MP4, with model, seeds and storyboard in its comment."""
+    def _write_segments(self, project: Project, out: Path, segments: range, crf: int, with_footage: bool = False) -> Path:
+        """The segments' decoded MP4s joined into one H.264 MP4, with model, seeds and storyboard in its comment;
+        with_footage: the project's footage first (the whole film only)."""
         if len(segments) == 0:
             raise gr.Error("Nothing to export: the project has no finished segment")
+        lead = fm.footage_video_path(project) if with_footage and segments.start == 0 and fm.has_footage(project) else None
 
         def frames():
+            if lead is not None:
+                yield from read_video(lead)[0]
             for i in segments:
                 yield from read_video(project.segment_video_path(i))[0]
 
-        return write_mp4(out, frames(), self.model.video.fps, crf=crf, comment=ps.reproduce_note(project))
+        note = fm.with_footage_field(ps.reproduce_note(project), project, lead)
+        return write_mp4(out, frames(), self.model.video.fps, crf=crf, comment=note)
 
     def _film_preview(self, project: Project, pipe: PFPPipeline):
         n = project.finished_segments()
         if n == 0:
             return None
-        path = self._write_segments(project, project.folder / "previews" / "film.mp4", range(n), crf=20)
+        path = self._write_segments(project, project.folder / "previews" / "film.mp4", range(n), crf=20, with_footage=True)
         return gr.update(value=str(path), label=f"The film so far: {n} segment{'s' * (n != 1)}")
 
     def _shot_segments(self, project: Project, shot: int) -> range:
@@ -523,8 +539,9 @@ class Studio:
                                     self._shot_segments(project, k), crf=18)
         return str(path)
 
-    def export(self, project_name: str, crf, which=WHOLE_FILM):
-        """-> (MP4 path, message). Whole film -> film.mp4, one shot -> shot_NN.mp4, in the project folder."""
+    def export(self, project_name: str, crf, which=WHOLE_FILM, footage: str = fm.EXPORT_WITH_FOOTAGE):
+        """-> (MP4 path, message). Whole film -> film.mp4 (starting with the footage unless `footage` says
+        'generated part only'), one shot -> shot_NN.mp4, in the project folder."""
         project = self._open(project_name, create=False)
         crf = _checked(crf=crf)["crf"]
         which = WHOLE_FILM if which is None else int(which)
@@ -532,7 +549,7 @@ class Studio:
             segments, out = range(project.finished_segments()), project.film_path
         else:
             segments, out = self._shot_segments(project, which), project.folder / f"shot_{which + 1:02d}.mp4"
-        path = self._write_segments(project, out, segments, crf)
+        path = self._write_segments(project, out, segments, crf, with_footage=footage != fm.EXPORT_GENERATED_ONLY)
         ps.write_seeds(project)
         return str(path), (f"Exported {len(segments)} segment{'s' * (len(segments) != 1)} to `{path}` (CRF {crf}); "
                            f"storyboard and seeds are in its comment and in `{project.folder}`.")
@@ -541,13 +558,13 @@ class Studio:
     def _history(self, project: Project):
         """(latents (1, C, T', H', W'), decoded frames (3, T, H, W)) of the project, cached until it changes."""
         n = project.finished_segments()
-        if n == 0:
+        lead = fm.footage_latents_path(project)
+        if n == 0 and not lead.is_file():
             return None, None
-        key = (str(project.folder), n, project.segment_latents_path(n - 1).stat().st_mtime_ns)
+        key = (str(project.folder), n, project.segment_latents_path(n - 1).stat().st_mtime_ns if n else 0,
+               lead.stat().st_mtime_ns if lead.is_file() else 0)
         if self._history_cache is None or self._history_cache[0] != key:
-            history = project.load_history(n)
-            with torch.no_grad():
-                frames = self._pipeline().decode_history(history.to(self._pipeline().device)).cpu()
+            history, frames = fm.history_with_footage(self._pipeline(), project)  # the footage, then the segments
             self._history_cache = (key, history, frames)
         return self._history_cache[1], self._history_cache[2]
 
@@ -584,7 +601,10 @@ class Studio:
             at = check_seconds("The time", seconds)  # finite, >= 0; past the end means the last frame
             index = min(frames.shape[1] - 1, seconds_to_frame(at, fps))
             res = pipe.recall(history, index, truth_frames=frames, **opts)
-            return (*recall_images(res), metrics_markdown(res, index / fps, fps))
+            lead = fm.footage_seconds(project, fps)
+            where = (f"\n\nA frame of **your footage** (0–{lead:.2f} s)." if index / fps < lead else
+                     f"\n\nStoryboard time {index / fps - lead:.2f} s (after the footage)." if lead else "")
+            return (*recall_images(res), metrics_markdown(res, index / fps, fps) + where)
 
         out = self._inspector_job(job)
         return _no_change(4) if out is None else out

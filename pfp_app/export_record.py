@@ -1,0 +1,130 @@
+"""Re-opening an export: an MP4 written by PFP Studio carries its model, seeds, steps and storyboard in its
+comment (first line `PFP Studio | model=... seed=3 steps=16 ...`, then the storyboard), and, when it was
+exported with its footage, `footage_frames=N`: its first N frames are that footage at the model's size and rate.
+
+`read_export_record` finds out whether a file is such an export; `restore_into` regenerates its project from
+the record (storyboard, per-segment seeds, steps; the footage taken back from the file's first frames).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .video_io import VideoReadError, read_mp4_comment
+
+MARK = "PFP Studio |"
+
+
+@dataclass
+class ExportRecord:
+    path: Path
+    model: str | None
+    seeds: dict[int, int]  # segment -> seed; {-1: s} when every segment used seed s
+    steps: int | None
+    storyboard: str
+    footage_frames: int = 0  # the file's first N frames are the footage
+    footage_excluded: bool = False  # the project had footage; the file holds the generated part only
+    fields: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        """The first segment's seed (the project's seed)."""
+        return self.seeds.get(-1, self.seeds.get(0, 0))
+
+    def seed_of(self, segment: int) -> int:
+        if -1 in self.seeds:
+            return self.seeds[-1]
+        known = [k for k in sorted(self.seeds) if k <= segment]
+        return self.seeds[known[-1]] if known else self.seed
+
+    def describe(self) -> str:
+        seeds = (f"seed {self.seed}" if -1 in self.seeds else
+                 "seeds " + ", ".join(f"segment {k + 1}: {v}" for k, v in sorted(self.seeds.items())))
+        shots = sum(1 for line in self.storyboard.splitlines() if line.strip() and not line.lower().startswith(("end", "total", "#")))
+        foot = (f", starting with {self.footage_frames} frames of footage" if self.footage_frames else
+                ", exported without its footage" if self.footage_excluded else "")
+        return f"model {self.model}, {seeds}, {self.steps or 'default'} steps, {shots} shots{foot}"
+
+
+def _per_segment(value: str) -> dict[int, int]:
+    """'3' -> {-1: 3}; '0:3,1:3,2:7' -> {0: 3, 1: 3, 2: 7}."""
+    if ":" not in value:
+        return {-1: int(value)}
+    out = {}
+    for part in value.split(","):
+        k, v = part.split(":", 1)
+        out[int(k)] = int(v)
+    return out
+
+
+def parse_export_comment(comment: str | None, path: str | Path = "") -> ExportRecord | None:
+    """The record in an export's comment, or None when the comment is not PFP Studio's."""
+    if not comment or not comment.startswith(MARK):
+        return None
+    head, _, storyboard = comment.partition("\n")
+    fields = dict(tok.split("=", 1) for tok in head[len(MARK):].split() if "=" in tok)
+    try:
+        seeds = _per_segment(fields["seeds"]) if "seeds" in fields else _per_segment(fields.get("seed", "0"))
+        steps_field = fields.get("steps") or fields.get("stepss")  # per-segment steps: keep the first
+        steps = None if steps_field in (None, "None") else next(iter(_per_segment(steps_field).values()))
+        frames = int(fields.get("footage_frames", 0))
+    except (ValueError, KeyError):
+        raise ValueError(f"'{Path(path).name}' has a PFP Studio comment that cannot be read: {head!r}") from None
+    return ExportRecord(Path(path), fields.get("model"), seeds, steps, storyboard, frames,
+                        fields.get("footage") == "excluded", fields)
+
+
+def read_export_record(path: str | Path) -> ExportRecord | None:
+    """The record of an MP4 exported by PFP Studio; None for any other video (or a file that is not one)."""
+    p = Path(path)
+    if not p.is_file() or p.suffix.lower() not in (".mp4", ".m4v", ".mov"):
+        return None
+    try:
+        return parse_export_comment(read_mp4_comment(p), p)
+    except VideoReadError:
+        return None
+
+
+def restore_footage(pipe, record: ExportRecord):
+    """The footage of a restored project: the export's first `footage_frames` frames (None without footage)."""
+    from .footage import FootageError, footage_from_frames
+    from .video_io import read_video
+
+    if record.footage_excluded:
+        raise FootageError(f"'{record.path.name}' was exported without its footage (generated part only), so its "
+                           "project cannot be restored from it; use the export made 'with the footage'")
+    if not record.footage_frames:
+        return None
+    v = pipe.model.video
+    frames, _ = read_video(record.path, max_frames=record.footage_frames)
+    if frames.shape[1:3] != (v.height, v.width):
+        raise FootageError(f"'{record.path.name}' is {frames.shape[2]}×{frames.shape[1]}, the model makes "
+                           f"{v.width}×{v.height}: restore it with the model it was made with ({record.model})")
+    return footage_from_frames(pipe, frames, record.path.name)
+
+
+def generate_with_seeds(pipe, storyboard, record: ExportRecord, project, start: int = 0, **callbacks) -> None:
+    """Generate the storyboard into `project` with each segment's recorded seed: the seed changes only where
+    a shot was regenerated with a new one (every later segment has it), so runs of one seed are generated in
+    turn, each stopped where the next seed begins."""
+    from .pipeline import GenerationSettings, GenerationStopped
+
+    n = len(pipe.schedule(storyboard))
+    k = start
+    while k < n:
+        seed = record.seed_of(k)
+        end = k + 1
+        while end < n and record.seed_of(end) == seed:
+            end += 1
+        stop_at = end
+
+        def should_stop(stop_at=stop_at):
+            return project.finished_segments() >= stop_at
+
+        try:
+            pipe.generate(storyboard, GenerationSettings(seed=seed, steps=record.steps), project, start_segment=k,
+                          should_stop=should_stop, **callbacks)
+        except GenerationStopped:
+            pass
+        k = end
