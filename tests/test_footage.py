@@ -111,10 +111,12 @@ def test_nothing_is_half_written_when_saving_footage_fails(tiny_pipeline, tmp_pa
     def broken(*a, **k):
         raise OSError("disk full")
 
+    before = sorted(p.name for p in project.folder.iterdir())
     monkeypatch.setattr(fm, "write_mp4", broken)
     with pytest.raises(OSError, match="disk full"):
         save_footage(project, f, check_footage(src))
-    assert sorted(p.name for p in project.folder.iterdir()) == ["segments"]  # no footage/, no temporary folder
+    assert sorted(p.name for p in project.folder.iterdir()) == before  # no footage/, no temporary folder
+    assert "footage" not in before
 
 
 def test_footage_is_not_replaced_under_generated_segments(tiny_pipeline, tmp_path):
