@@ -220,7 +220,7 @@ def test_upload_footage_and_continue_it_in_a_browser(server, tmp_path):
                    else route.abort())
         try:
             page.goto(url)
-            expect(page.locator("#model-info")).to_be_visible()
+            expect(page.locator("#project-msg")).to_contain_text(re.compile("Opened|New project"))  # page load restored first
             name = page.locator("#project-name input")
             name.fill("continued")
             name.press("Enter")
