@@ -10,7 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .job_view import POLL_SECONDS, StudioJobs
-from .storyboard_view import TABLE_HEADERS, WHOLE_FILM
+from .storyboard_view import TABLE_HEADERS, TABLE_TYPES, WHOLE_FILM
 from .studio import DEFAULT_PROJECT, MAX_SEED, MAX_STEPS, Studio
 
 CSS = """
@@ -54,7 +54,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                              "add, remove or reorder shots by editing lines; `end: 30s` sets the length",
                                         elem_id="storyboard")
                 sb_status = gr.Markdown(elem_id="storyboard-status")
-                shot_table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "number", "number", "number", "str"],
+                shot_table = gr.Dataframe(headers=TABLE_HEADERS, datatype=TABLE_TYPES,
                                           interactive=False, label="Shots", elem_id="shot-table", wrap=True,
                                           column_widths=["7%", "12%", "12%", "10%", "59%"])
                 save_btn = gr.Button("Save storyboard to project", size="sm", elem_id="save-storyboard")

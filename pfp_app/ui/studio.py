@@ -149,7 +149,7 @@ class Studio:
     # storyboard ---------------------------------------------------------------------------------------
     def check(self, text: str):
         """Editor text -> (shot table rows, validation message, shot picker update, export picker update)."""
-        c = check_storyboard(text, self.segment_seconds)
+        c = check_storyboard(text, self._pipeline().grid)
         shots = gr.update(choices=c.shot_choices, value=c.shot_choices[0][1] if c.shot_choices else None)
         export = gr.update(choices=[("Whole film", WHOLE_FILM)] + c.shot_choices, value=WHOLE_FILM)
         return c.rows, c.message, shots, export
