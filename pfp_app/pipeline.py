@@ -217,11 +217,12 @@ class PFPPipeline:
                 return seg.index
         raise ValueError(f"shot {shot_index} starts after the last segment")
 
-    def regenerate_shot(self, project: Project, storyboard: Storyboard, shot_index: int,
+    def regenerate_shot(self, project: Project, storyboard: Storyboard | str, shot_index: int,
                         settings: GenerationSettings | None = None, **callbacks) -> list[SegmentResult]:
         """Regenerate shot `shot_index` (new prompt in `storyboard`, or new seed) and everything after it;
         the segments before it are kept as they are and form the history."""
-        start = self.first_segment_of_shot(storyboard, shot_index)
+        sb = parse_storyboard(storyboard) if isinstance(storyboard, str) else storyboard
+        start = self.first_segment_of_shot(sb, shot_index)
         available = project.finished_segments()
         start = min(start, available)
         project.drop_segments_from(start)

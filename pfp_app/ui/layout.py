@@ -116,7 +116,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         with gr.Row():
                             up_at = gr.Slider(0, 1, value=0, step=0.01, label="Time in the video (s)",
                                               interactive=False, scale=3, elem_id="upload-time")
-                            up_hist = gr.Number(value=20, minimum=1, label="History to compress (s, before the end)",
+                            up_hist = gr.Number(value=20, minimum=1, label="History to compress (s, ending at the time)",
                                                 scale=2, elem_id="upload-history")
                             up_btn = gr.Button("Recall", scale=1, elem_id="upload-recall")
                 with gr.Accordion("Export MP4", open=True, elem_id="export-panel"):
@@ -131,12 +131,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         # ---------------------------------------------------------------------- wiring
         open_outputs = [project, storyboard, seed, steps, preview, status, at, project_msg]
-        sb_outputs = [shot_table, sb_status, shot, which]
+        sb_outputs = [shot_table, sb_status, shot, which, regen_prompt]
         storyboard.change(studio.check, storyboard, sb_outputs, queue=False, show_progress="hidden")
         demo.load(studio.restore, None, open_outputs).then(studio.check, storyboard, sb_outputs)
-        open_btn.click(studio.open_project, project, open_outputs)
-        project.select(studio.open_project, project, open_outputs)
-        preset_btn.click(studio.load_preset, preset, storyboard)
+        # then check again: an unchanged editor text fires no change event, and the shot controls must still
+        # show the open storyboard
+        open_btn.click(studio.open_project, project, open_outputs).then(studio.check, storyboard, sb_outputs)
+        project.select(studio.open_project, project, open_outputs).then(studio.check, storyboard, sb_outputs)
+        preset_btn.click(studio.load_preset, preset, storyboard).then(studio.check, storyboard, sb_outputs)
         save_btn.click(studio.save_storyboard, [project, storyboard], project_msg)
 
         # Generate and Regenerate queue a job in the app's process (pfp_app.jobs): it goes on when the page
@@ -159,7 +161,10 @@ def build_demo(studio: Studio) -> gr.Blocks:
         at.release(studio.inspect, [project, at, recall_steps, seed], inspect_outputs, **ijob)
         recall_btn.click(studio.inspect, [project, at, recall_steps, seed], inspect_outputs, **ijob)
         upload.change(studio.upload_info, upload, [up_at, upload_msg])
-        up_btn.click(studio.recall_upload, [upload, up_at, up_hist, recall_steps, seed], inspect_outputs, **ijob)
+        def recall_upload(path, at_, hist, steps_, seed_, progress=gr.Progress()):
+            return studio.recall_upload(path, at_, hist, steps_, seed_, progress=progress)
+
+        up_btn.click(recall_upload, [upload, up_at, up_hist, recall_steps, seed], inspect_outputs, **ijob)
         export_btn.click(studio.export, [project, crf, which], [export_file, export_msg], concurrency_id=JOB,
                          concurrency_limit=2)
     return demo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets" / "storyboards"
 TABLE_HEADERS = ["#", "start s", "end s", "segs", "prompt"]
 TABLE_TYPES = ["number", "str", "str", "number", "str"]
 WHOLE_FILM = -1
+_TOTAL_LINE = re.compile(r"(?:end|total)\s*:", re.IGNORECASE)
 
 
 @dataclass
@@ -75,6 +77,31 @@ def with_prompt(sb: Storyboard, shot_index: int, prompt: str) -> Storyboard:
     out = Storyboard(shots=shots, duration=sb.duration)
     format_storyboard(out)  # checks the prompt is writable
     return out
+
+
+def replace_prompt_in_text(text: str, sb: Storyboard, shot_index: int, prompt: str) -> str:
+    """The editor's text with one shot's prompt changed in place: comments, blank lines, the time as typed and
+    the `total:` line stay as they are. sb is `parse_storyboard(text)`."""
+    new = " ".join((prompt or "").split())
+    if not new:
+        raise StoryboardError(f"the new prompt of shot {shot_index + 1} is empty")
+    lines = text.splitlines(keepends=True)
+    shot = -1
+    for i, raw in enumerate(lines):
+        line = raw.strip()
+        if not line or line.startswith("#") or _TOTAL_LINE.match(line):
+            continue
+        shot += 1
+        if shot == shot_index:
+            body = raw.rstrip()
+            old = sb.shots[shot_index].prompt
+            if not body.endswith(old):
+                break
+            lines[i] = body[: len(body) - len(old)] + new + raw[len(body):]
+            out = "".join(lines)
+            parse_storyboard(out)  # the prompt must keep the storyboard valid
+            return out
+    raise StoryboardError(f"shot {shot_index + 1} was not found in the text")
 
 
 def preset_names() -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import math
 import queue
+import re
 import sys
 import threading
 import time
@@ -29,12 +30,12 @@ from ..model import ModelLoadError, load_model
 from ..options import MAX_SEED, OptionError, check_options, check_seconds
 from ..pipeline import GenerationSettings, GenerationStopped, PFPPipeline, seconds_to_frame
 from ..project import Project, ProjectError
+from ..storyboard import Storyboard, StoryboardError, parse_storyboard
 from ..takes import keep_take
-from ..storyboard import Storyboard, StoryboardError, format_storyboard, parse_storyboard
 from ..video_io import VideoReadError, read_video, write_mp4
 from . import project_state as ps
 from .recall import check_upload, encode_clip, metrics_markdown, prepare_clip, recall_images
-from .storyboard_view import WHOLE_FILM, check_storyboard, preset_names, read_preset, with_prompt
+from .storyboard_view import WHOLE_FILM, check_storyboard, preset_names, read_preset, replace_prompt_in_text
 
 DEFAULT_PROJECT = "untitled"
 MAX_STEPS = 100  # the sliders' range; pfp_app.options allows up to 1000 (the API and the CLI)
@@ -61,6 +62,12 @@ def _checked(**values) -> dict:
         raise gr.Error(str(err)) from None
 
 
+def _inline_markdown(text: str) -> str:
+    """HTML of a status line: escaped, with the **bold** and `code` that messages use rendered, not shown raw."""
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+
+
 def _no_change(n: int) -> tuple:
     return tuple(gr.update() for _ in range(n))
 
@@ -78,7 +85,7 @@ class Studio:
         self._job = threading.Lock()
         self._job_name = ""
         self._stop = threading.Event()
-        self._history_cache: tuple | None = None  # (key, history latents, decoded frames)
+        self._history_cache: tuple | None = None  # (key, history latents, the film's frames)
         self._clip_cache: tuple | None = None  # (key, Clip, latents)
 
     # model ------------------------------------------------------------------------------------------
@@ -148,11 +155,15 @@ class Studio:
 
     # storyboard ---------------------------------------------------------------------------------------
     def check(self, text: str):
-        """Editor text -> (shot table rows, validation message, shot picker update, export picker update)."""
+        """Editor text -> (shot table rows, validation message, shot picker update, export picker update,
+        regenerate prompt). The shot picker goes back to shot 1 and the prompt box shows its prompt: the picker's
+        own change event does not fire when its value stays 0, so the box must be set here (else it keeps
+        another storyboard's prompt)."""
         c = check_storyboard(text, self._pipeline().grid)
         shots = gr.update(choices=c.shot_choices, value=c.shot_choices[0][1] if c.shot_choices else None)
         export = gr.update(choices=[("Whole film", WHOLE_FILM)] + c.shot_choices, value=WHOLE_FILM)
-        return c.rows, c.message, shots, export
+        prompt = c.storyboard.shots[0].prompt if c.ok else ""
+        return c.rows, c.message, shots, export, prompt
 
     def presets(self) -> list[str]:
         return preset_names()
@@ -202,7 +213,8 @@ class Studio:
         s = project.read_settings()
         text = ps.read_editor_text(project)
         n = project.finished_segments()
-        seed = s.get("seed", gr.update())
+        seed = ps.first_seed(project)
+        seed = s.get("seed", gr.update()) if seed is None else seed
         steps = (s.get("sampler_settings") or {}).get("steps", gr.update())
         preview = str(project.segment_video_path(n - 1)) if n else None
         total = s.get("num_segments", n)
@@ -289,7 +301,7 @@ class Studio:
             note += f"the previous take is in {take.relative_to(project.folder)}/; " if take else ""
 
             def work(**cb):
-                return pipe.generate(sb, settings, project, start_segment=keep, **cb)
+                return pipe.generate(text, settings, project, start_segment=keep, **cb)
 
             yield from self._stream(work, project, pipe, settings, len(segments), keep, progress, t_click,
                                     f"Generating: {note}", gr.update())
@@ -303,12 +315,13 @@ class Studio:
         return keep_take(project) if project.finished_segments() > keep else None
 
     def _resumable(self, project: Project, pipe: PFPPipeline, segments, settings: GenerationSettings) -> int:
-        """Segments to keep for Generate: none if the model, seed or sampler differ from the project's last run,
-        else the finished ones whose prompt and times match the storyboard."""
+        """Segments to keep for Generate: none if the model, the film's seed (segment 0's; a regenerated shot keeps
+        its own) or the sampler differ from the project's last run, else the finished ones whose prompt and times
+        match the storyboard."""
         if project.finished_segments() == 0:
             return 0
         s = project.read_settings()
-        same = (s.get("model") == pipe.model.name and s.get("seed") == settings.seed
+        same = (s.get("model") == pipe.model.name and ps.first_seed(project) == settings.seed
                 and s.get("sampler_settings") == ps.segment_record(pipe, settings, segments[0])["sampler"])
         return ps.reusable_prefix(project, pipe, segments) if same else 0
 
@@ -332,11 +345,11 @@ class Studio:
             raise gr.Error("Pick a shot of the storyboard to regenerate") from None
         new_text = gr.update()
         if prompt and " ".join(prompt.split()) != sb.shots[k].prompt:
-            try:
-                sb = with_prompt(sb, k, prompt)
+            try:  # the prompt changed in the editor's text itself: comments and `total:` stay
+                text = new_text = replace_prompt_in_text(text, sb, k, prompt)
             except StoryboardError as err:
                 raise gr.Error(str(err)) from None
-            text = new_text = format_storyboard(sb)
+            sb = parse_storyboard(text)
         return sb, k, text, new_text
 
     def regenerate(self, project_name: str, text: str, shot, prompt: str, seed, steps, profile: str = "auto",
@@ -364,13 +377,13 @@ class Studio:
             ps.remember_last(self.root, project_name)
             if start == min(first, finished):
                 def work(**cb):
-                    return pipe.regenerate_shot(project, sb, k, settings, **cb)
+                    return pipe.regenerate_shot(project, text, k, settings, **cb)
                 note = f"shot {k + 1} from segment {start + 1}"
             else:  # an earlier shot changed as well: regenerate from there
                 project.drop_segments_from(start)
 
                 def work(**cb):
-                    return pipe.generate(sb, settings, project, start_segment=start, **cb)
+                    return pipe.generate(text, settings, project, start_segment=start, **cb)
                 note = f"from segment {start + 1} (an earlier shot changed too)"
             yield from self._stream(work, project, pipe, settings, len(segments), start, progress, t_click,
                                     f"Regenerating {note}, keeping {start} segment{'s' * (start != 1)}: ",
@@ -401,7 +414,7 @@ class Studio:
             except BaseException as err:  # handed to the UI thread
                 events.put(("error", err))
 
-        seed_update = settings.seed
+        seed_update = gr.update()  # the main Seed field keeps what the user typed (a regenerate has its own seed)
         worker = threading.Thread(target=run, name="pfp-generate", daemon=True)
         worker.start()
         first_preview = None
@@ -434,7 +447,9 @@ class Studio:
                 elif kind == "done":
                     total_s = time.perf_counter() - t_click
                     first = f" · first preview {first_preview:.1f} s after the click" if first_preview else ""
-                    msg = f"Done: {n_segments} segments in {total_s:.1f} s{first}."
+                    made = n_segments - start
+                    kept = f" ({start} earlier segment{'s' * (start != 1)} kept)" if start else ""
+                    msg = f"Done: {made} segment{'s' * (made != 1)} in {total_s:.1f} s{kept}{first}."
                     yield (self._film_preview(project, pipe), self._status_html(n_segments, n_segments, message=msg),
                            self._slider(project), gr.update(), gr.update())
                     return
@@ -469,16 +484,15 @@ class Studio:
         if step is not None and steps:
             bars.append(f'<div class="pfp-bar"><span>Step {step}/{steps}</span>'
                         f'<progress id="pfp-step-progress" value="{step}" max="{steps}"></progress></div>')
-        return f'<div class="pfp-status">{"".join(bars)}<p>{html.escape(message)}</p></div>'
+        return f'<div class="pfp-status">{"".join(bars)}<p>{_inline_markdown(message)}</p></div>'
 
     def _slider(self, project: Project | None, reset: bool = False):
         """Inspector slider over the project's history, in seconds."""
         n = project.finished_segments() if project is not None else 0
         if n == 0:
             return gr.update(maximum=1.0, value=0.0, interactive=False)
-        m = self.model
-        frames = m.codec.pixel_frames(n * m.video.segment_latent_frames)
-        upd = dict(maximum=round((frames - 1) / m.video.fps, 3), interactive=True)
+        frames = ps.film_frame_count(project)
+        upd = dict(maximum=round((frames - 1) / self.model.video.fps, 3), interactive=True)
         if reset:
             upd["value"] = 0.0
         return gr.update(**upd)
@@ -539,16 +553,14 @@ class Studio:
 
     # memory inspector -----------------------------------------------------------------------------------
     def _history(self, project: Project):
-        """(latents (1, C, T', H', W'), decoded frames (3, T, H, W)) of the project, cached until it changes."""
+        """(latents (1, C, T', H', W'), the film's frames (3, T, H, W)) of the project, cached until it changes.
+        The frames are the segments' MP4s as generation wrote them: nothing is decoded again."""
         n = project.finished_segments()
         if n == 0:
             return None, None
         key = (str(project.folder), n, project.segment_latents_path(n - 1).stat().st_mtime_ns)
         if self._history_cache is None or self._history_cache[0] != key:
-            history = project.load_history(n)
-            with torch.no_grad():
-                frames = self._pipeline().decode_history(history.to(self._pipeline().device)).cpu()
-            self._history_cache = (key, history, frames)
+            self._history_cache = (key, project.load_history(n), ps.read_film_frames(project, n))
         return self._history_cache[1], self._history_cache[2]
 
     def _inspector_job(self, fn):
@@ -583,8 +595,9 @@ class Studio:
             fps = pipe.model.video.fps
             at = check_seconds("The time", seconds)  # finite, >= 0; past the end means the last frame
             index = min(frames.shape[1] - 1, seconds_to_frame(at, fps))
-            res = pipe.recall(history, index, truth_frames=frames, **opts)
-            return (*recall_images(res), metrics_markdown(res, index / fps, fps))
+            # film frame -> its index among the history's pixel frames (the film leaves out the lead frame)
+            res = pipe.recall(history, index + ps.lead_frames(project), truth_frames=frames, truth_index=index, **opts)
+            return (*recall_images(res), metrics_markdown(res, index / fps, fps, index))
 
         out = self._inspector_job(job)
         return _no_change(4) if out is None else out
@@ -605,8 +618,10 @@ class Studio:
             msg += f" **Warning:** {info.damage_note()}."
         return gr.update(maximum=d, value=round(d / 2, 3), interactive=True), msg
 
-    def recall_upload(self, path, seconds, history_seconds, steps, seed=0):
-        """Compress an uploaded video's history and recall the frame at `seconds` from memory alone."""
+    def recall_upload(self, path, seconds, history_seconds, steps, seed=0, progress: Callable | None = None):
+        """Compress the history around `seconds` of an uploaded video (the `history_seconds` that end there, or
+        the first ones, which hold it) and recall the frame at `seconds` from memory alone. A compressed window
+        is kept and reused while the asked time falls inside it."""
         if not path:
             raise gr.Error("Upload a video first")
         opts = _checked(steps=steps, seed=seed)
@@ -617,13 +632,15 @@ class Studio:
             p = Path(path)
             key = (str(p), p.stat().st_mtime_ns if p.is_file() else 0, float(history_seconds))
             cached = self._clip_cache if self._clip_cache is not None and self._clip_cache[0] == key else None
-            if cached is not None and math.isfinite(at) and cached[1].first_time - 1e-6 <= at:
+            if cached is not None and math.isfinite(at) and cached[1].holds(at):
                 clip, latents = cached[1], cached[2]
-                cached[1].check_time(at)  # the cache skips prepare_clip's checks: at=1e9 or inf lands here
-            else:  # read, resample and compress the video once per file and history length
-                clip = prepare_clip(pipe, path, at, float(history_seconds))
-                latents = encode_clip(pipe, clip)
+            else:  # read, resample and compress the window once; later recalls inside it reuse it
+                report = None if progress is None else (lambda f, desc: progress(f, desc=desc))
+                clip = prepare_clip(pipe, path, at, float(history_seconds), progress=report)
+                latents = encode_clip(pipe, clip, progress=report)
                 self._clip_cache = (key, clip, latents)
+                if progress is not None:
+                    progress(0.9, desc="recalling")
             index = clip.frame_index(float(seconds))
             res = pipe.recall(latents, index, truth_frames=clip.frames, **opts)
             return (*recall_images(res), metrics_markdown(res, clip.first_time + index / clip.fps, clip.fps))
