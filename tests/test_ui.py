@@ -406,3 +406,19 @@ def test_stop_when_idle_or_during_a_recall_says_so(studio):
         assert "cannot be stopped" in studio.stop() and not studio._stop.is_set()
     finally:
         studio._release()
+
+
+def test_loading_a_preset_after_generating_resets_the_shot_controls(studio, film):
+    """The regenerate box shows the new storyboard's shot 1, so Regenerate cannot rewrite it with the old prompt."""
+    from pfp_app.storyboard import parse_storyboard
+
+    assert studio.check(STORYBOARD)[4] == "a red striped circle"
+    preset = studio.load_preset("two_friends")
+    rows, _, shots, _, prompt = studio.check(preset)
+    assert prompt == parse_storyboard(preset).shots[0].prompt != "a red striped circle"
+    assert shots["value"] == 0 and len(rows) == 4
+
+
+def test_reopened_editor_keeps_comments_and_total(studio, film):
+    text = studio.open_project("film")[1]
+    assert text.startswith("# two shots") and "total: 2.5s" in text and "end:" not in text
