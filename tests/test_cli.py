@@ -364,3 +364,14 @@ def test_pack_model_is_named_for_what_it_does_and_export_still_works():
 
     assert build_parser(["pack-model"]).parse_args(["pack-model", "--model", "m", "--out", "o"]).model == "m"
     assert build_parser(["export"]).parse_args(["export", "--model", "m", "--out", "o"]).out == "o"
+
+
+def test_ci_runs_the_readme_test_command_and_a_readme_cli_line_as_written():
+    readme = (REPO / "README.md").read_text()
+    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", " "))]
+    test_cmd, smoke = ci[-2], ci[-1]
+    assert test_cmd.endswith(".venv/bin/python -m pytest -q") and test_cmd in readme
+    assert smoke.startswith(".venv/bin/python -m pfp_app generate") and f"\n{smoke}   # smoke test" in readme
+    # every command line the README shows runs the venv's Python
+    commands = [line for line in readme.splitlines() if line.startswith(("python ", "accelerate "))]
+    assert commands == []
