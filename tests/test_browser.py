@@ -291,6 +291,7 @@ def test_regenerate_after_loading_a_preset_uses_the_new_storyboard(server):
         expect(page.locator("#storyboard textarea")).to_have_value(preset)
         expect(page.locator("#regen-prompt textarea")).to_have_value(new_first)
         page.locator("#regenerate").click()
+        expect(page.locator("#gen-status")).not_to_contain_text("Done")  # the first generation's "Done" is gone
         expect(page.locator("#gen-status")).to_contain_text("Done", timeout=300_000)
         expect(page.locator("#storyboard textarea")).to_have_value(preset)  # comments and `total:` kept
     folder = projects / "stale"

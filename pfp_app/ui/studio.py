@@ -11,10 +11,8 @@ Generation runs the core in a worker thread; the callback is a generator that tu
 
 from __future__ import annotations
 
-import html
 import math
 import queue
-import re
 import sys
 import threading
 import time
@@ -35,6 +33,7 @@ from ..takes import keep_take
 from ..video_io import VideoReadError, read_video, write_mp4
 from . import project_state as ps
 from .recall import check_upload, encode_clip, metrics_markdown, prepare_clip, recall_images
+from .status_view import status_html
 from .storyboard_view import WHOLE_FILM, check_storyboard, preset_names, read_preset, replace_prompt_in_text
 
 DEFAULT_PROJECT = "untitled"
@@ -60,12 +59,6 @@ def _checked(**values) -> dict:
         return check_options("ui", **values)
     except OptionError as err:
         raise gr.Error(str(err)) from None
-
-
-def _inline_markdown(text: str) -> str:
-    """HTML of a status line: escaped, with the **bold** and `code` that messages use rendered, not shown raw."""
-    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
 
 
 def _no_change(n: int) -> tuple:
@@ -477,14 +470,7 @@ class Studio:
 
     def _status_html(self, seg_done: int = 0, n_segments: int = 0, step: int | None = None, steps: int | None = None,
                      message: str = "") -> str:
-        bars = []
-        if n_segments:
-            bars.append(f'<div class="pfp-bar"><span>Segments {seg_done}/{n_segments}</span>'
-                        f'<progress id="pfp-seg-progress" value="{seg_done}" max="{n_segments}"></progress></div>')
-        if step is not None and steps:
-            bars.append(f'<div class="pfp-bar"><span>Step {step}/{steps}</span>'
-                        f'<progress id="pfp-step-progress" value="{step}" max="{steps}"></progress></div>')
-        return f'<div class="pfp-status">{"".join(bars)}<p>{_inline_markdown(message)}</p></div>'
+        return status_html(seg_done, n_segments, step, steps, message)
 
     def _slider(self, project: Project | None, reset: bool = False):
         """Inspector slider over the project's history, in seconds."""
