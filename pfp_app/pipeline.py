@@ -29,7 +29,6 @@ from .timeline import TIMELINE, TimedSegment, TimeGrid, shot_aligned_schedule
 from .video_io import tensor_to_frames, write_mp4
 
 
-
 def segment_seed(seed: int, index: int) -> int:
     """Independent, reproducible seed per segment: regenerating segment k alone reproduces it."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:4], "little")
@@ -56,7 +55,7 @@ class GenerationSettings:
 class SegmentResult:
     segment: Segment
     latents: torch.Tensor  # (1, C, n, H', W')
-    frames: torch.Tensor  # (3, T, H, W) in [-1, 1]: this segment's pixel frames
+    frames: torch.Tensor  # (3, T, H, W) in [-1, 1]: this segment's frames of the film
     memory_tokens: int
     seconds: float
     sampling_seconds: float = 0.0  # φ + text + denoising
