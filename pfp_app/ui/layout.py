@@ -69,7 +69,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                           info=None if studio.runtime else "CPU only: runtime profiles not installed",
                                           elem_id="profile")
                     gr.Textbox(value=f"{m.video.width}×{m.video.height} at {m.video.fps} fps, "
-                                     f"{studio.segment_seconds:g} s segments",
+                                     f"segments ≤ {studio.segment_seconds:g} s",
                                label="Resolution / fps (set by the model)", interactive=False, elem_id="video-spec")
                 gr.Textbox(value=studio.memory_rate_text(), label="Memory rate (φ)", interactive=False,
                            elem_id="memory-rate")
