@@ -154,7 +154,7 @@ def test_studio_in_a_browser(server):
     film = projects / "untitled" / "film.mp4"
     for mp4 in (film, projects.parent / "downloaded.mp4"):  # on disk, and as the browser downloads it
         frames, fps = read_video(mp4)
-        assert frames.shape == {"tiny-random": (21, 64, 64, 3), "default": (37, 128, 128, 3)}[MODEL] and fps == 8
+        assert frames.shape == {"tiny-random": (24, 64, 64, 3), "default": (24, 128, 128, 3)}[MODEL] and fps == 8
     comment = read_mp4_comment(film)
     assert "seed=0" in comment and "1.5s: a green dotted square in front of the gravel path" in comment
     assert (projects / ".last").read_text() == "untitled"
