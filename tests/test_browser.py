@@ -180,7 +180,8 @@ def test_a_reloaded_page_reattaches_to_the_running_job_and_stops_it(server):
             box.press("Enter")
             page.locator("#generate").click()
             expect(page.locator("#job-queue")).to_contain_text("running")
-            expect(page.locator("#gen-status")).to_contain_text(re.compile(r"segment \d+ of 41"), timeout=120_000)  # 60 s: 41 segments
+            # 60 s of tiny-random: 41 segments on the shot-aligned timeline
+            expect(page.locator("#gen-status")).to_contain_text(re.compile(r"segment \d+ of 41"), timeout=120_000)
             page.reload()  # used to stop the job
             expect(page.locator("#job-queue")).to_contain_text("running")
             expect(page.locator("#gen-status progress#pfp-seg-progress")).to_be_attached()
