@@ -26,14 +26,24 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", default=0, help="0 to 2147483647 (default 0)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+DEFAULT_OUT = "out/film.mp4"  # out/ is git-ignored: a film never lands among the repository's files
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named in argv (the first word that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser. With argv, the train options (which import torch) are only built for `train`,
+    so that `--help` and the other commands start at once."""
     parser = argparse.ArgumentParser(prog="python -m pfp_app", description="PFP Studio: long, consistent video with a memory you can inspect.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="render a storyboard to an MP4 (and a project folder beside it)")
     g.add_argument("--storyboard", default=None,
                    help="storyboard text file: one '12s: prompt' per line (required unless --restore)")
-    g.add_argument("--out", required=True, help="output .mp4")
+    g.add_argument("--out", default=DEFAULT_OUT, help=f"output .mp4 (default {DEFAULT_OUT}, in the git-ignored out/ folder)")
     g.add_argument("--from", dest="footage", default=None,
                    help="footage to continue: a video, a folder of images or one image; it becomes the history before "
                         "the first shot and storyboard times count from its end")
@@ -54,12 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--video", required=True)
     r.add_argument("--at", type=float, required=True, help="time of the frame to recall, in seconds from the video's start")
     r.add_argument("--out", required=True, help="output .png: true frame | recalled frame | error map")
-    r.add_argument("--history", type=float, default=20.0, help="seconds before the video's end to compress (default 20)")
+    r.add_argument("--history", type=float, default=20.0,
+                   help="seconds of video to compress: those that end at --at, or the first ones when --at is "
+                        "nearer the start (default 20)")
     _add_model_args(r)
 
     from .train.cli import add_train_parsers
 
-    add_train_parsers(sub)
+    add_train_parsers(sub, full=argv is None or _command_of(argv) == "train")
     return parser
 
 
@@ -95,7 +107,7 @@ def cmd_generate(args) -> int:
     from .atomic import atomic_copy
     from .options import check_options, check_runtime_options, quote
     from .project import Project, check_folder_for
-    from .storyboard import format_storyboard, parse_storyboard, read_storyboard_file
+    from .storyboard import parse_storyboard, read_storyboard_file
     from .video_io import video_info
 
     from .footage import check_footage
@@ -110,13 +122,15 @@ def cmd_generate(args) -> int:
     # everything a user gave is checked before the model loads (issue 15: --crf 99 failed after generating)
     vars(args).update(check_options(seed=args.seed, steps=args.steps, crf=args.crf, fps=args.fps))
     check_runtime_options(args.profile, args.device)
-    storyboard = parse_storyboard(storyboard_text if record is not None else read_storyboard_file(args.storyboard))
+    text = storyboard_text if record is not None else read_storyboard_file(args.storyboard)
+    storyboard = parse_storyboard(text)
     source = check_footage(args.footage, args.still_seconds) if args.footage and record is None else None
+    footage_settings = _footage_settings(None, source, record)  # {} without footage
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out must end in .mp4, got {quote(out.name)}")
     folder = Path(args.project) if args.project else out.with_name(out.stem + "_project")
-    check_folder_for(folder, format_storyboard(storyboard))
+    check_folder_for(folder, text)  # the project keeps the storyboard as written
     out.parent.mkdir(parents=True, exist_ok=True)
     project = Project(folder)
     pipe = _load(args)
@@ -124,16 +138,16 @@ def cmd_generate(args) -> int:
         print(f"restoring '{record.path.name}': {record.describe()}", file=sys.stderr)
         if record.model and record.model != pipe.model.name:
             print(f"note: it was made with model {record.model}, restoring with {pipe.model.name} (--model)", file=sys.stderr)
-    segments = pipe.schedule(storyboard)
-    print(f"{pipe.model.label}: {len(segments)} segments of {pipe.segment_seconds:.2f} s for {storyboard.duration:g} s "
-          f"-> project '{project.folder}'", file=sys.stderr)
+    segments = pipe.schedule(storyboard, after_footage=bool(footage_settings))
+    print(f"{pipe.model.label}: {len(segments)} segments (at most {pipe.segment_seconds:.2f} s, cut at every shot) "
+          f"for {storyboard.duration:g} s -> project '{project.folder}'", file=sys.stderr)
 
     def on_segment(res):
         print(f"segment {res.segment.index + 1}/{len(segments)} [{res.segment.start:.1f}-{res.segment.end:.1f} s] "
               f"{res.memory_tokens} memory tokens, {res.seconds:.1f} s: {res.segment.prompt}", file=sys.stderr)
 
     settings = GenerationSettings(seed=args.seed, steps=args.steps)
-    start = resume_point(project, pipe, storyboard, settings, _footage_settings(project, source, record))
+    start = resume_point(project, pipe, storyboard, settings, text, footage_settings)
     if start:
         print(f"resuming: {start} finished segments found in the project", file=sys.stderr)
     if start == 0:
@@ -144,7 +158,7 @@ def cmd_generate(args) -> int:
 
             generate_with_seeds(pipe, storyboard, record, project, start, on_segment=on_segment)
         else:
-            pipe.generate(storyboard, settings, project, start_segment=start, on_segment=on_segment)
+            pipe.generate(text, settings, project, start_segment=start, on_segment=on_segment)
     with_footage = args.export == "with-footage"
     film = pipe.export(project, crf=args.crf, with_footage=with_footage)
     target_fps = args.fps or pipe.model.video.fps
@@ -207,18 +221,16 @@ def _set_footage(pipe, project, source, record) -> None:
           "storyboard times count from its end", file=sys.stderr)
 
 
-def resume_point(project, pipe, storyboard, settings, footage: dict | None = None) -> int:
-    """Finished segments to keep: all of them when the project holds this very storyboard and these
+def resume_point(project, pipe, storyboard, settings, text: str, footage: dict | None = None) -> int:
+    """Finished segments to keep: all of them when the project holds this very storyboard text and these
     settings (a killed run resumes), 0 for an empty project; another project's work is never overwritten."""
-    from .storyboard import format_storyboard
-
     if project.finished_segments() == 0:
         return 0
     held = project.read_settings()
-    expected = {**pipe.settings_record(storyboard, settings), **(footage or {})}
+    expected = {**pipe.settings_record(storyboard, settings, after_footage=bool(footage)), **(footage or {})}
     if "footage" in held and "footage" in expected and "restored_frames" in expected["footage"]:
         expected["footage"] = held["footage"]  # a restored footage has no source file to compare
-    same = (project.read_storyboard() == format_storyboard(storyboard) and held == expected)
+    same = project.read_storyboard() == text and held == expected
     if not same:
         raise ValueError(f"project folder '{project.folder}' holds another storyboard or other settings; "
                          "choose another --project (nothing was overwritten)")
@@ -263,7 +275,8 @@ COMMANDS = {"generate": cmd_generate, "recall": cmd_recall}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
     try:

@@ -110,7 +110,9 @@ def generate_with_seeds(pipe, storyboard, record: ExportRecord, project, start: 
     turn, each stopped where the next seed begins."""
     from .pipeline import GenerationSettings, GenerationStopped
 
-    n = len(pipe.schedule(storyboard))
+    from .footage import has_footage
+
+    n = len(pipe.schedule(storyboard, after_footage=has_footage(project)))
     k = start
     while k < n:
         seed = record.seed_of(k)

@@ -40,7 +40,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_STILL_SECONDS = 2.0
 MAX_STILL_SECONDS = 60.0
 MAX_FOOTAGE_SECONDS = MAX_SECONDS  # longer footage: its last 10 minutes are kept, as a storyboard's limit
-MIN_FOOTAGE_LATENTS = 2  # the first segment's decoder warm-up (pipeline.DECODE_CONTEXT_LATENTS) needs 2
+MIN_FOOTAGE_LATENTS = 2  # the first segment's decoder warm-up (causal_decode.WARMUP_LATENTS) needs 2
 FOOTAGE_DIR = "footage"
 
 
@@ -375,16 +375,13 @@ def history_with_footage(pipe, project: Project) -> tuple[torch.Tensor | None, t
 
 
 def decode_after(pipe, prefix: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
-    """Pixels (3, 4 T', H, W) of generated latents that continue `prefix` latents, segment by segment."""
-    from .pipeline import DECODE_CONTEXT_LATENTS
+    """Pixels (3, 4 T', H, W) of generated latents that continue `prefix` latents, decoded as generation
+    decoded them: one causal pass warmed up on the prefix's last latents."""
+    from .causal_decode import StreamingDecoder
 
-    n = pipe.model.video.segment_latent_frames
-    history = torch.cat([prefix, generated], dim=2).to(pipe.device)
-    t0, parts = prefix.shape[2], []
-    for k in range(t0, history.shape[2], n):
-        parts.append(pipe.model.codec.decode_continuation(history[:, :, k - DECODE_CONTEXT_LATENTS : k],
-                                                          history[:, :, k : k + n])[0].cpu())
-    return torch.cat(parts, dim=1)
+    decoder = StreamingDecoder(pipe.model.codec)
+    decoder.warm_up(prefix.to(pipe.device))
+    return decoder.decode(generated.to(pipe.device))[0].cpu()
 
 
 def describe(footage_frames_count: int, fps: float, memory_tokens: int) -> str:

@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from .causal_decode import StreamingDecoder
+from .fast_conv import use_onednn_conv3d
 from .flow import SamplerSettings, sample
 from .footage import (footage_comment, footage_meta, footage_record, footage_video_path, has_footage,
                       load_footage_latents)
@@ -24,10 +26,9 @@ from .memory.encoder import MemoryCache
 from .metrics import history_mean_frame, psnr, ssim
 from .model import PFPModel
 from .project import Project
-from .storyboard import Segment, Storyboard, format_storyboard, parse_storyboard, segment_schedule
+from .storyboard import Segment, Storyboard, format_storyboard, parse_storyboard
+from .timeline import TIMELINE, TimedSegment, TimeGrid, shot_aligned_schedule
 from .video_io import tensor_to_frames, write_mp4
-
-DECODE_CONTEXT_LATENTS = 2  # latent frames decoded before a new segment to warm the causal VAE decoder
 
 
 def segment_seed(seed: int, index: int) -> int:
@@ -56,9 +57,11 @@ class GenerationSettings:
 class SegmentResult:
     segment: Segment
     latents: torch.Tensor  # (1, C, n, H', W')
-    frames: torch.Tensor  # (3, T, H, W) in [-1, 1]: this segment's pixel frames
+    frames: torch.Tensor  # (3, T, H, W) in [-1, 1]: this segment's frames of the film
     memory_tokens: int
     seconds: float
+    sampling_seconds: float = 0.0  # φ + text + denoising
+    decoding_seconds: float = 0.0
 
 
 @dataclass
@@ -89,14 +92,24 @@ class PFPPipeline:
     device: torch.device | str = "cpu"
     dtype: torch.dtype = torch.float32
 
+    def __post_init__(self) -> None:
+        use_onednn_conv3d(self.model.codec.vae)  # CPU inference: ~4x faster VAE (see fast_conv)
+
     # geometry ----------------------------------------------------------------------------------
     @property
     def segment_seconds(self) -> float:
+        """The longest segment (segments end early at a cut)."""
         v = self.model.video
         return self.model.codec.temporal_ratio * v.segment_latent_frames / v.fps
 
-    def schedule(self, storyboard: Storyboard) -> list[Segment]:
-        return segment_schedule(storyboard, self.segment_seconds)
+    @property
+    def grid(self) -> TimeGrid:
+        return TimeGrid.of(self.model)
+
+    def schedule(self, storyboard: Storyboard, after_footage: bool = False) -> list[TimedSegment]:
+        """Segments whose cuts land at the shots' times (to the codec's time step); see `timeline`. After a
+        creator's footage the first segment has no lead frame (it continues the footage's last latent)."""
+        return shot_aligned_schedule(storyboard, TimeGrid.of(self.model, after_footage))
 
     def latent_shape(self, num_latent_frames: int) -> tuple[int, int, int, int, int]:
         v, c = self.model.video, self.model.codec
@@ -133,24 +146,29 @@ class PFPPipeline:
         sb = parse_storyboard(storyboard) if isinstance(storyboard, str) else storyboard
         settings = settings or GenerationSettings()
         sampler = settings.sampler_settings(self.model)
-        segments = self.schedule(sb)
-        n = self.model.video.segment_latent_frames
         if footage is None and project is not None:
             footage = load_footage_latents(project)
+        segments = self.schedule(sb, after_footage=footage is not None)
         if project is not None:
-            project.write_storyboard(format_storyboard(sb))
-            project.write_settings({**self.settings_record(sb, settings), **footage_record(project)})
+            project.write_storyboard(storyboard if isinstance(storyboard, str) else format_storyboard(sb))
+            project.write_settings({**self.settings_record(sb, settings, after_footage=footage is not None),
+                                    **footage_record(project)})
         if start_segment > 0 and (project is None or start_segment > project.finished_segments()):
             raise ValueError(f"cannot continue from segment {start_segment}: the project holds "
                              f"{0 if project is None else project.finished_segments()} finished segments")
         history = project.load_history(start_segment) if start_segment > 0 else None
-        if start_segment > 0 and (history is None or history.shape[2] != start_segment * n):
-            raise ValueError(f"cannot continue from segment {start_segment}: the project holds "
-                             f"{0 if history is None else history.shape[2] // n} finished segments")
+        if start_segment > 0 and (history is None or history.shape[2] != segments[start_segment].first_latent):
+            raise ValueError(f"cannot continue from segment {start_segment}: the project's finished segments hold "
+                             f"{0 if history is None else history.shape[2]} latent frames, the storyboard's "
+                             f"{segments[start_segment].first_latent}")
+        offset = 0  # latent time position of the storyboard's latent 0: after the footage
         if footage is not None:  # the footage's latents, never re-encoded from pixels, start the history
+            offset = footage.shape[2]
             history = footage if history is None else torch.cat([footage, history], dim=2)
         if history is not None:
             history = history.to(self.device)
+        decoder = StreamingDecoder(self.model.codec)  # each segment decoded once, continuing the previous one
+        decoder.warm_up(history)
         cache: MemoryCache | None = None
         null_text = None
         results = []
@@ -158,14 +176,15 @@ class PFPPipeline:
             if should_stop is not None and should_stop():
                 raise GenerationStopped(f"stopped before segment {seg.index}")
             t0 = time.perf_counter()
+            n = seg.num_latents
             memory = None
             if history is not None:
                 memory, cache = self.model.memory_encoder.encode_incremental(history.to(self.dtype), cache)
             text = self._text([seg.prompt])
             if sampler.guidance_scale != 1.0:
                 null_text = self.model.null_text(1).to(self.device, self.dtype)
-            t_hist = 0 if history is None else history.shape[2]
-            positions = torch.arange(t_hist, t_hist + n, dtype=torch.float32, device=self.device)
+            first = offset + seg.first_latent
+            positions = torch.arange(first, first + n, dtype=torch.float32, device=self.device)
 
             def step_cb(i, steps, k=seg.index):
                 if should_stop is not None and should_stop():
@@ -176,11 +195,12 @@ class PFPPipeline:
             gen = torch.Generator().manual_seed(segment_seed(settings.seed, seg.index))
             latents = sample(self._velocity, self.latent_shape(n), text, memory, positions, sampler, gen,
                              null_text=null_text, on_step=step_cb, device=self.device, dtype=self.dtype)
-            context = None if history is None else history[:, :, -DECODE_CONTEXT_LATENTS:]
-            frames = self.model.codec.decode_continuation(context, latents)[0]  # (3, T, H, W)
+            t1 = time.perf_counter()
+            frames = self._film_frames(seg, decoder.decode(latents)[0], footage is not None)  # (3, seg.num_frames, H, W)
             history = latents if history is None else torch.cat([history, latents], dim=2)
+            t2 = time.perf_counter()
             result = SegmentResult(seg, latents, frames.cpu(), 0 if memory is None else memory.num_tokens,
-                                   time.perf_counter() - t0)
+                                   t2 - t0, t1 - t0, t2 - t1)
             if project is not None:  # the video first: saved latents mark a segment as finished
                 write_mp4(project.segment_video_path(seg.index), frames.cpu(), self.model.video.fps, crf=12)
                 project.save_segment_latents(seg.index, latents[0], {"prompt": seg.prompt, "seed": settings.seed})
@@ -189,41 +209,47 @@ class PFPPipeline:
                 on_segment(result)
         return results
 
-    def settings_record(self, sb: Storyboard, settings: GenerationSettings) -> dict:
-        v = self.model.video
-        return {
+    def _film_frames(self, seg: TimedSegment, frames: torch.Tensor, after_footage: bool = False) -> torch.Tensor:
+        """The film's frames of a segment from its decoded pixel frames (3, T, H, W): the lead frame of the
+        first latent left out (none after footage: it continues the footage), the last segment trimmed to the
+        storyboard's length."""
+        skip = TimeGrid.of(self.model, after_footage).lead_frames if seg.first_latent == 0 else 0
+        return frames[:, skip : skip + seg.num_frames]
+
+    def settings_record(self, sb: Storyboard, settings: GenerationSettings, after_footage: bool = False) -> dict:
+        v, grid = self.model.video, TimeGrid.of(self.model, after_footage)
+        return {"timeline": TIMELINE, "film_frames": grid.film_frames(sb.duration),
+                "lead_frames": grid.lead_frames,
             "model": self.model.name, "trained": self.model.trained, **asdict(settings),
             "sampler_settings": asdict(settings.sampler_settings(self.model)),
             "video": asdict(v), "memory_rate": self.model.memory_encoder.config.rate,
             "memory_variant": self.model.memory_encoder.config.variant,
-            "segment_seconds": self.segment_seconds, "num_segments": len(self.schedule(sb)),
+            "segment_seconds": self.segment_seconds, "num_segments": len(self.schedule(sb, after_footage)),
         }
 
-    def first_segment_of_shot(self, storyboard: Storyboard, shot_index: int) -> int:
-        for seg in self.schedule(storyboard):
+    def first_segment_of_shot(self, storyboard: Storyboard, shot_index: int, after_footage: bool = False) -> int:
+        for seg in self.schedule(storyboard, after_footage):
             if seg.shot_index >= shot_index:
                 return seg.index
         raise ValueError(f"shot {shot_index} starts after the last segment")
 
-    def regenerate_shot(self, project: Project, storyboard: Storyboard, shot_index: int,
+    def regenerate_shot(self, project: Project, storyboard: Storyboard | str, shot_index: int,
                         settings: GenerationSettings | None = None, **callbacks) -> list[SegmentResult]:
         """Regenerate shot `shot_index` (new prompt in `storyboard`, or new seed) and everything after it;
         the segments before it are kept as they are and form the history."""
-        start = self.first_segment_of_shot(storyboard, shot_index)
+        sb = parse_storyboard(storyboard) if isinstance(storyboard, str) else storyboard
+        start = self.first_segment_of_shot(sb, shot_index, after_footage=load_footage_latents(project) is not None)
         available = project.finished_segments()
         start = min(start, available)
         project.drop_segments_from(start)
         return self.generate(storyboard, settings, project, start_segment=start, **callbacks)
 
+    @torch.no_grad()
     def decode_history(self, history: torch.Tensor) -> torch.Tensor:
-        """All pixel frames (3, T, H, W) of a latent history (1, C, T', H', W'), decoded segment-wise
-        exactly as they were previewed during generation."""
-        n = self.model.video.segment_latent_frames
-        parts = []
-        for k in range(0, history.shape[2], n):
-            context = None if k == 0 else history[:, :, max(0, k - DECODE_CONTEXT_LATENTS) : k]
-            parts.append(self.model.codec.decode_continuation(context, history[:, :, k : k + n])[0])
-        return torch.cat(parts, dim=1)
+        """All pixel frames (3, T, H, W) of a latent history (1, C, T', H', W'), decoded in one causal pass:
+        the frames previewed during generation (the film adds the lead frame and a trimmed tail). Costs the
+        whole history: the inspector reads the segments' MP4s instead."""
+        return StreamingDecoder(self.model.codec).decode(history.to(self.device))[0]
 
     def export(self, project: Project, out_path=None, crf: int = 18, segments: range | None = None,
                fps: int | None = None, with_footage: bool = True) -> Path:
@@ -259,6 +285,7 @@ class PFPPipeline:
         history: torch.Tensor,
         frame_index: int,
         truth_frames: torch.Tensor | None = None,
+        truth_index: int | None = None,
         prompt: str = "",
         steps: int | None = None,
         seed: int = 0,
@@ -268,7 +295,8 @@ class PFPPipeline:
 
         The latent frames around it (a window ending at its latent) are denoised from pure noise given
         only the memory tokens, at their true time positions, then decoded. truth_frames (3, T, H, W):
-        the true video, for PSNR/SSIM and the history-mean baseline.
+        the true video, for PSNR/SSIM and the history-mean baseline; truth_index: the frame's index in it
+        (default frame_index; a film leaves out the history's lead frame).
         """
         t0 = time.perf_counter()
         if frame_index < 0:
@@ -290,7 +318,7 @@ class PFPPipeline:
         recalled = frames[:, 0] if j == 0 else frames[:, -r + offset]
         truth = psnr_v = ssim_v = base = None
         if truth_frames is not None:
-            truth = truth_frames[:, frame_index].to(recalled)
+            truth = truth_frames[:, frame_index if truth_index is None else truth_index].to(recalled)
             psnr_v, ssim_v = psnr(recalled, truth), ssim(recalled, truth)
             base = psnr(history_mean_frame(truth_frames).to(recalled), truth)
         return RecallResult(frame_index, recalled.cpu(), None if truth is None else truth.cpu(), psnr_v, ssim_v, base,

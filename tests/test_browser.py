@@ -8,6 +8,7 @@ video, move the inspector slider, export, check the MP4. Screenshot: test-artifa
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -152,7 +154,7 @@ def test_studio_in_a_browser(server):
     film = projects / "untitled" / "film.mp4"
     for mp4 in (film, projects.parent / "downloaded.mp4"):  # on disk, and as the browser downloads it
         frames, fps = read_video(mp4)
-        assert frames.shape == {"tiny-random": (21, 64, 64, 3), "default": (37, 128, 128, 3)}[MODEL] and fps == 8
+        assert frames.shape == {"tiny-random": (24, 64, 64, 3), "default": (24, 128, 128, 3)}[MODEL] and fps == 8
     comment = read_mp4_comment(film)
     assert "seed=0" in comment and "1.5s: a green dotted square in front of the gravel path" in comment
     assert (projects / ".last").read_text() == "untitled"
@@ -178,7 +180,8 @@ def test_a_reloaded_page_reattaches_to_the_running_job_and_stops_it(server):
             box.press("Enter")
             page.locator("#generate").click()
             expect(page.locator("#job-queue")).to_contain_text("running")
-            expect(page.locator("#gen-status")).to_contain_text(re.compile(r"segment \d+ of 40"), timeout=120_000)
+            # 60 s of tiny-random: 41 segments on the shot-aligned timeline
+            expect(page.locator("#gen-status")).to_contain_text(re.compile(r"segment \d+ of 41"), timeout=120_000)
             page.reload()  # used to stop the job
             expect(page.locator("#job-queue")).to_contain_text("running")
             expect(page.locator("#gen-status progress#pfp-seg-progress")).to_be_attached()
@@ -196,6 +199,105 @@ def test_a_reloaded_page_reattaches_to_the_running_job_and_stops_it(server):
         finally:
             browser.close()
     assert list((projects / "untitled" / "takes").iterdir())  # the first test's film was kept as a take
+
+
+# ---------------------------------------------------------------------------------------------------------------
+CUTS = "# cuts off the old 2.5-s segment grid\n0s: a red striped circle in front of the brick wall\n" \
+       "3.5s: the grass field, empty\n6s: a green dotted square in front of the gravel path\n" \
+       "11s: the rocket launch, empty\ntotal: 14s\n"
+
+
+@contextmanager
+def studio_page(url: str, log: Path, name: str):
+    """A page on the studio with the steps set to STEPS and project `name` opened."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    expect.set_options(timeout=30_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        try:
+            page.goto(url)
+            expect(page.locator("#model-info")).to_be_visible()
+            page.wait_for_timeout(500)  # the page-load callbacks (restore, check) settle
+            for slider in ("#steps", "#recall-steps") if STEPS else ():
+                box = page.locator(f"{slider} input[type=number]")
+                box.fill(STEPS)
+                box.press("Enter")
+            page.locator("#project-name input").fill(name)
+            page.locator("#project-open").click()
+            expect(page.locator("#project-msg")).to_contain_text(name)
+            yield page
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / f"studio-{name}-failure.png"), full_page=True)
+            print(log.read_text())
+            raise
+        finally:
+            browser.close()
+
+
+def generate_in_page(page, text: str) -> None:
+    from playwright.sync_api import expect
+
+    page.locator("#storyboard textarea").fill(text)
+    expect(page.locator("#storyboard-status")).to_contain_text("Valid")
+    page.locator("#generate").click()
+    expect(page.locator("#gen-status")).to_contain_text("Done", timeout=300_000)
+
+
+def segment_records(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((folder / "segments").glob("seg_*.json"))]
+
+
+def test_cuts_land_at_the_typed_times_and_the_film_is_total_long(server):
+    from playwright.sync_api import expect
+
+    from pfp_app.storyboard import parse_storyboard
+    from pfp_app.video_io import read_video
+
+    url, projects, log = server
+    with studio_page(url, log, "cuts") as page:
+        generate_in_page(page, CUTS)
+        expect(page.locator("#shot-table")).to_contain_text("3.5")
+        page.locator("#export").click()
+        expect(page.locator("#export-msg")).to_contain_text("Exported", timeout=60_000)
+    folder = projects / "cuts"
+    frames, fps = read_video(folder / "film.mp4")
+    assert len(frames) == 14 * fps  # exactly `total: 14s`
+    starts: dict[str, float] = {}
+    position = 0
+    for i, rec in enumerate(segment_records(folder)):
+        starts.setdefault(rec["prompt"], position / fps)
+        position += len(read_video(folder / "segments" / f"seg_{i:03d}.mp4")[0])
+    assert position == len(frames)
+    step = 4 / fps  # the codec's time step: 4 frames
+    for shot in parse_storyboard(CUTS).shots:
+        assert abs(starts[shot.prompt] - shot.start) <= step, (shot, starts)
+
+
+def test_regenerate_after_loading_a_preset_uses_the_new_storyboard(server):
+    from playwright.sync_api import expect
+
+    from pfp_app.storyboard import parse_storyboard
+
+    url, projects, log = server
+    preset = (ROOT / "presets" / "storyboards" / "two_friends.txt").read_text()
+    new_first = parse_storyboard(preset).shots[0].prompt
+    with studio_page(url, log, "stale") as page:
+        generate_in_page(page, STORYBOARD)
+        page.locator("#preset input").click()
+        page.get_by_role("option", name="two_friends").click()
+        page.locator("#preset-load").click()
+        expect(page.locator("#storyboard textarea")).to_have_value(preset)
+        expect(page.locator("#regen-prompt textarea")).to_have_value(new_first)
+        page.locator("#regenerate").click()
+        expect(page.locator("#gen-status")).not_to_contain_text("Done")  # the first generation's "Done" is gone
+        expect(page.locator("#gen-status")).to_contain_text("Done", timeout=300_000)
+        expect(page.locator("#storyboard textarea")).to_have_value(preset)  # comments and `total:` kept
+    folder = projects / "stale"
+    assert segment_records(folder)[0]["prompt"] == new_first
+    assert (folder / "storyboard.txt").read_text() == preset
 
 
 THREE_SHOTS = ("0s: a red striped circle in front of the brick wall\n1.5s: the grass field, empty\n"

@@ -14,8 +14,8 @@ from PIL import Image
 
 from pfp_app.cli import main
 from pfp_app.model import MODEL_CONFIGS
-from pfp_app.storyboard import format_storyboard, parse_storyboard, segment_schedule
-from pfp_app.video_io import read_mp4_comment, read_video, video_info
+from pfp_app.storyboard import parse_storyboard
+from pfp_app.video_io import read_mp4_comment, read_video, video_info, write_mp4
 
 from conftest import TEST_THREADS
 
@@ -23,14 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 STORYBOARD = "# a two-shot test film\n0s: a red fox in the snow\n1s: the fox runs across a frozen lake\nend: 3s\n"
 TINY = MODEL_CONFIGS["tiny"]
 TEMPORAL_RATIO = 2 ** sum(TINY.vae["temperal_downsample"])  # 4
-SEGMENT_SECONDS = TEMPORAL_RATIO * TINY.video.segment_latent_frames / TINY.video.fps  # 1.5 s
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": str(TEST_THREADS)}  # same threading as the in-process tests
 
 
 def expected_frames(storyboard_text: str) -> int:
-    """Pixel frames of the film: the causal VAE gives 1 + 4 (T' - 1) frames for T' latent frames."""
-    n = len(segment_schedule(parse_storyboard(storyboard_text), SEGMENT_SECONDS))
-    return 1 + TEMPORAL_RATIO * (n * TINY.video.segment_latent_frames - 1)
+    """Frames of the film: exactly the storyboard's length."""
+    return round(parse_storyboard(storyboard_text).duration * TINY.video.fps)
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +80,10 @@ def test_generate_subprocess_writes_a_decodable_mp4_of_the_scheduled_length(film
     assert f"wrote {out}" in proc.stdout
     frames, fps = read_video(out)
     n = expected_frames(STORYBOARD)
-    assert len(frames) == n == 21
-    duration = parse_storyboard(STORYBOARD).duration
-    assert abs(len(frames) - duration * TINY.video.fps) <= TEMPORAL_RATIO * TINY.video.segment_latent_frames
+    assert len(frames) == n == 24  # 3 s at 8 fps
     assert fps == pytest.approx(TINY.video.fps)
     assert frames.shape[1:] == (TINY.video.height, TINY.video.width, 3)
-    assert format_storyboard(parse_storyboard(STORYBOARD)) in read_mp4_comment(out)
+    assert STORYBOARD in read_mp4_comment(out)  # the storyboard as written, comment line included
 
 
 def test_generate_leaves_a_project_folder_beside_the_mp4(film):
@@ -96,7 +92,8 @@ def test_generate_leaves_a_project_folder_beside_the_mp4(film):
     assert parse_storyboard((project / "storyboard.txt").read_text()) == parse_storyboard(STORYBOARD)
     assert (project / "settings.json").is_file() and (project / "film.mp4").is_file()
     names = sorted(p.name for p in (project / "segments").iterdir())
-    assert names == ["seg_000.mp4", "seg_000.safetensors", "seg_001.mp4", "seg_001.safetensors"]
+    # shot 1 (0-1 s) is one segment, shot 2 (1-3 s) two: segments end at the cut
+    assert names == [f"seg_00{i}.{ext}" for i in range(3) for ext in ("mp4", "safetensors")]
 
 
 def test_generate_resumes_a_finished_project_and_resamples_fps(film, tmp_path, capsys):
@@ -109,7 +106,7 @@ def test_generate_resumes_a_finished_project_and_resamples_fps(film, tmp_path, c
                               str(tmp_path / "film16.mp4"), "--project", str(project), "--model", "tiny-random",
                               "--steps", "2", "--fps", "16", "--device", "cpu")
     assert rc == 0, err
-    assert "resuming: 2 finished segments" in err
+    assert "resuming: 3 finished segments" in err
     assert "segment 1/2" not in err  # nothing generated again
     info = video_info(tmp_path / "film16.mp4")
     assert info.fps == pytest.approx(16)
@@ -126,7 +123,7 @@ def test_recall_writes_the_panel_and_prints_psnr_and_ssim(film, tmp_path, capsys
     assert "Traceback" not in err
     panel = np.asarray(Image.open(png))
     assert panel.shape == (TINY.video.height, 3 * TINY.video.width, 3)  # true | recalled | error
-    assert "recalled frame 8 (1.00 s) of 21" in stdout
+    assert "recalled frame 8 (1.00 s) of 21" in stdout  # the first 21 frames (1 + 4k) hold 1 s
     psnr_line = next(line for line in stdout.splitlines() if line.startswith("PSNR"))
     psnr_db, ssim = float(psnr_line.split()[1]), float(psnr_line.split()[4])
     assert np.isfinite(psnr_db) and -1 <= ssim <= 1
@@ -199,15 +196,33 @@ def test_corrupt_video(capsys, tmp_path):
 
 @pytest.mark.parametrize("at", ["100", "-1", "2.7"])
 def test_time_outside_the_video(capsys, film, tmp_path, at):
-    out, _ = film  # 21 frames at 8 fps: 2.625 s
+    out, _ = film  # 24 frames at 8 fps: 3 s
+    at = "3.1" if at == "2.7" else at
     expect_error(capsys, ["recall", "--video", str(out), "--at", at, "--out", str(tmp_path / "f.png"),
-                          "--model", "tiny-random"], f"--at {float(at):g} s is outside the video (0 to 2.62 s)")
+                          "--model", "tiny-random"], f"--at {float(at):g} s is outside the video (0 to 3.00 s)")
 
 
-def test_time_before_the_compressed_history(capsys, film, tmp_path):
-    out, _ = film
-    expect_error(capsys, ["recall", "--video", str(out), "--at", "0.5", "--history", "1", "--out", str(tmp_path / "f.png"),
-                          "--model", "tiny-random"], "is before the compressed history")
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    """A 26-s clip whose frame i is a flat grey of level 9 i mod 256 (each frame recognisable)."""
+    n = 26 * TINY.video.fps
+    levels = (np.arange(n) * 9) % 256
+    frames = np.broadcast_to(levels[:, None, None, None], (n, TINY.video.height, TINY.video.width, 3)).astype(np.uint8)
+    return write_mp4(tmp_path_factory.mktemp("long") / "long.mp4", frames, TINY.video.fps, crf=0)
+
+
+@pytest.mark.parametrize("at, history, first", [(3.5, None, 0.0), (25.0, None, 5.0), (12.0, "4", 8.0)])
+def test_recall_compresses_the_window_around_the_asked_time(capsys, long_clip, tmp_path, at, history, first):
+    """No --history needed: near the start the first 20 s hold the time; later the 20 s that end at it."""
+    png = tmp_path / "r.png"
+    argv = ["recall", "--video", str(long_clip), "--at", str(at), "--out", str(png), "--model", "tiny-random",
+            "--steps", "1", "--device", "cpu"] + (["--history", history] if history else [])
+    rc, stdout, err = run_cli(capsys, *argv)
+    assert rc == 0, err
+    index = round((at - first) * TINY.video.fps)
+    assert f"recalled frame {index} ({at:.2f} s)" in stdout
+    truth = np.asarray(Image.open(png))[:, : TINY.video.width].astype(int)
+    assert abs(truth.mean() - (round(at * TINY.video.fps) * 9) % 256) < 3  # the true frame is the one at `at`
 
 
 def test_recall_out_must_be_a_png(capsys, film, tmp_path):
@@ -311,3 +326,52 @@ def test_recall_returns_the_asked_time_or_refuses(film, tmp_path, capsys):
         assert abs(recalled_at - 1.7) <= 0.5 / TINY.video.fps
     else:
         assert rc == 2 and "before the compressed history" in err
+
+
+# ---- the README's command lines --------------------------------------------------------------------
+
+
+def test_help_does_not_import_torch_or_the_trainer():
+    code = ("import sys, contextlib, io\nfrom pfp_app.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+            "print('pack-model' in out.getvalue(), 'torch' in sys.modules, 'pfp_app.train.trainer' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.split() == ["True", "False", "False"], proc.stderr
+
+
+def test_every_train_option_has_a_help_line():
+    from pfp_app.cli import build_parser
+
+    train = build_parser(["train"])._subparsers._group_actions[0].choices["train"]
+    options = [a for a in train._actions if a.option_strings and a.dest != "help"]
+    assert len(options) > 20
+    missing = [a.option_strings[0] for a in options if not (a.help or "").strip()]
+    assert missing == []
+
+
+def test_generate_writes_into_the_ignored_out_folder_by_default():
+    from pfp_app.cli import build_parser
+
+    args = build_parser(["generate"]).parse_args(["generate", "--storyboard", "x.txt"])
+    assert Path(args.out).parts[0] == "out"
+    assert "/out/" in (REPO / ".gitignore").read_text().split()
+
+
+def test_pack_model_is_named_for_what_it_does_and_export_still_works():
+    from pfp_app.cli import build_parser
+
+    assert build_parser(["pack-model"]).parse_args(["pack-model", "--model", "m", "--out", "o"]).model == "m"
+    assert build_parser(["export"]).parse_args(["export", "--model", "m", "--out", "o"]).out == "o"
+
+
+def test_ci_runs_the_readme_test_command_and_a_readme_cli_line_as_written():
+    readme = (REPO / "README.md").read_text()
+    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", " "))]
+    test_cmd, smoke = ci[-2], ci[-1]
+    assert test_cmd.endswith(".venv/bin/python -m pytest -q") and test_cmd in readme
+    assert smoke.startswith(".venv/bin/python -m pfp_app generate") and f"\n{smoke}   # smoke test" in readme
+    # every command line the README shows runs the venv's Python
+    commands = [line for line in readme.splitlines() if line.startswith(("python ", "accelerate "))]
+    assert commands == []

@@ -14,7 +14,8 @@ from pfp_app import footage as fm
 from pfp_app.cli import main
 from pfp_app.export_record import parse_export_comment, read_export_record
 from pfp_app.footage import FootageError, check_footage, prepare_footage, save_footage
-from pfp_app.pipeline import DECODE_CONTEXT_LATENTS, GenerationSettings
+from pfp_app.causal_decode import WARMUP_LATENTS
+from pfp_app.pipeline import GenerationSettings
 from pfp_app.project import Project
 from pfp_app.video_io import read_mp4_comment, read_video, write_mp4
 
@@ -41,8 +42,9 @@ def test_video_footage_is_resampled_to_the_model_and_ends_at_the_videos_end(tiny
     assert f.frames.shape == (3, 13, v.height, v.width)
     assert f.latents.shape[2] == 4 and f.seconds == pytest.approx(13 / 8)
     src, _ = read_video(tmp_path / "in.mp4", size=(v.height, v.width))
-    # nearest-frame resampling 12 -> 8 fps: the 16th model frame is source frame round(15 * 12 / 8) = 22 of 0..23
-    assert torch.equal(f.frames[:, -1], torch.as_tensor(src[22]).permute(2, 0, 1).float().div(127.5).sub(1))
+    # nearest-frame resampling 12 -> 8 fps, backwards from the end (as uploads are prepared for a recall at the
+    # video's end): the footage's last frame is the video's last frame, 23 of 0..23
+    assert torch.equal(f.frames[:, -1], torch.as_tensor(src[23]).permute(2, 0, 1).float().div(127.5).sub(1))
 
 
 def test_stills_are_held_for_the_still_duration_in_name_order(tiny_pipeline, tmp_path):
@@ -141,17 +143,19 @@ def test_generation_continues_the_footage_latents(tiny_pipeline, tmp_path):
     res = tiny_pipeline.generate(STORY, GenerationSettings(steps=1), project)
     bare = tiny_pipeline.generate(STORY, GenerationSettings(steps=1))
     assert res[0].memory_tokens > 0 and bare[0].memory_tokens == 0
-    assert not torch.allclose(res[0].latents, bare[0].latents)  # the footage's memory changes what is drawn
+    other = tiny_pipeline.generate(STORY, GenerationSettings(steps=1), footage=torch.zeros_like(f.latents))
+    assert not torch.allclose(res[0].latents, other[0].latents)  # the footage's memory changes what is drawn
+    assert sum(x.frames.shape[1] for x in res) == sum(x.frames.shape[1] for x in bare) == 24  # 3 s either way
     explicit = tiny_pipeline.generate(STORY, GenerationSettings(steps=1), footage=f.latents)
     assert torch.equal(explicit[0].latents, res[0].latents)  # the project's footage is used by default
-    ctx = f.latents[:, :, -DECODE_CONTEXT_LATENTS:]
+    ctx = f.latents[:, :, -WARMUP_LATENTS:]
     expected = tiny_pipeline.model.codec.decode_continuation(ctx, res[0].latents)[0]
-    assert torch.allclose(res[0].frames, expected, atol=1e-5)
     r = tiny_pipeline.model.codec.temporal_ratio
-    assert res[0].frames.shape[1] == r * tiny_pipeline.model.video.segment_latent_frames  # no first-frame restart
+    assert res[0].frames.shape[1] == r * res[0].segment.num_latents  # no lead frame: it continues the footage
+    assert torch.allclose(res[0].frames, expected, atol=1e-4)
 
     history, frames = fm.history_with_footage(tiny_pipeline, project)
-    assert history.shape[2] == f.latents.shape[2] + 2 * tiny_pipeline.model.video.segment_latent_frames
+    assert history.shape[2] == f.latents.shape[2] + sum(x.segment.num_latents for x in res)
     assert frames.shape[1] == tiny_pipeline.model.codec.pixel_frames(history.shape[2])
     assert torch.allclose(frames[:, f.num_frames:f.num_frames + res[0].frames.shape[1]], res[0].frames, atol=2e-5)
     assert project.read_settings()["footage"]["source"] == "in.mp4"

@@ -99,7 +99,7 @@ def test_a_damaged_queue_file_is_kept_aside(tmp_path):
 # ------------------------------------------------------------------ the studio's jobs
 
 
-SB = "0s: a red striped circle\n1.5s: a blue dotted square\nend: 3s\n"
+SB = "0s: a red striped circle\n1s: a blue dotted square\nend: 2.5s\n"  # two segments of tiny-random
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from pfp_app.project import Project
 from pfp_app.storyboard import format_storyboard, parse_storyboard
 from pfp_app.video_io import read_mp4_comment, read_video, video_info
 
-# tiny: 64x64 at 8 fps, 3 latent frames (1.5 s) per segment -> segments at 0, 1.5 and 3 s;
-# shot 1 starts at 1 s, so segment 0 is shot 0's and segments 1 and 2 are shot 1's.
-STORYBOARD = "0s: a red fox in the snow\n1s: the fox runs across a frozen lake\nend: 4.5s\n"
+# tiny: 64x64 at 8 fps, at most 3 latent frames (1.5 s) per segment, cut at every shot -> segments at 0, 1 and 2.5 s
+# (shot 0: latents 0-2, 8 film frames; shot 1: latents 3-8 in two segments of 12 frames).
+STORYBOARD = "0s: a red fox in the snow\n1s: the fox runs across a frozen lake\nend: 4s\n"
 STEPS = 2
 
 
@@ -49,7 +49,7 @@ def copy_project(project: Project, dest) -> Project:
 def test_schedule_of_the_test_storyboard(tiny_pipeline, storyboard):
     assert tiny_pipeline.segment_seconds == pytest.approx(1.5)
     segs = tiny_pipeline.schedule(storyboard)
-    assert [(s.start, s.shot_index) for s in segs] == [(0.0, 0), (1.5, 1), (3.0, 1)]
+    assert [(s.start, s.shot_index) for s in segs] == [(0.0, 0), (1.0, 1), (2.5, 1)]
     assert tiny_pipeline.first_segment_of_shot(storyboard, 1) == 1
 
 
@@ -71,8 +71,8 @@ def test_generate_writes_every_segment_to_the_project(tiny_pipeline, storyboard,
         assert res.latents.shape == (1, c, k, 8, 8)
         assert torch.equal(latents_of(project, i), res.latents[0])
         assert res.segment.prompt == storyboard.shots[res.segment.shot_index].prompt
-        # the causal VAE: the first segment has 1 + 4 (k - 1) frames, every later one 4 k
-        assert res.frames.shape == (3, 1 + 4 * (k - 1) if i == 0 else 4 * k, 64, 64)
+        # the causal VAE's first latent frame is 1 pixel frame, left out of the film: 4 (k - 1) frames, then 4 k
+        assert res.frames.shape == (3, 4 * (k - 1) if i == 0 else 4 * k, 64, 64)
         assert res.frames.min() >= -1.0 - 1e-4 and res.frames.max() <= 1.0 + 1e-4
     assert results[0].memory_tokens == 0  # nothing to remember yet
     assert 0 < results[1].memory_tokens < results[2].memory_tokens  # the memory grows with the history
@@ -124,7 +124,7 @@ def test_decode_history_gives_exactly_the_frames_previewed_during_generation(tin
     project, results = generated
     with torch.no_grad():
         frames = tiny_pipeline.decode_history(project.load_history())
-    torch.testing.assert_close(frames, torch.cat([r.frames for r in results], dim=1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(frames[:, 1:], torch.cat([r.frames for r in results], dim=1), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("override", [dict(sampler="euler"), dict(guidance_scale=3.0), dict(shift=1.0)])
@@ -205,7 +205,7 @@ def test_export_writes_the_whole_film_with_the_storyboard_in_its_comment(tiny_pi
     project, results = generated
     out = tiny_pipeline.export(project, tmp_path / "film.mp4")
     frames, fps = read_video(out)
-    assert len(frames) == sum(r.frames.shape[1] for r in results) == 9 + 12 + 12
+    assert len(frames) == sum(r.frames.shape[1] for r in results) == 8 + 12 + 12
     assert fps == pytest.approx(tiny_pipeline.model.video.fps)
     assert frames.shape[1:] == (64, 64, 3)
     comment = read_mp4_comment(out)

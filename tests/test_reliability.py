@@ -22,7 +22,7 @@ from pfp_app.video_io import MAX_COMMENT_CHARS, read_mp4_comment, video_info, wr
 
 from test_cli import expect_error, run_cli
 
-SHORT = "0s: a red fox in the snow\nend: 1.5s\n"
+SHORT = "0s: a red fox in the snow\nend: 1s\n"  # one segment of tiny-random (8 frames)
 FRAMES = np.zeros((4, 16, 16, 3), np.uint8)
 
 
@@ -132,7 +132,7 @@ def test_cli_accepts_an_empty_folder_and_its_own_project_again(tmp_path, capsys)
 
 def test_studio_generate_with_another_seed_keeps_the_previous_take(tmp_path):
     studio = Studio(tmp_path / "projects", model_spec="tiny-random").load()
-    sb = "0s: a red striped circle\n1.5s: a blue dotted square\nend: 3s\n"
+    sb = "0s: a red striped circle\n1s: a blue dotted square\nend: 2.5s\n"  # two segments
     list(studio.generate("p", sb, 0, 1))
     p = Project(studio.root / "p")
     old = [p.segment_latents_path(i).read_bytes() for i in range(2)]

@@ -18,8 +18,10 @@ from pfp_app.ui import Studio
 from pfp_app.ui import project_state as ps
 from pfp_app.video_io import read_mp4_comment, read_video, write_mp4
 
-STORYBOARD = "# two shots, one 1.5-s segment each\n0s: a red striped circle\n1.5s: a blue dotted square\nend: 3s\n"
-THREE = "0s: a red striped circle\n1.5s: a blue dotted square\n3s: a green triangle\nend: 4.5s\n"
+# tiny-random: at most 3 latent frames (1.5 s) per segment, cut at every shot; the first latent frame is the lead
+# frame, left out of the film -> shot 1 (0-1 s) is one segment of 8 frames, shot 2 (1-2.5 s) one of 12
+STORYBOARD = "# two shots, one segment each\n0s: a red striped circle\n1s: a blue dotted square\ntotal: 2.5s\n"
+THREE = "0s: a red striped circle\n1s: a blue dotted square\n2.5s: a green triangle\nend: 4s\n"
 STEPS = 2
 
 
@@ -65,8 +67,8 @@ def film(generated) -> Project:
 
 
 def test_check_valid_storyboard_fills_table_and_pickers(studio):
-    rows, msg, shots, export = studio.check(STORYBOARD)
-    assert [r[0] for r in rows] == [1, 2] and rows[1][1:4] == [1.5, 3.0, 1] and rows[1][4] == "a blue dotted square"
+    rows, msg, shots, export, prompt = studio.check(STORYBOARD)
+    assert [r[0] for r in rows] == [1, 2] and rows[1][1:4] == ["1", "2.5", 1] and rows[1][4] == "a blue dotted square"
     assert "2 shots" in msg and "2 segments" in msg
     assert [v for _, v in shots["choices"]] == [0, 1] and shots["value"] == 0
     assert export["choices"][0] == ("Whole film", -1) and len(export["choices"]) == 3
@@ -80,14 +82,21 @@ def test_check_valid_storyboard_fills_table_and_pickers(studio):
     ("0s: a\nend: 99:00\n", "limit"),
 ])
 def test_check_names_the_bad_line(studio, text, needle):
-    rows, msg, shots, _ = studio.check(text)
+    rows, msg, shots, _, _ = studio.check(text)
     assert rows == [] and "Storyboard error" in msg and needle in msg
     assert shots["choices"] == []
 
 
-def test_check_warns_about_a_shot_inside_one_segment(studio):
-    _, msg, _, _ = studio.check("0s: a\n0.5s: b\n1.5s: c\nend: 3s\n")
-    assert "shot 2" in msg and "will not be shown" in msg
+def test_check_shows_the_real_cut_beside_a_typed_time_off_the_codec_grid(studio):
+    rows, msg, _, _, prompt = studio.check("0s: a\n1.3s: b\ntotal: 2.9s\n")
+    assert rows[1][1] == "1.3 → 1.5" and rows[1][2] == "2.9 → 2.875" and rows[0][1] == "0"
+    assert "shot 2 1.3 s → 1.5 s" in msg and "end 2.9 s → 2.875 s" in msg and "0.5-s steps" in msg
+    assert prompt == "a"
+
+
+def test_shots_closer_than_a_codec_step_are_named(studio):
+    rows, msg, _, _, _ = studio.check("0s: a\n1s: b\n1.2s: c\ntotal: 3s\n")
+    assert rows == [] and "1.2s and 1s are closer than the codec's time step" in msg
 
 
 def test_presets_load_and_parse(studio):
@@ -111,7 +120,7 @@ def test_generate_writes_every_segment_and_previews_it(studio, generated):
     assert str(film.segment_video_path(0)) in previews  # the newest segment, as soon as it is written
     assert str(film.folder / "previews" / "film.mp4") == previews[-1]
     assert "Done" in updates[-1][1]
-    assert updates[-1][2]["maximum"] == pytest.approx(20 / 8)  # 21 frames at 8 fps
+    assert updates[-1][2]["maximum"] == pytest.approx(19 / 8)  # 20 frames at 8 fps: exactly 2.5 s
     assert generated.progress and generated.progress[-1] == (2 * STEPS, 2 * STEPS)  # per step of every segment
     rec = json.loads(ps.record_path(film, 1).read_text())
     assert rec["prompt"] == "a blue dotted square" and rec["seed"] == 0 and rec["sampler"]["steps"] == STEPS
@@ -143,11 +152,16 @@ def test_regenerate_shot_keeps_earlier_segments_byte_identical(studio):
     assert {f.name: digest(f) for f in p.segments_dir.glob("seg_000.*")} == kept
     assert digest(p.segment_latents_path(1)) != old and p.finished_segments() == 2
     new_text = out[0][3]
-    assert "1.5s: a purple solid square" in new_text and out[0][4] == 7  # editor and seed follow the new shot
+    # the prompt changes in the text as typed: comment and `total:` kept; the main Seed field keeps its value
+    assert new_text == STORYBOARD.replace("a blue dotted square", "a purple solid square")
+    assert all(value(u[4]) is None for u in out)
+    assert "Done: 1 segment in" in out[-1][1] and "(1 earlier segment kept)" in out[-1][1]
+    assert Project(studio.root / "regen").read_storyboard() == new_text
     assert ps.seeds(p) == {0: 0, 1: 7}
     assert "seeds=0:0,1:7" in ps.reproduce_note(p)
-    # Generate afterwards (with the new seed) has nothing left to do: the regenerated shot is not undone
-    assert "Nothing to generate" in run(studio.generate("regen", new_text, 7, STEPS))[-1][1]
+    # Generate afterwards (with the film's seed) has nothing left to do: the regenerated shot is not undone
+    assert "Nothing to generate" in run(studio.generate("regen", new_text, 0, STEPS))[-1][1]
+    assert studio.open_project("regen")[2] == 0  # reopened: the film's seed, not the regenerated shot's
 
 
 def test_stop_keeps_finished_segments(studio, monkeypatch):
@@ -230,7 +244,8 @@ def test_reopening_restores_the_last_project(studio, film):
     picker, text, seed, steps, preview, status, slider, msg = again.restore()
     assert picker["value"] == "film" and text.endswith("# my note\n")
     assert (seed, steps) == (0, STEPS) and preview == str(film.segment_video_path(1))
-    assert "2 of 2 segments" in msg and slider["maximum"] == pytest.approx(2.5)
+    assert "2 of 2 segments" in msg and slider["maximum"] == pytest.approx(19 / 8)
+    assert "**" not in status and "<b>film</b>" in status  # the status renders the name, no raw Markdown
     out = again.open_project("brand new")
     assert out[0]["value"] == "brand new" and out[4] is None and "New project" in out[7]
     assert ps.last_project(studio.root) is None  # the new project has no folder yet
@@ -243,7 +258,7 @@ def test_reopening_restores_the_last_project(studio, film):
 def test_shot_preview_is_one_playable_mp4(studio, film):
     path = Path(studio.shot_preview("film", 1))
     frames, fps = read_video(path)
-    assert fps == 8 and len(frames) == 12  # the second segment: 4 x 3 latent frames
+    assert fps == 8 and len(frames) == 12  # shot 2 (1-2.5 s): 4 x 3 latent frames
     with pytest.raises(gr.Error, match="no shot 3"):
         studio.shot_preview("film", 2)
 
@@ -252,12 +267,12 @@ def test_export_writes_mp4_with_storyboard_and_seeds(studio, film):
     path, msg = studio.export("film", 23, -1)
     assert Path(path) == film.film_path and "2 segments" in msg
     frames, fps = read_video(path)
-    assert frames.shape == (21, 64, 64, 3) and fps == 8
+    assert frames.shape == (20, 64, 64, 3) and fps == 8  # exactly 2.5 s
     comment = read_mp4_comment(path)
-    assert "model=tiny-random seed=0 steps=2" in comment and "1.5s: a blue dotted square" in comment
+    assert "model=tiny-random seed=0 steps=2" in comment and "1s: a blue dotted square" in comment
     assert json.loads((film.folder / "seeds.json").read_text()) == {"0": 0, "1": 0}
     shot_path, _ = studio.export("film", 30, 0)
-    assert Path(shot_path).name == "shot_01.mp4" and len(read_video(shot_path)[0]) == 9
+    assert Path(shot_path).name == "shot_01.mp4" and len(read_video(shot_path)[0]) == 8
     with pytest.raises(gr.Error, match="CRF"):
         studio.export("film", 60, -1)
     with pytest.raises(gr.Error, match="does not exist"):
@@ -267,14 +282,21 @@ def test_export_writes_mp4_with_storyboard_and_seeds(studio, film):
 # ------------------------------------------------------------------ memory inspector
 
 
-def test_inspector_recalls_a_frame_of_the_history(studio, film):
+def test_inspector_recalls_a_frame_of_the_history(studio, film, monkeypatch):
+    def no_decode(*args, **kwargs):
+        raise AssertionError("the inspector decoded the whole history")
+
+    monkeypatch.setattr(studio.pipe, "decode_history", no_decode)
+    studio._history_cache = None  # the first recall after opening
     truth, recalled, heat, md = studio.inspect("film", 1.25, STEPS)
+    film_frames = np.concatenate([read_video(film.segment_video_path(i))[0] for i in range(2)])
+    assert np.array_equal(truth[::4, ::4], film_frames[10])  # the film's frame at 1.25 s, zoomed 4x
     for img in (truth, recalled, heat):
         assert isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.shape == (256, 256, 3)
     for needle in ("frame 10", "PSNR", "SSIM", "baseline PSNR", "memory tokens", "compression ratio"):
         assert needle in md
     last = studio.inspect("film", 99, STEPS)[3]  # past the end: the last frame
-    assert "frame 20" in last
+    assert "frame 19" in last and "2.38 s" in last
 
 
 def test_inspector_without_history_says_what_to_do(studio):
@@ -292,8 +314,25 @@ def test_recall_from_an_uploaded_video(studio, tmp_path):
     truth, recalled, heat, md = studio.recall_upload(str(video), 3.0, 20, STEPS)
     assert truth.shape == recalled.shape == heat.shape == (256, 256, 3)
     assert "PSNR" in md and "3.00 s" in md
-    with pytest.raises(gr.Error, match="before the compressed history"):
-        studio.recall_upload(str(video), 0.5, 1, STEPS)
+
+
+
+def test_upload_recall_compresses_the_window_around_the_time_and_reuses_it(studio, tmp_path, monkeypatch):
+    from pfp_app.ui import studio as studio_module
+
+    frames = np.broadcast_to(((np.arange(48) * 5) % 256).astype(np.uint8)[:, None, None, None], (48, 64, 64, 3))
+    video = write_mp4(tmp_path / "ramp.mp4", frames, fps=8, crf=0)  # 6 s, frame i is grey level 5 i
+    windows = []
+    encode = studio_module.encode_clip
+    monkeypatch.setattr(studio_module, "encode_clip",
+                        lambda pipe, clip, progress=None: windows.append(clip.first_time) or encode(pipe, clip, progress))
+    steps = []
+    for at in (5.0, 4.5, 0.5):  # history 2 s: [3, 5] holds 4.5 too; 0.5 s needs the first 2 s
+        truth, _, _, md = studio.recall_upload(str(video), at, 2, STEPS, progress=lambda f, desc="": steps.append(desc))
+        assert f"{at:.2f} s" in md
+        assert abs(truth.mean() - 5 * round(at * 8)) < 2  # the true frame is the one at `at`
+    assert windows == [3.0, 0.0]
+    assert any("compressing" in d for d in steps) and any("reading" in d for d in steps)
 
 
 def test_unreadable_or_huge_uploads_are_refused(studio, tmp_path):
@@ -367,3 +406,19 @@ def test_stop_when_idle_or_during_a_recall_says_so(studio):
         assert "cannot be stopped" in studio.stop() and not studio._stop.is_set()
     finally:
         studio._release()
+
+
+def test_loading_a_preset_after_generating_resets_the_shot_controls(studio, film):
+    """The regenerate box shows the new storyboard's shot 1, so Regenerate cannot rewrite it with the old prompt."""
+    from pfp_app.storyboard import parse_storyboard
+
+    assert studio.check(STORYBOARD)[4] == "a red striped circle"
+    preset = studio.load_preset("two_friends")
+    rows, _, shots, _, prompt = studio.check(preset)
+    assert prompt == parse_storyboard(preset).shots[0].prompt != "a red striped circle"
+    assert shots["value"] == 0 and len(rows) == 4
+
+
+def test_reopened_editor_keeps_comments_and_total(studio, film):
+    text = studio.open_project("film")[1]
+    assert text.startswith("# two shots") and "total: 2.5s" in text and "end:" not in text

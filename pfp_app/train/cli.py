@@ -7,30 +7,54 @@ import dataclasses
 import json
 
 
-def add_train_parsers(sub) -> None:
-    from .trainer import STAGES, TrainConfig
+# One help line per TrainConfig field (a test checks that none is missing).
+TRAIN_OPTION_HELP = {
+    "out": "output folder: checkpoints, metrics.jsonl and the loadable model in OUT/model",
+    "init": "where to start: a config name (random weights: default, small, tiny) or a model folder",
+    "data": "'world' (the procedural storyboard world), 'bank:DIR' (the real-footage bank), 'A+B' (both in turn) "
+            "or a folder of videos (optional NAME.txt captions)",
+    "num_clips": "training clips to render or read",
+    "clip_seconds": "length of each training clip in seconds",
+    "data_seed": "seed of the training clips (evaluate uses other seeds)",
+    "batch_size": "samples per micro-batch (per process)",
+    "lr": "peak learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay",
+    "warmup_steps": "linear learning-rate warm-up steps",
+    "max_steps": "stop after this many optimizer steps",
+    "time_budget_min": "stop (and save) after this many minutes of training",
+    "checkpoint_every_min": "minutes between checkpoints (for --resume)",
+    "resume": "continue from the last checkpoint in --out",
+    "seed": "seed of initialisation, noise and batch order",
+    "num_query": "stage 1: latent frames retrieved per sample (|Ω|)",
+    "retrieval_share": "stage 2: share of batches that keep the stage-1 retrieval objective",
+    "caption_dropout": "share of samples trained with an empty caption",
+    "ema_decay": "decay of the exponential moving average of the weights",
+    "gradient_checkpointing": "recompute activations in the backward pass (less memory, slower)",
+    "lora_rank": "stage 2: LoRA rank on G instead of full fine-tuning (0: off)",
+    "text_table": "precomputed caption embeddings (.safetensors from `captions`) instead of the text encoder",
+    "codec_window": "frames per codec training window (1 + 4k)",
+    "log_every": "steps between lines in metrics.jsonl",
+    "workers": "data-loader worker processes",
+    "grad_accum": "micro-batches per optimizer step (gradient accumulation)",
+    "latent_cache": "folder of encoded training clips, reused by runs with the same data and codec",
+    "vae": "a trained codec folder (AutoencoderKLWan) to use instead of the --init model's",
+    "retrieval_data": "stage 2: data spec of the retrieval batches (default: --data)",
+    "codec_temporal_init": "a fresh codec's time taps: 'identity' (video mode = image mode) or 'random'",
+}
 
+
+def add_train_parsers(sub, full: bool = True) -> None:
+    """The train, captions, pack-model and evaluate subcommands. full=False leaves out train's options, which
+    need the trainer (and torch) imported: `python -m pfp_app --help` then prints at once."""
     t = sub.add_parser("train", help="train the codec, G alone (base), stage 1 (retrieval pretraining) or stage 2 (next-segment fine-tuning)",
                        description="Runs on the CPU, one GPU, or several through `accelerate launch` / torchrun.")
-    t.add_argument("--stage", choices=STAGES, required=True)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("stage",):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            t.add_argument(flag, action="store_true", default=f.default)
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], str)
-            if "float" in str(f.type):
-                kind = float
-            elif "int" in str(f.type):
-                kind = int
-            t.add_argument(flag, type=kind, default=f.default)
+    if full:
+        _add_train_options(t)
     t.set_defaults(handler=_cmd_train)
 
     add_caption_parser(sub)
     add_bank_parser(sub)
-    add_export_parser(sub)
+    add_pack_model_parser(sub)
     e = sub.add_parser("evaluate", help="recall scores on held-out clips: PSNR/SSIM vs φ zeroed and the history mean")
     e.add_argument("--model", required=True)
     e.add_argument("--num-clips", type=int, default=16)
@@ -45,6 +69,27 @@ def add_train_parsers(sub) -> None:
     e.add_argument("--photo-clips", type=int, default=4, help="held-out photo-motion clips to score with --bank")
     e.add_argument("--skip-world", action="store_true", help="only the bank's clips")
     e.set_defaults(handler=_cmd_evaluate)
+
+
+def _add_train_options(t) -> None:
+    from .trainer import STAGES, TrainConfig
+
+    t.add_argument("--stage", choices=STAGES, required=True,
+                   help="codec (the VAE), base (G alone), pretrain (stage 1: frame retrieval), finetune (stage 2)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("stage",):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f"{TRAIN_OPTION_HELP[f.name]} (default: %(default)s)"
+        if f.type in ("bool", bool):
+            t.add_argument(flag, action="store_true", default=f.default, help=TRAIN_OPTION_HELP[f.name])
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], str)
+            if "float" in str(f.type):
+                kind = float
+            elif "int" in str(f.type):
+                kind = int
+            t.add_argument(flag, type=kind, default=f.default, help=help_)
 
 
 def add_caption_parser(sub) -> None:
@@ -79,11 +124,13 @@ def _cmd_bank(args) -> int:
     return 0
 
 
-def add_export_parser(sub) -> None:
-    x = sub.add_parser("export", help="copy a trained model folder as fp16 safetensors shards (what assets/ ships)")
-    x.add_argument("--model", required=True)
-    x.add_argument("--out", required=True)
-    x.add_argument("--max-shard-size", default="15MB")
+def add_pack_model_parser(sub) -> None:
+    x = sub.add_parser("pack-model", aliases=["export"],
+                       help="pack a trained model folder as fp16 safetensors shards (what assets/ ships; "
+                            "'export' is a deprecated name for it; films are exported by `generate`)")
+    x.add_argument("--model", required=True, help="trained model folder (e.g. runs/ft/model)")
+    x.add_argument("--out", required=True, help="folder to write")
+    x.add_argument("--max-shard-size", default="15MB", help="largest safetensors shard (default 15MB)")
     x.set_defaults(handler=_cmd_export)
 
 
@@ -100,7 +147,7 @@ def _cmd_export(args) -> int:
     for extra in ("training.json",):
         if (Path(args.model) / extra).exists():
             shutil.copy(Path(args.model) / extra, out / extra)
-    print(f"exported {args.model} -> {out} (fp16)")
+    print(f"packed {args.model} -> {out} (fp16)")
     return 0
 
 

@@ -11,7 +11,7 @@ import gradio as gr
 
 from ..footage import DEFAULT_STILL_SECONDS, EXPORT_GENERATED_ONLY, EXPORT_WITH_FOOTAGE
 from .job_view import POLL_SECONDS, StudioJobs
-from .storyboard_view import TABLE_HEADERS, WHOLE_FILM
+from .storyboard_view import TABLE_HEADERS, TABLE_TYPES, WHOLE_FILM
 from .studio import DEFAULT_PROJECT, MAX_SEED, MAX_STEPS, Studio
 
 CSS = """
@@ -72,7 +72,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     footage_preview = gr.Video(label="Prepared history: what the model sees", interactive=False,
                                                height=200, loop=True, elem_id="footage-preview")
                     footage_remove = gr.Button("Remove the footage", size="sm", elem_id="footage-remove")
-                shot_table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "number", "number", "number", "str"],
+                shot_table = gr.Dataframe(headers=TABLE_HEADERS, datatype=TABLE_TYPES,
                                           interactive=False, label="Shots", elem_id="shot-table", wrap=True,
                                           column_widths=["7%", "12%", "12%", "10%", "59%"])
                 save_btn = gr.Button("Save storyboard to project", size="sm", elem_id="save-storyboard")
@@ -87,7 +87,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                           info=None if studio.runtime else "CPU only: runtime profiles not installed",
                                           elem_id="profile")
                     gr.Textbox(value=f"{m.video.width}×{m.video.height} at {m.video.fps} fps, "
-                                     f"{studio.segment_seconds:g} s segments",
+                                     f"segments ≤ {studio.segment_seconds:g} s",
                                label="Resolution / fps (set by the model)", interactive=False, elem_id="video-spec")
                 gr.Textbox(value=studio.memory_rate_text(), label="Memory rate (φ)", interactive=False,
                            elem_id="memory-rate")
@@ -134,7 +134,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         with gr.Row():
                             up_at = gr.Slider(0, 1, value=0, step=0.01, label="Time in the video (s)",
                                               interactive=False, scale=3, elem_id="upload-time")
-                            up_hist = gr.Number(value=20, minimum=1, label="History to compress (s, before the end)",
+                            up_hist = gr.Number(value=20, minimum=1, label="History to compress (s, ending at the time)",
                                                 scale=2, elem_id="upload-history")
                             up_btn = gr.Button("Recall", scale=1, elem_id="upload-recall")
                 with gr.Accordion("Export MP4", open=True, elem_id="export-panel"):
@@ -151,14 +151,18 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         # ---------------------------------------------------------------------- wiring
         open_outputs = [project, storyboard, seed, steps, preview, status, at, project_msg]
-        sb_outputs = [shot_table, sb_status, shot, which]
+        sb_outputs = [shot_table, sb_status, shot, which, regen_prompt]
         storyboard.change(studio.check, storyboard, sb_outputs, queue=False, show_progress="hidden")
         footage_outputs = [footage_preview, footage_info]
+        # open, then check again: an unchanged editor text fires no change event, and the shot controls must
+        # still show the open storyboard; then show the open project's footage
         demo.load(studio.restore, None, open_outputs).then(studio.check, storyboard, sb_outputs).then(
             studio.footage.show, project, footage_outputs)
-        open_btn.click(studio.open_project, project, open_outputs).then(studio.footage.show, project, footage_outputs)
-        project.select(studio.open_project, project, open_outputs).then(studio.footage.show, project, footage_outputs)
-        preset_btn.click(studio.load_preset, preset, storyboard)
+        open_btn.click(studio.open_project, project, open_outputs).then(studio.check, storyboard, sb_outputs).then(
+            studio.footage.show, project, footage_outputs)
+        project.select(studio.open_project, project, open_outputs).then(studio.check, storyboard, sb_outputs).then(
+            studio.footage.show, project, footage_outputs)
+        preset_btn.click(studio.load_preset, preset, storyboard).then(studio.check, storyboard, sb_outputs)
         save_btn.click(studio.save_storyboard, [project, storyboard], project_msg)
 
         # Generate and Regenerate queue a job in the app's process (pfp_app.jobs): it goes on when the page
@@ -181,7 +185,10 @@ def build_demo(studio: Studio) -> gr.Blocks:
         at.release(studio.inspect, [project, at, recall_steps, seed], inspect_outputs, **ijob)
         recall_btn.click(studio.inspect, [project, at, recall_steps, seed], inspect_outputs, **ijob)
         upload.change(studio.upload_info, upload, [up_at, upload_msg])
-        up_btn.click(studio.recall_upload, [upload, up_at, up_hist, recall_steps, seed], inspect_outputs, **ijob)
+        def recall_upload(path, at_, hist, steps_, seed_, progress=gr.Progress()):
+            return studio.recall_upload(path, at_, hist, steps_, seed_, progress=progress)
+
+        up_btn.click(recall_upload, [upload, up_at, up_hist, recall_steps, seed], inspect_outputs, **ijob)
         export_btn.click(studio.export, [project, crf, which, export_footage], [export_file, export_msg],
                          concurrency_id=JOB, concurrency_limit=2)
 

@@ -15,12 +15,14 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 from ..atomic import atomic_write_text as _atomic_write
 from ..pipeline import GenerationSettings, PFPPipeline, SegmentResult
 from ..project import Project, ProjectError, safe_child
 from ..storyboard import Segment
+from ..video_io import frames_to_tensor, read_video, video_info
 
 LAST_FILE = ".last"
 DRAFT_FILE = "storyboard_draft.txt"
@@ -164,3 +166,30 @@ def write_seeds(project: Project) -> Path:
     path = project.folder / SEEDS_FILE
     _atomic_write(path, json.dumps({str(k): v for k, v in seeds(project).items()}, indent=2))
     return path
+
+
+# the film as generation left it -------------------------------------------------------------------
+
+
+def lead_frames(project: Project) -> int:
+    """Pixel frames of the history's first latent frame that the film leaves out (0 for projects made before
+    shot-aligned timelines, whose film starts with it)."""
+    s = project.read_settings()
+    return int(s.get("lead_frames", 0)) if "timeline" in s else 0
+
+
+def film_frame_count(project: Project) -> int:
+    return sum(video_info(project.segment_video_path(i)).num_frames for i in range(project.finished_segments()))
+
+
+def read_film_frames(project: Project, num_segments: int) -> torch.Tensor:
+    """The film's frames (3, T, H, W) in [-1, 1], from the MP4s generation wrote: the inspector's true frames,
+    without decoding the history again."""
+    return torch.cat([frames_to_tensor(read_video(project.segment_video_path(i))[0]) for i in range(num_segments)],
+                     dim=1)
+
+
+def first_seed(project: Project) -> int | None:
+    """The seed the film was generated with (segment 0's: a regenerated shot may use another)."""
+    rec = read_record(project, 0)
+    return None if rec is None else rec.get("seed")

@@ -38,8 +38,9 @@ def recall_images(res: RecallResult) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return zoom(truth), zoom(recalled), zoom(error_heatmap(res.recalled, res.truth))
 
 
-def metrics_markdown(res: RecallResult, seconds: float, fps: float) -> str:
-    rows = [("time", f"{seconds:.2f} s (frame {res.frame_index})")]
+def metrics_markdown(res: RecallResult, seconds: float, fps: float, frame_index: int | None = None) -> str:
+    """frame_index: the frame's number as the user sees it (a film's, which leaves out the history's lead frame)."""
+    rows = [("time", f"{seconds:.2f} s (frame {res.frame_index if frame_index is None else frame_index})")]
     if res.psnr is not None:
         better = "above" if res.psnr > res.baseline_psnr else "**below**"
         rows += [("PSNR", f"{res.psnr:.2f} dB"), ("SSIM", f"{res.ssim:.3f}"),

@@ -11,7 +11,6 @@ Generation runs the core in a worker thread; the callback is a generator that tu
 
 from __future__ import annotations
 
-import html
 import math
 import queue
 import sys
@@ -29,14 +28,15 @@ from ..model import ModelLoadError, load_model
 from ..options import MAX_SEED, OptionError, check_options, check_seconds
 from ..pipeline import GenerationSettings, GenerationStopped, PFPPipeline, seconds_to_frame
 from ..project import Project, ProjectError
+from ..storyboard import Storyboard, StoryboardError, parse_storyboard
 from ..takes import keep_take
-from ..storyboard import Storyboard, StoryboardError, format_storyboard, parse_storyboard
 from ..video_io import VideoReadError, read_video, write_mp4
 from .. import footage as fm
 from . import project_state as ps
 from .footage_view import FootagePanel
 from .recall import check_upload, encode_clip, metrics_markdown, prepare_clip, recall_images
-from .storyboard_view import WHOLE_FILM, check_storyboard, preset_names, read_preset, with_prompt
+from .status_view import status_html
+from .storyboard_view import WHOLE_FILM, check_storyboard, preset_names, read_preset, replace_prompt_in_text
 
 DEFAULT_PROJECT = "untitled"
 MAX_STEPS = 100  # the sliders' range; pfp_app.options allows up to 1000 (the API and the CLI)
@@ -80,7 +80,7 @@ class Studio:
         self._job = threading.Lock()
         self._job_name = ""
         self._stop = threading.Event()
-        self._history_cache: tuple | None = None  # (key, history latents, decoded frames)
+        self._history_cache: tuple | None = None  # (key, history latents, the film's frames)
         self._clip_cache: tuple | None = None  # (key, Clip, latents)
         self.footage = FootagePanel(self)  # "start from footage" (footage_view.py)
 
@@ -131,8 +131,8 @@ class Studio:
         state = ("trained" if m.trained else
                  "<b style='color:#c2410c'>UNTRAINED: random weights, the video will be noise-like</b>")
         lines = [f"**Model:** `{m.name}` · {state}",
-                 f"{v.width}×{v.height} at {v.fps} fps · segments of {self.segment_seconds:g} s · "
-                 f"{v.steps} steps by default · {self._pipeline().device} "
+                 f"{v.width}×{v.height} at {v.fps} fps · segments of at most {self.segment_seconds:g} s, "
+                 f"cut at every shot · {v.steps} steps by default · {self._pipeline().device} "
                  + ("" if self.runtime else "(CPU only: runtime profiles not installed)")]
         if self.model_note:
             lines.insert(0, f"**Note:** {self.model_note}")
@@ -151,11 +151,15 @@ class Studio:
 
     # storyboard ---------------------------------------------------------------------------------------
     def check(self, text: str):
-        """Editor text -> (shot table rows, validation message, shot picker update, export picker update)."""
-        c = check_storyboard(text, self.segment_seconds)
+        """Editor text -> (shot table rows, validation message, shot picker update, export picker update,
+        regenerate prompt). The shot picker goes back to shot 1 and the prompt box shows its prompt: the picker's
+        own change event does not fire when its value stays 0, so the box must be set here (else it keeps
+        another storyboard's prompt)."""
+        c = check_storyboard(text, self._pipeline().grid)
         shots = gr.update(choices=c.shot_choices, value=c.shot_choices[0][1] if c.shot_choices else None)
         export = gr.update(choices=[("Whole film", WHOLE_FILM)] + c.shot_choices, value=WHOLE_FILM)
-        return c.rows, c.message, shots, export
+        prompt = c.storyboard.shots[0].prompt if c.ok else ""
+        return c.rows, c.message, shots, export, prompt
 
     def presets(self) -> list[str]:
         return preset_names()
@@ -205,7 +209,8 @@ class Studio:
         s = project.read_settings()
         text = ps.read_editor_text(project)
         n = project.finished_segments()
-        seed = s.get("seed", gr.update())
+        seed = ps.first_seed(project)
+        seed = s.get("seed", gr.update()) if seed is None else seed
         steps = (s.get("sampler_settings") or {}).get("steps", gr.update())
         preview = str(project.segment_video_path(n - 1)) if n else None
         total = s.get("num_segments", n)
@@ -275,7 +280,7 @@ class Studio:
         self._acquire("a generation")
         try:
             pipe = self._job_pipeline(profile)
-            segments = pipe.schedule(sb)
+            segments = pipe.schedule(sb, after_footage=fm.has_footage(project))
             keep = self._resumable(project, pipe, segments, settings)
             take = self._keep_take(project, keep)
             ps.save_draft(project, text)
@@ -292,7 +297,7 @@ class Studio:
             note += f"the previous take is in {take.relative_to(project.folder)}/; " if take else ""
 
             def work(**cb):
-                return pipe.generate(sb, settings, project, start_segment=keep, **cb)
+                return pipe.generate(text, settings, project, start_segment=keep, **cb)
 
             yield from self._stream(work, project, pipe, settings, len(segments), keep, progress, t_click,
                                     f"Generating: {note}", gr.update())
@@ -306,12 +311,13 @@ class Studio:
         return keep_take(project) if project.finished_segments() > keep else None
 
     def _resumable(self, project: Project, pipe: PFPPipeline, segments, settings: GenerationSettings) -> int:
-        """Segments to keep for Generate: none if the model, seed or sampler differ from the project's last run,
-        else the finished ones whose prompt and times match the storyboard."""
+        """Segments to keep for Generate: none if the model, the film's seed (segment 0's; a regenerated shot keeps
+        its own) or the sampler differ from the project's last run, else the finished ones whose prompt and times
+        match the storyboard."""
         if project.finished_segments() == 0:
             return 0
         s = project.read_settings()
-        same = (s.get("model") == pipe.model.name and s.get("seed") == settings.seed
+        same = (s.get("model") == pipe.model.name and ps.first_seed(project) == settings.seed
                 and s.get("sampler_settings") == ps.segment_record(pipe, settings, segments[0])["sampler"])
         return ps.reusable_prefix(project, pipe, segments) if same else 0
 
@@ -335,11 +341,11 @@ class Studio:
             raise gr.Error("Pick a shot of the storyboard to regenerate") from None
         new_text = gr.update()
         if prompt and " ".join(prompt.split()) != sb.shots[k].prompt:
-            try:
-                sb = with_prompt(sb, k, prompt)
+            try:  # the prompt changed in the editor's text itself: comments and `total:` stay
+                text = new_text = replace_prompt_in_text(text, sb, k, prompt)
             except StoryboardError as err:
                 raise gr.Error(str(err)) from None
-            text = new_text = format_storyboard(sb)
+            sb = parse_storyboard(text)
         return sb, k, text, new_text
 
     def regenerate(self, project_name: str, text: str, shot, prompt: str, seed, steps, profile: str = "auto",
@@ -353,9 +359,10 @@ class Studio:
         self._acquire("a generation")
         try:
             pipe = self._job_pipeline(profile)
-            segments = pipe.schedule(sb)
+            after_footage = fm.has_footage(project)
+            segments = pipe.schedule(sb, after_footage=after_footage)
             try:
-                first = pipe.first_segment_of_shot(sb, k)
+                first = pipe.first_segment_of_shot(sb, k, after_footage=after_footage)
             except ValueError:
                 raise gr.Error(f"Shot {k + 1} has no segment of its own (it is shorter than one segment)") from None
             # segments before the shot are kept only while their prompts and times still match the storyboard
@@ -367,13 +374,13 @@ class Studio:
             ps.remember_last(self.root, project_name)
             if start == min(first, finished):
                 def work(**cb):
-                    return pipe.regenerate_shot(project, sb, k, settings, **cb)
+                    return pipe.regenerate_shot(project, text, k, settings, **cb)
                 note = f"shot {k + 1} from segment {start + 1}"
             else:  # an earlier shot changed as well: regenerate from there
                 project.drop_segments_from(start)
 
                 def work(**cb):
-                    return pipe.generate(sb, settings, project, start_segment=start, **cb)
+                    return pipe.generate(text, settings, project, start_segment=start, **cb)
                 note = f"from segment {start + 1} (an earlier shot changed too)"
             yield from self._stream(work, project, pipe, settings, len(segments), start, progress, t_click,
                                     f"Regenerating {note}, keeping {start} segment{'s' * (start != 1)}: ",
@@ -404,7 +411,7 @@ class Studio:
             except BaseException as err:  # handed to the UI thread
                 events.put(("error", err))
 
-        seed_update = settings.seed
+        seed_update = gr.update()  # the main Seed field keeps what the user typed (a regenerate has its own seed)
         worker = threading.Thread(target=run, name="pfp-generate", daemon=True)
         worker.start()
         first_preview = None
@@ -437,7 +444,9 @@ class Studio:
                 elif kind == "done":
                     total_s = time.perf_counter() - t_click
                     first = f" · first preview {first_preview:.1f} s after the click" if first_preview else ""
-                    msg = f"Done: {n_segments} segments in {total_s:.1f} s{first}."
+                    made = n_segments - start
+                    kept = f" ({start} earlier segment{'s' * (start != 1)} kept)" if start else ""
+                    msg = f"Done: {made} segment{'s' * (made != 1)} in {total_s:.1f} s{kept}{first}."
                     yield (self._film_preview(project, pipe), self._status_html(n_segments, n_segments, message=msg),
                            self._slider(project), gr.update(), gr.update())
                     return
@@ -465,14 +474,7 @@ class Studio:
 
     def _status_html(self, seg_done: int = 0, n_segments: int = 0, step: int | None = None, steps: int | None = None,
                      message: str = "") -> str:
-        bars = []
-        if n_segments:
-            bars.append(f'<div class="pfp-bar"><span>Segments {seg_done}/{n_segments}</span>'
-                        f'<progress id="pfp-seg-progress" value="{seg_done}" max="{n_segments}"></progress></div>')
-        if step is not None and steps:
-            bars.append(f'<div class="pfp-bar"><span>Step {step}/{steps}</span>'
-                        f'<progress id="pfp-step-progress" value="{step}" max="{steps}"></progress></div>')
-        return f'<div class="pfp-status">{"".join(bars)}<p>{html.escape(message)}</p></div>'
+        return status_html(seg_done, n_segments, step, steps, message)
 
     def _slider(self, project: Project | None, reset: bool = False):
         """Inspector slider over the project's history (its footage, then the generated part), in seconds."""
@@ -480,9 +482,9 @@ class Studio:
         lead = fm.load_footage_latents(project)
         if n == 0 and lead is None:
             return gr.update(maximum=1.0, value=0.0, interactive=False)
-        m = self.model
-        frames = m.codec.pixel_frames(n * m.video.segment_latent_frames + (0 if lead is None else lead.shape[2]))
-        upd = dict(maximum=round((frames - 1) / m.video.fps, 3), interactive=True)
+        foot = 0 if lead is None else self.model.codec.pixel_frames(lead.shape[2])
+        frames = foot + ps.film_frame_count(project)
+        upd = dict(maximum=round((frames - 1) / self.model.video.fps, 3), interactive=True)
         if reset:
             upd["value"] = 0.0
         return gr.update(**upd)
@@ -526,7 +528,7 @@ class Studio:
         sb = parse_storyboard(text)
         if not 0 <= shot < len(sb.shots):
             raise gr.Error(f"The generated storyboard has no shot {shot + 1}")
-        idx = [s.index for s in self._pipeline().schedule(sb)[:n] if s.shot_index == shot]
+        idx = [s.index for s in self._pipeline().schedule(sb, fm.has_footage(project))[:n] if s.shot_index == shot]
         if not idx:
             raise gr.Error(f"Shot {shot + 1} has no finished segment yet")
         return range(idx[0], idx[-1] + 1)
@@ -556,7 +558,8 @@ class Studio:
 
     # memory inspector -----------------------------------------------------------------------------------
     def _history(self, project: Project):
-        """(latents (1, C, T', H', W'), decoded frames (3, T, H, W)) of the project, cached until it changes."""
+        """(latents (1, C, T', H', W'), the film's frames (3, T, H, W)) of the project, cached until it changes.
+        The frames are the segments' MP4s as generation wrote them: nothing is decoded again."""
         n = project.finished_segments()
         lead = fm.footage_latents_path(project)
         if n == 0 and not lead.is_file():
@@ -564,8 +567,12 @@ class Studio:
         key = (str(project.folder), n, project.segment_latents_path(n - 1).stat().st_mtime_ns if n else 0,
                lead.stat().st_mtime_ns if lead.is_file() else 0)
         if self._history_cache is None or self._history_cache[0] != key:
-            history, frames = fm.history_with_footage(self._pipeline(), project)  # the footage, then the segments
-            self._history_cache = (key, history, frames)
+            # the footage's latents and prepared frames, then the segments' latents and the MP4s generation wrote
+            parts = [(fm.load_footage_latents(project), fm.footage_frames(project))]
+            if n:
+                parts.append((project.load_history(n), ps.read_film_frames(project, n)))
+            parts = [(lat, fr) for lat, fr in parts if lat is not None]
+            self._history_cache = (key, torch.cat([lat for lat, _ in parts], dim=2), torch.cat([fr for _, fr in parts], dim=1))
         return self._history_cache[1], self._history_cache[2]
 
     def _inspector_job(self, fn):
@@ -600,11 +607,12 @@ class Studio:
             fps = pipe.model.video.fps
             at = check_seconds("The time", seconds)  # finite, >= 0; past the end means the last frame
             index = min(frames.shape[1] - 1, seconds_to_frame(at, fps))
-            res = pipe.recall(history, index, truth_frames=frames, **opts)
+            # frame -> its index among the history's pixel frames (a film without footage leaves out the lead frame)
+            res = pipe.recall(history, index + ps.lead_frames(project), truth_frames=frames, truth_index=index, **opts)
             lead = fm.footage_seconds(project, fps)
             where = (f"\n\nA frame of **your footage** (0–{lead:.2f} s)." if index / fps < lead else
                      f"\n\nStoryboard time {index / fps - lead:.2f} s (after the footage)." if lead else "")
-            return (*recall_images(res), metrics_markdown(res, index / fps, fps) + where)
+            return (*recall_images(res), metrics_markdown(res, index / fps, fps, index) + where)
 
         out = self._inspector_job(job)
         return _no_change(4) if out is None else out
@@ -625,8 +633,10 @@ class Studio:
             msg += f" **Warning:** {info.damage_note()}."
         return gr.update(maximum=d, value=round(d / 2, 3), interactive=True), msg
 
-    def recall_upload(self, path, seconds, history_seconds, steps, seed=0):
-        """Compress an uploaded video's history and recall the frame at `seconds` from memory alone."""
+    def recall_upload(self, path, seconds, history_seconds, steps, seed=0, progress: Callable | None = None):
+        """Compress the history around `seconds` of an uploaded video (the `history_seconds` that end there, or
+        the first ones, which hold it) and recall the frame at `seconds` from memory alone. A compressed window
+        is kept and reused while the asked time falls inside it."""
         if not path:
             raise gr.Error("Upload a video first")
         opts = _checked(steps=steps, seed=seed)
@@ -637,13 +647,15 @@ class Studio:
             p = Path(path)
             key = (str(p), p.stat().st_mtime_ns if p.is_file() else 0, float(history_seconds))
             cached = self._clip_cache if self._clip_cache is not None and self._clip_cache[0] == key else None
-            if cached is not None and math.isfinite(at) and cached[1].first_time - 1e-6 <= at:
+            if cached is not None and math.isfinite(at) and cached[1].holds(at):
                 clip, latents = cached[1], cached[2]
-                cached[1].check_time(at)  # the cache skips prepare_clip's checks: at=1e9 or inf lands here
-            else:  # read, resample and compress the video once per file and history length
-                clip = prepare_clip(pipe, path, at, float(history_seconds))
-                latents = encode_clip(pipe, clip)
+            else:  # read, resample and compress the window once; later recalls inside it reuse it
+                report = None if progress is None else (lambda f, desc: progress(f, desc=desc))
+                clip = prepare_clip(pipe, path, at, float(history_seconds), progress=report)
+                latents = encode_clip(pipe, clip, progress=report)
                 self._clip_cache = (key, clip, latents)
+                if progress is not None:
+                    progress(0.9, desc="recalling")
             index = clip.frame_index(float(seconds))
             res = pipe.recall(latents, index, truth_frames=clip.frames, **opts)
             return (*recall_images(res), metrics_markdown(res, clip.first_time + index / clip.fps, clip.fps))
