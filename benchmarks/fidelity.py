@@ -419,8 +419,8 @@ def _mean_ci(m) -> str:
 def format_tables(res: dict) -> str:
     m, s = res["meta"], res["summary"]
     lines = [f"### Prompt fidelity (issue 13): `{m['model']}`, {m['num_storyboards']} held-out storyboards of "
-             f"{m['seconds']:g} s (seeds {m['seed']}+), {m['steps']} {m['sampler']} steps, {m['machine']}, "
-             f"{m.get('total_s', 0) / 60:.1f} min", "",
+             f"{m['seconds']:g} s (seeds {m['seed']}+; {len(res['storyboards'])} done), {m['steps']} {m['sampler']} steps, {m['machine']}, "
+             (f"{m['total_s'] / 60:.1f} min" if "total_s" in m else "stopped part-way"), "",
              f"Command: `python benchmarks/fidelity.py {' '.join(m['argv'])}`", "",
              "| attribute (per shot / per character) | generated | ground-truth render (ceiling) | chance |",
              "|---|---|---|---|"]
@@ -468,6 +468,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     res = json.loads(Path(args.out).read_text()) if args.report else run(args)
+    res["summary"] = summarise(res)  # also for a run stopped part-way (the JSON is saved after each storyboard)
     table = format_tables(res)
     if args.out:
         Path(args.out).with_suffix(".md").write_text(table)

@@ -33,14 +33,21 @@ def sample_train_t(batch: int, shift: float, generator: torch.Generator | None =
     return shift * u / (1 + (shift - 1) * u)
 
 
+def velocity_loss(velocity, latents_x0, noise, t, text, memory, frame_positions) -> torch.Tensor:
+    """MSE between the predicted and the true velocity (noise - x0) at x_t; x0, noise (B, C, T, H, W), t (B,).
+    `velocity(x_t, timesteps, text, memory, frame_positions)` is the DiT (the trainer passes its own noise and t,
+    drawn with its generator, so that one DDP forward covers φ and G)."""
+    x_t = add_noise(latents_x0, noise, t)
+    v = velocity(x_t, t * NUM_TRAIN_TIMESTEPS, text, memory, frame_positions)
+    return F.mse_loss(v.float(), (noise - latents_x0).float())
+
+
 def flow_loss(model, latents_x0, text, memory, frame_positions, shift, generator=None) -> torch.Tensor:
     """MSE between predicted and true velocity for x0 (B, C, T, H, W)."""
     b = latents_x0.shape[0]
     t = sample_train_t(b, shift, generator, latents_x0.device)
     noise = torch.randn(latents_x0.shape, generator=generator, device=latents_x0.device, dtype=latents_x0.dtype)
-    x_t = add_noise(latents_x0, noise, t)
-    v = model(x_t, t * NUM_TRAIN_TIMESTEPS, text, memory, frame_positions)
-    return F.mse_loss(v.float(), (noise - latents_x0).float())
+    return velocity_loss(model, latents_x0, noise, t, text, memory, frame_positions)
 
 
 def retrieval_batch(history: torch.Tensor, num_query: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -56,15 +63,32 @@ def retrieval_loss(model, encoder, history, text, num_query, shift, generator=No
     return flow_loss(model, history[:, :, omega], text, memory, omega.float(), shift, generator)
 
 
-def next_segment_loss(model, encoder, clip, text, segment_frames, shift, generator=None, min_history=1) -> torch.Tensor:
-    """Stage 2: clip (B, C, T, H, W); a random split s: denoise clip[s:s+n] given φ(clip[:s])."""
+@dataclass
+class NextSegmentBatch:
+    """Stage 2's batch: the segment after a random split s of a clip, and the history before it."""
+
+    split: int  # s: latent frames of history
+    target: torch.Tensor  # (B, C, n, H, W) clip[:, :, s : s + n], the segment to denoise
+    history: torch.Tensor | None  # (B, C, s, H, W) clip[:, :, :s]; None when s = 0 (the first segment)
+    positions: torch.Tensor  # (n,) the segment's latent time positions s .. s + n - 1
+
+
+def next_segment_batch(clip, segment_frames, generator=None, min_history=1) -> NextSegmentBatch:
+    """clip (B, C, T, H, W) -> a split s drawn uniformly from [min_history, T - n] with `generator` (the
+    trainer passes min_history=0: a share of its batches is the first segment, which has no memory)."""
     t = clip.shape[2]
     if t < min_history + segment_frames:
         raise ValueError(f"clip of {t} latent frames is too short for a {segment_frames}-frame segment")
     s = int(torch.randint(min_history, t - segment_frames + 1, (1,), generator=generator))
-    memory = encoder(clip[:, :, :s])
     positions = torch.arange(s, s + segment_frames, device=clip.device, dtype=torch.float32)
-    return flow_loss(model, clip[:, :, s : s + segment_frames], text, memory, positions, shift, generator)
+    return NextSegmentBatch(s, clip[:, :, s : s + segment_frames], clip[:, :, :s] if s > 0 else None, positions)
+
+
+def next_segment_loss(model, encoder, clip, text, segment_frames, shift, generator=None, min_history=1) -> torch.Tensor:
+    """Stage 2: clip (B, C, T, H, W); a random split s: denoise clip[s:s+n] given φ(clip[:s])."""
+    batch = next_segment_batch(clip, segment_frames, generator, min_history)
+    memory = encoder(batch.history) if batch.history is not None else None
+    return flow_loss(model, batch.target, text, memory, batch.positions, shift, generator)
 
 
 def make_scheduler(name: str, shift: float):

@@ -23,6 +23,7 @@ from pfp_app.flow import (
     add_noise,
     flow_loss,
     make_scheduler,
+    next_segment_batch,
     next_segment_loss,
     retrieval_batch,
     retrieval_loss,
@@ -134,6 +135,24 @@ def test_next_segment_loss_sees_only_the_past_and_denoises_what_follows():
         assert seen["memory"].coords[:, 0].max() == s - 1  # the memory ends right before the segment
     with pytest.raises(ValueError, match="too short"):
         next_segment_loss(model, enc, clip[:, :, :3], None, segment_frames=3, shift=3.0)
+
+
+def test_next_segment_batch_with_no_minimum_history_includes_the_first_segment_without_memory():
+    """The trainer's stage-2 batches (min_history=0): every split 0..T-n occurs; s = 0 has no history."""
+    clip = torch.randn(2, 4, 7, 8, 8, generator=torch.Generator().manual_seed(10))
+    gen = torch.Generator().manual_seed(11)
+    splits = set()
+    for _ in range(60):
+        batch = next_segment_batch(clip, 3, gen, min_history=0)
+        splits.add(batch.split)
+        assert torch.equal(batch.target, clip[:, :, batch.split : batch.split + 3])
+        assert torch.equal(batch.positions, torch.arange(batch.split, batch.split + 3, dtype=torch.float32))
+        if batch.split == 0:
+            assert batch.history is None
+        else:
+            assert torch.equal(batch.history, clip[:, :, : batch.split])
+    assert splits == set(range(5))
+    assert min(next_segment_batch(clip, 3, gen).split for _ in range(30)) == 1  # the loss's default: some memory
 
 
 # ---- the learning test -----------------------------------------------------------------------

@@ -21,6 +21,7 @@ Run folder layout:  OUT/model/ (EMA weights: a loadable PFP model folder, `--mod
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -31,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..flow import NUM_TRAIN_TIMESTEPS, add_noise, retrieval_batch, sample_train_t
+from ..flow import next_segment_batch, retrieval_batch, sample_train_t, velocity_loss
 from ..model import PFPModel, build_random_model, load_model
 from ..text_encoder import PrecomputedTextEncoder
 from .data import (
@@ -99,9 +100,8 @@ class MemoryTrainingModule(nn.Module):
         from ..backbone.memory_dit import memory_dit_forward
 
         memory = self.memory_encoder(history) if history is not None else None
-        x_t = add_noise(x0, noise, t)
-        v = memory_dit_forward(self.transformer, x_t, t * NUM_TRAIN_TIMESTEPS, text, memory, frame_positions)
-        return F.mse_loss(v.float(), (noise - x0).float())
+        return velocity_loss(functools.partial(memory_dit_forward, self.transformer), x0, noise, t, text, memory,
+                             frame_positions)
 
 
 class CodecTrainingModule(nn.Module):
@@ -419,7 +419,7 @@ def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen
     source = retrieval_clips if retrieval and retrieval_clips is not None else clips
     idx = torch.randint(0, len(source), (cfg.batch_size,), generator=gen)
     lat = source.latents[idx.to(source.latents.device)]  # (B, C, T', H', W')
-    b, t_total = lat.shape[0], lat.shape[2]
+    b = lat.shape[0]
     if retrieval:
         # Ω at its true time positions; no caption: recall must come from the memory (the inspector
         # recalls uploaded videos, which have none)
@@ -428,10 +428,10 @@ def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen
         text = text_encoder.null(b)
         kind = "retrieval"
     else:
-        s = int(torch.randint(0, t_total - n + 1, (1,), generator=gen))  # s = 0: the first segment, no memory
-        x0, history = lat[:, :, s : s + n], (lat[:, :, :s] if s > 0 and cfg.stage == "finetune" else None)
-        positions = torch.arange(s, s + n, device=device, dtype=torch.float32)
-        prompts = [clips.prompts[i][s] for i in idx.tolist()]
+        batch = next_segment_batch(lat, n, gen, min_history=0)  # s = 0: the first segment, no memory
+        x0, positions = batch.target, batch.positions.to(device)
+        history = batch.history if cfg.stage == "finetune" else None  # stage `base`: G alone
+        prompts = [clips.prompts[i][batch.split] for i in idx.tolist()]
         prompts = [p if torch.rand(1, generator=gen).item() >= cfg.caption_dropout else "" for p in prompts]
         text = text_encoder.encode(prompts)
         kind = "next_segment" if cfg.stage == "finetune" else "segment"
