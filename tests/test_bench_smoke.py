@@ -43,3 +43,61 @@ def test_gpu_bench_tiny_on_cpu(tmp_path):
         assert label in md, label
     for name in profiles:
         assert f"| tiny | {name} |" in md
+
+
+def _fidelity():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fidelity
+
+    return fidelity
+
+
+def test_fidelity_scoring_reads_the_ground_truth_back_and_finds_a_seam():
+    """The fidelity benchmark's scorers on ground-truth renders (their ceiling): places, colours and patterns
+    are read back far above chance; a jump inserted at a segment join is a seam, a smooth render is not."""
+    import numpy as np
+
+    from pfp_app.data.world import render_storyboard
+
+    F = _fidelity()
+    refs = F.References(64, 8)
+    shots = []
+    for i in range(3):
+        sb, seed = F.heldout_storyboard(i, 50_000, 12.0)
+        gt = render_storyboard(sb, 64, 8, seed=seed)
+        shots += F.score_shots(gt.frames, gt, refs)
+        starts = list(range(0, gt.num_frames, 12))
+        smooth = F.seam_scores(gt.frames, starts, gt)
+        assert smooth["joins"] > 0 and 0.6 < smooth["frames"] < 1.5, smooth
+        jumpy = gt.frames.copy()
+        for k, s0 in enumerate(starts[1:]):  # every segment after a join a little brighter than the one before
+            jumpy[s0:] = np.clip(jumpy[s0:].astype(np.int16) + (30 if k % 2 == 0 else -30), 0, 255).astype(np.uint8)
+        seam = F.seam_scores(jumpy, starts, gt)
+        assert seam["frames"] > 1.5 * smooth["frames"] and seam["colour"] > 3 * smooth["colour"], (seam, smooth)
+    places = [s["place_drawn"] == s["place"] for s in shots]
+    chars = [c for s in shots for c in s["characters"]]
+    assert len(places) >= 6 and sum(places) / len(places) >= 0.8, shots
+    assert chars and sum(c["colour_ok"] for c in chars) / len(chars) >= 0.6, chars
+    assert sum(c["pattern_ok"] for c in chars) / len(chars) >= 0.5, chars
+    # an empty grey frame is not read as the asked place or character
+    grey = np.full((64, 64, 3), 128, np.uint8)
+    assert F.wilson_ci95(0, 10)[2] < 0.35 and F.wilson_ci95(10, 10)[1] > 0.65
+    assert F.classify_place([grey], refs) in F.PLACES
+
+
+def test_fidelity_bench_tiny_on_cpu(tmp_path):
+    out = tmp_path / "fidelity.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fidelity.py"), "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["meta"]["model"] == "tiny-random" and len(res["storyboards"]) == 1
+    fid = res["summary"]["fidelity"]
+    assert fid["place"]["gt"]["n"] >= 1 and fid["place"]["chance"] == 1 / 7
+    assert [r["return"] for r in res["drift"]["returns"]] == [1]
+    assert res["drift"]["returns"][0]["character_gt"] < 0.05  # the ground truth's character does not drift
+    md = (tmp_path / "fidelity.md").read_text()
+    assert md.strip() in proc.stdout
+    for label in ("| Place |", "| Character colour |", "| Character pattern |", "| Character shape |",
+                  "seam score", "Drift:", "ground-truth render (ceiling)"):
+        assert label in md, label
