@@ -80,6 +80,7 @@ HIST_BINS = 8  # per channel, for the place's colour histogram
 COLOUR_NEAR = 60.0  # the colour distance of consistency.locate_by_colour
 FRAMES_PER_SHOT = 4  # scored frames per shot (spread over the shot, after its first 4 frames)
 CUT_MARGIN = 4  # frame pairs this close to a shot cut are left out of the seam score
+SEGMENT_LEAD = 3  # a segment's first pixel frames precede its start time (latent j decodes frames 4j-3..4j)
 Z975 = 1.959963984540054
 
 
@@ -195,20 +196,27 @@ def read_pattern_and_shape(frames: list[np.ndarray], ch: Character, side: int, r
     return pattern, max(SHAPES, key=iou)
 
 
-def score_shots(video: np.ndarray, gt, refs: References) -> list[dict]:
+def prompted_frames(segments: list[tuple[int, int, int]], shot: int, lead: int = SEGMENT_LEAD) -> set[int]:
+    """Frames generated with the prompt of `shot`: each segment takes the prompt of the shot active at its
+    start (`segment_schedule`), so a shot shorter than a segment may be drawn late, in part, or not at all.
+    segments: (first frame, end frame, shot index) per segment; its first `lead` frames are left out."""
+    return {i for a, b, si in segments if si == shot for i in range(a + (lead if a > 0 else 0), b)}
+
+
+def score_shots(video: np.ndarray, gt, refs: References, segments: list[tuple[int, int, int]]) -> list[dict]:
     """Per shot of a storyboard: the place drawn, and per character colour / pattern / shape read back.
-    video: (T, H, W, 3) uint8 (a generation or the ground truth itself)."""
+    video: (T, H, W, 3) uint8 (a generation or the ground truth itself); segments: see prompted_frames.
+    Only frames inside the shot AND generated with its prompt are scored; a shot with none is skipped."""
     fps, t_max = gt.fps, min(len(video), gt.num_frames)
     out = []
     for si, (shot, scene) in enumerate(zip(gt.storyboard.shots, gt.scenes)):
-        if scene is None:
+        prompted = prompted_frames(segments, si)
+        shot_idx = [i for i in _shot_frames((float(shot.start), float(shot.end)), fps, t_max) if i in prompted]
+        if scene is None or not shot_idx:
             continue
-        idx = _spread(_shot_frames((float(shot.start), float(shot.end)), fps, t_max), FRAMES_PER_SHOT)
-        if not idx:
-            continue
+        idx = _spread(shot_idx, FRAMES_PER_SHOT)
         frames = [video[i] for i in idx]
         rec = {"shot": si, "place": scene.place, "place_drawn": classify_place(frames, refs), "characters": []}
-        shot_idx = _shot_frames((float(shot.start), float(shot.end)), fps, t_max)
         # characters are scored where the storyboard has them fully in view (not while entering / leaving)
         seen = _spread([i for i in shot_idx if all(gt.tracks[c.phrase][i, 0] >= 0.999 for c in scene.characters)],
                        FRAMES_PER_SHOT)
@@ -306,16 +314,17 @@ def drift_scores(video: np.ndarray, gt, ch: Character, place: str) -> list[dict]
 
 # ---------------------------------------------------------------------------------------------- generation
 
-def generate(pipe, sb, seed: int, steps: int | None) -> tuple[np.ndarray, list[int]]:
-    """(T, H, W, 3) uint8 video of the storyboard, and the first frame index of each segment."""
+def generate(pipe, sb, seed: int, steps: int | None) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """(T, H, W, 3) uint8 video of the storyboard, and (first frame, end frame, shot index) of each segment."""
     import torch
 
     from pfp_app.pipeline import GenerationSettings
 
     results = pipe.generate(sb, GenerationSettings(seed=seed, steps=steps))
-    starts = np.cumsum([0] + [r.frames.shape[1] for r in results[:-1]]).tolist()
+    ends = np.cumsum([r.frames.shape[1] for r in results]).tolist()
+    segments = [(e - r.frames.shape[1], e, r.segment.shot_index) for r, e in zip(results, ends)]
     frames = torch.cat([r.frames for r in results], dim=1)  # (3, T, H, W) in [-1, 1]
-    return frames.permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy(), starts
+    return frames.permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy(), segments
 
 
 def run(args) -> dict:
@@ -338,9 +347,14 @@ def run(args) -> dict:
         t0 = time.time()
         sb, render_seed = heldout_storyboard(i, args.seed, args.seconds)
         gt = render_storyboard(sb, size, fps, seed=render_seed)
-        video, starts = generate(pipe, sb, args.seed + i, args.steps)
+        video, segments = generate(pipe, sb, args.seed + i, args.steps)
+        if args.videos:  # for rescoring without generating again
+            Path(args.videos).mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(Path(args.videos) / f"storyboard{i}.npz", video=video, segments=np.array(segments))
+        starts = [a for a, _, _ in segments]
         res["storyboards"].append({"index": i, "storyboard": [f"{float(s.start):g}s: {s.prompt}" for s in sb.shots],
-                                   "gen": score_shots(video, gt, refs), "gt": score_shots(gt.frames, gt, refs),
+                                   "segments": segments, "gen": score_shots(video, gt, refs, segments),
+                                   "gt": score_shots(gt.frames, gt, refs, segments),
                                    "seams_gen": seam_scores(video, starts, gt), "seams_gt": seam_scores(gt.frames, starts, gt),
                                    "seconds": round(time.time() - t0, 1)})
         print(f"  storyboard {i + 1}/{args.num_storyboards}: {time.time() - t0:.0f} s", flush=True)
@@ -455,6 +469,7 @@ def parse_args(argv=None):
     ap.add_argument("--drift-period", type=float, default=12.0,
                     help="seconds between returns (12: four returns in 60 s, the issue's 'fourth return')")
     ap.add_argument("--out", default=None, help="results JSON; the markdown table is written beside it (.md)")
+    ap.add_argument("--videos", default=None, help="also save each generated video (npz) in this folder")
     ap.add_argument("--tiny", action="store_true", help="smoke test: tiny-random model, one 3-s storyboard")
     ap.add_argument("--report", action="store_true", help="only print the tables of an existing --out JSON")
     args = ap.parse_args(argv)

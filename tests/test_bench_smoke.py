@@ -65,8 +65,9 @@ def test_fidelity_scoring_reads_the_ground_truth_back_and_finds_a_seam():
     for i in range(3):
         sb, seed = F.heldout_storyboard(i, 50_000, 12.0)
         gt = render_storyboard(sb, 64, 8, seed=seed)
-        shots += F.score_shots(gt.frames, gt, refs)
         starts = list(range(0, gt.num_frames, 12))
+        segments = [(a, min(a + 12, gt.num_frames), int(gt.shot_index[a])) for a in starts]
+        shots += F.score_shots(gt.frames, gt, refs, segments)
         smooth = F.seam_scores(gt.frames, starts, gt)
         assert smooth["joins"] > 0 and 0.6 < smooth["frames"] < 1.5, smooth
         jumpy = gt.frames.copy()
