@@ -29,7 +29,7 @@ nothing here asks it to reproduce the exact camera start or a character's path:
   shot cut left out. 1.0 = no seam; the ground truth's own ratio beside it.
 - **Drift**: a --drift-seconds storyboard that returns to the same "character in front of the place" every
   --drift-period seconds (other places between). Per return: 1 - view_agreement of the place (frames at the
-  same offsets into the shot) and 1 - signature_agreement of the character (located by its colour) against
+  same offsets into the shot), 1 - the intersection of their colour histograms, and 1 - signature_agreement of the character (located by its colour) against
   the first appearance; the ground truth's own distances beside them (its spread: the camera starts the
   same, the character moves).
 
@@ -307,6 +307,8 @@ def drift_scores(video: np.ndarray, gt, ch: Character, place: str) -> list[dict]
             idx0, sig0 = first[name]
             pairs = list(zip(idx0, idx))
             rec[f"place_{name}"] = 1 - float(np.mean([view_agreement(v[i], v[j]) for i, j in pairs]))
+            rec[f"place_colour_{name}"] = 1 - float(np.mean([np.minimum(colour_histogram(v[i]), colour_histogram(v[j])).sum()
+                                                           for i, j in pairs]))
             rec[f"character_{name}"] = 1 - signature_agreement(sig0, sig)
         out.append(rec)
     return out
@@ -336,6 +338,8 @@ def run(args) -> dict:
     pipe = PFPPipeline(model)
     size, fps = model.video.height, model.video.fps
     refs = References(size, fps)
+    if args.videos:
+        Path(args.videos).mkdir(parents=True, exist_ok=True)
     res = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": f"{platform.machine()} CPU" if not _cuda() else "cuda", "argv": sys.argv[1:],
                     "model": args.model, "steps": args.steps or model.video.steps, "sampler": model.video.sampler,
@@ -349,7 +353,6 @@ def run(args) -> dict:
         gt = render_storyboard(sb, size, fps, seed=render_seed)
         video, segments = generate(pipe, sb, args.seed + i, args.steps)
         if args.videos:  # for rescoring without generating again
-            Path(args.videos).mkdir(parents=True, exist_ok=True)
             np.savez_compressed(Path(args.videos) / f"storyboard{i}.npz", video=video, segments=np.array(segments))
         starts = [a for a, _, _ in segments]
         res["storyboards"].append({"index": i, "storyboard": [f"{float(s.start):g}s: {s.prompt}" for s in sb.shots],
@@ -364,6 +367,8 @@ def run(args) -> dict:
         sb, ch, place = drift_storyboard(args.drift_seconds, args.drift_period, args.seed)
         gt = render_storyboard(sb, size, fps, seed=args.seed + 999)
         video, _ = generate(pipe, sb, args.seed + 999, args.steps)
+        if args.videos:
+            np.savez_compressed(Path(args.videos) / "drift.npz", video=video)
         res["drift"] = {"storyboard": [f"{float(s.start):g}s: {s.prompt}" for s in sb.shots],
                         "returns": drift_scores(video, gt, ch, place), "seconds": round(time.time() - t0, 1)}
         print(f"  drift storyboard: {time.time() - t0:.0f} s", flush=True)
@@ -430,6 +435,10 @@ def _mean_ci(m) -> str:
     return f"{mean:.2f}" + ("" if math.isinf(half) else f" ± {half:.2f}")
 
 
+def _num(x) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
 def format_tables(res: dict) -> str:
     m, s = res["meta"], res["summary"]
     took = f"{m['total_s'] / 60:.1f} min" if "total_s" in m else "stopped part-way"
@@ -450,10 +459,11 @@ def format_tables(res: dict) -> str:
         d = res["drift"]
         lines += ["", f"Drift: {m['drift_seconds']:g}-s storyboard, `{d['storyboard'][0].split(': ', 1)[1]}` every "
                       f"{m['drift_period']:g} s (distance from the first appearance; 0 = identical)", "",
-                  "| return | at | place: generated | place: ground truth | character: generated | character: ground truth |",
-                  "|---|---|---|---|---|---|"]
+                  "| return | at | place view: generated | ground truth | place colours: generated | ground truth "
+                  "| character: generated | ground truth |", "|---|---|---|---|---|---|---|---|"]
         for r in d["returns"]:
             lines.append(f"| {r['return']} | {r['at_s']:g} s | {r['place_gen']:.3f} | {r['place_gt']:.3f} | "
+                         f"{_num(r.get('place_colour_gen'))} | {_num(r.get('place_colour_gt'))} | "
                          f"{r['character_gen']:.3f} | {r['character_gt']:.3f} |")
     return "\n".join(lines) + "\n"
 
