@@ -80,7 +80,6 @@ HIST_BINS = 8  # per channel, for the place's colour histogram
 COLOUR_NEAR = 60.0  # the colour distance of consistency.locate_by_colour
 FRAMES_PER_SHOT = 4  # scored frames per shot (spread over the shot, after its first 4 frames)
 CUT_MARGIN = 4  # frame pairs this close to a shot cut are left out of the seam score
-SEGMENT_LEAD = 3  # a segment's first pixel frames precede its start time (latent j decodes frames 4j-3..4j)
 Z975 = 1.959963984540054
 
 
@@ -196,11 +195,11 @@ def read_pattern_and_shape(frames: list[np.ndarray], ch: Character, side: int, r
     return pattern, max(SHAPES, key=iou)
 
 
-def prompted_frames(segments: list[tuple[int, int, int]], shot: int, lead: int = SEGMENT_LEAD) -> set[int]:
-    """Frames generated with the prompt of `shot`: each segment takes the prompt of the shot active at its
-    start (`segment_schedule`), so a shot shorter than a segment may be drawn late, in part, or not at all.
-    segments: (first frame, end frame, shot index) per segment; its first `lead` frames are left out."""
-    return {i for a, b, si in segments if si == shot for i in range(a + (lead if a > 0 else 0), b)}
+def prompted_frames(segments: list[tuple[int, int, int]], shot: int) -> set[int]:
+    """Film frames generated with the prompt of `shot`. segments: (first frame, end frame, shot index) per
+    segment. On the shot-aligned timeline (`pfp_app.timeline`) these are the shot's frames; the check keeps
+    the scores honest for a pipeline whose segments do not start at the cuts."""
+    return {i for a, b, si in segments if si == shot for i in range(a, b)}
 
 
 def score_shots(video: np.ndarray, gt, refs: References, segments: list[tuple[int, int, int]]) -> list[dict]:
@@ -323,7 +322,7 @@ def generate(pipe, sb, seed: int, steps: int | None) -> tuple[np.ndarray, list[t
     from pfp_app.pipeline import GenerationSettings
 
     results = pipe.generate(sb, GenerationSettings(seed=seed, steps=steps))
-    ends = np.cumsum([r.frames.shape[1] for r in results]).tolist()
+    ends = np.cumsum([r.frames.shape[1] for r in results]).tolist()  # film frames (3, n, H, W) per segment
     segments = [(e - r.frames.shape[1], e, r.segment.shot_index) for r, e in zip(results, ends)]
     frames = torch.cat([r.frames for r in results], dim=1)  # (3, T, H, W) in [-1, 1]
     return frames.permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy(), segments
