@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 import torch
 
+from .video_folder import _crop_resize
+
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 # (package, folder, licence as its Debian copyright file or README states it, grouping)
@@ -141,10 +143,7 @@ def _resample_clip(path: Path, size: int, fps: float) -> np.ndarray:
         ok, f = cap.read()
         if not ok:
             break
-        h, w = f.shape[:2]
-        s = min(h, w)
-        f = f[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-        frames.append(cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)[:, :, ::-1])
+        frames.append(_crop_resize(f, (size, size)))  # centre square, INTER_AREA, RGB (as video folders do)
     cap.release()
     if not frames:
         raise BankError(f"cannot decode any frame of '{path}'")
@@ -232,6 +231,8 @@ class Bank:
 
 
 def load_bank(root: str | Path, split: str = "train") -> Bank:
+    from ..video_io import read_video
+
     root = Path(root)
     manifest_path = root / "bank.json"
     if not manifest_path.exists():
@@ -243,17 +244,9 @@ def load_bank(root: str | Path, split: str = "train") -> Bank:
     photos = torch.from_numpy(np.stack([cv2.imread(str(f), cv2.IMREAD_COLOR)[:, :, ::-1] for f in files])).permute(0, 3, 1, 2)
     clips, names = [], []
     for f in sorted((root / "clips" / split).glob("*.mp4")):
-        cap = cv2.VideoCapture(str(f))
-        frames = []
-        while True:
-            ok, fr = cap.read()
-            if not ok:
-                break
-            frames.append(fr[:, :, ::-1])
-        cap.release()
-        if frames:
-            clips.append(torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).contiguous())  # (3, T, H, W)
-            names.append(f.stem)
+        frames, _ = read_video(f)  # (T, H, W, 3) RGB uint8
+        clips.append(torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous())  # (3, T, H, W)
+        names.append(f.stem)
     return Bank(photos.contiguous(), clips, names, float(manifest["fps"]), int(manifest["size"]))
 
 

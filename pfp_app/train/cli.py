@@ -192,7 +192,7 @@ def _cmd_evaluate(args) -> int:
     from ..model import load_model
     from ..data.world import WorldClipDataset
     from .evaluate import (evaluate_clips, evaluate_recall, format_clip_scores, format_scores, heldout_photo_clips,
-                           heldout_real_clips)
+                           heldout_real_clips, video_codec_scores)
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
     model = load_model(args.model).to(device)
@@ -203,8 +203,7 @@ def _cmd_evaluate(args) -> int:
         print(format_scores(scores))
         world = WorldClipDataset(args.num_clips, seconds=args.clip_seconds, size=model.video.height, fps=model.video.fps,
                                  seed=args.data_seed)
-        world_codec = evaluate_clips(model, {f"world-{i}": world[i]["frames"] for i in range(args.num_clips)},
-                                     steps=1, queries=1, device=device)["overall"]
+        world_codec = video_codec_scores(model, {f"world-{i}": world[i]["frames"] for i in range(args.num_clips)}, device)
         scores["world_video_codec"] = {k: world_codec[k] for k in ("video_codec_psnr", "video_mean_psnr", "video_codec_ssim")}
         print(f"world clips, codec in video mode (all frames): {world_codec['video_codec_psnr']['mean']:.2f} ± "
               f"{world_codec['video_codec_psnr']['ci95']:.2f} dB (clip's mean frame {world_codec['video_mean_psnr']['mean']:.2f} dB)")

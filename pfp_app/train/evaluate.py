@@ -124,6 +124,13 @@ def codec_clip_scores(model: PFPModel, frames: torch.Tensor, device) -> dict[str
     return out
 
 
+def video_codec_scores(model: PFPModel, clips: dict[str, torch.Tensor], device) -> dict[str, dict]:
+    """Mean ± 95% interval over clips of `codec_clip_scores` (video mode, every frame, and the clip's mean frame),
+    keys prefixed 'video_' as in `evaluate_clips`."""
+    rows = [codec_clip_scores(model, frames, device) for frames in clips.values()]
+    return {"video_" + k: dict(zip(("mean", "ci95"), mean_and_ci95([r[k] for r in rows]))) for k in rows[0]}
+
+
 def heldout_real_clips(bank_root: str, size: int, fps: float) -> dict[str, torch.Tensor]:
     """The bank's held-out real clips, (3, T, H, W) in [-1, 1] each, by name."""
     from ..data.bank import load_bank
