@@ -479,11 +479,10 @@ class Studio:
     def _slider(self, project: Project | None, reset: bool = False):
         """Inspector slider over the project's history (its footage, then the generated part), in seconds."""
         n = project.finished_segments() if project is not None else 0
-        lead = fm.load_footage_latents(project)
-        if n == 0 and lead is None:
+        meta = fm.footage_meta(project)  # the footage's frame count, without loading its latents
+        if n == 0 and not meta:
             return gr.update(maximum=1.0, value=0.0, interactive=False)
-        foot = 0 if lead is None else self.model.codec.pixel_frames(lead.shape[2])
-        frames = foot + ps.film_frame_count(project)
+        frames = int(meta.get("frames", 0)) + ps.film_frame_count(project)
         upd = dict(maximum=round((frames - 1) / self.model.video.fps, 3), interactive=True)
         if reset:
             upd["value"] = 0.0
