@@ -5,7 +5,9 @@
 #             and the world's frames, then in video mode on photo motion, real clips and world clips
 #   memory:   stage 1 (frame retrieval) of a fresh G + φ on that codec, on the world and the bank's footage,
 #             then stage 2 (next segment on the captioned world, retrieval batches from world + bank)
-#   finetune: more stage 2 from a model folder
+#   finetune: stage 2 (again) from a model folder; data seed 4 as in `memory`, so a warm machine's latent cache is reused
+# As run for v2 (2026-12-04, three device calls): `codec OUT "" 2.5 4.2`, `memory OUT runs/codec_v2/model 5.0 2.6`
+# (its stage 2 got no step: data preparation used its budget), `finetune OUT runs/ft/model 4.6` (the model shipped).
 # Each phase then evaluates on held-out data (world clips, the bank's held-out real clips and photographs).
 # Usage: bash benchmarks/train_default_gpu.sh PHASE OUT [INIT] [MINUTES...]
 # Needs: data/bank (`python -m pfp_app bank`) and .carry/captions.safetensors (`python -m pfp_app captions
@@ -40,7 +42,7 @@ case "$phase" in
     a=${4:-5.0}
     $py -m pfp_app train --stage finetune --init "$init" --workers 14 --text-table "$caps" --batch-size 96 \
       --log-every 50 --latent-cache runs/latents --out runs/ft2 --data world --retrieval-data "world+bank:$bank" \
-      --num-clips 1024 --data-seed 6 --lr 2e-4 --warmup-steps 50 --retrieval-share 0.3 --time-budget-min "$a"
+      --num-clips 1024 --data-seed 4 --lr 3e-4 --warmup-steps 100 --retrieval-share 0.3 --time-budget-min "$a"
     final=runs/ft2/model ;;
   *) echo "unknown phase $phase (codec, memory, finetune)"; exit 2 ;;
 esac
