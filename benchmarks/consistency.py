@@ -78,6 +78,7 @@ class Settings(ra.Settings):
     storyboard_seed: int = 20_000
     min_gap: float = 10.0
     gen_steps: int = 16
+    g_from: str = ""  # a model folder whose trained G both arms start from (each with a fresh φ of the seed)
 
     def protocol(self) -> dict:
         base = super().protocol()
@@ -88,6 +89,8 @@ class Settings(ra.Settings):
         base.update(rate=self.rate, pretrain_steps=self.pretrain_steps, finetune_steps=self.finetune_steps,
                     retrieval_share=self.retrieval_share, storyboards=self.storyboards,
                     storyboard_seed=self.storyboard_seed, min_gap=self.min_gap, gen_steps=self.gen_steps)
+        if self.g_from:
+            base["g_from"] = self.g_from
         return base
 
 
@@ -354,6 +357,8 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)  # Table 1's; unused here
     ap.add_argument("--eval-clips", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--base-steps", type=int, default=None, help="steps of the memory-free G per seed (0: none)")
+    ap.add_argument("--g-from", default=None, help="start both arms' G from this model folder's trained G (a fresh "
+                    "φ per seed): fidelity well above chance within a short budget; the paper starts from Wan")
     ap.add_argument("--latent-cache", default=None, help="encoded training clips (default OUT/latents)")
     ap.add_argument("--base-dir", default=None, help="memory-free Gs (default OUT/base); share Table 1's with "
                                                      "its OUT/base")
@@ -377,7 +382,9 @@ def main(argv=None) -> int:
     t_call = time.time()
     deadline = t_call + args.budget_min * 60
     s = ra.settings_from_args(args, Settings, SCALES, extra=("pretrain_steps", "finetune_steps", "storyboards",
-                                                             "retrieval_share", "gen_steps"))
+                                                             "retrieval_share", "gen_steps", "g_from"))
+    if s.g_from and s.base_steps:
+        raise SystemExit("--g-from and --base-steps both say where G starts: give one")
     out = ra.default_out(args, "consistency")
     s.latent_cache = s.latent_cache or str(out / "latents")
     results_path = Path(args.results) if args.results else out / "results.json"
@@ -445,7 +452,7 @@ def main(argv=None) -> int:
             g = ra.base_run_dir(s, out, seed) if s.base_steps else None  # both arms' memory-free G
             if g is None or train_stage(ra.base_init_folder(s, out, seed), g, ra.BASE, s.base_steps, "base"):
                 src = ra.build_init_folder(base / "init", s, "proposed", s.rate, seed, f"consistency-s{seed}",
-                                           transformer_from=g / "model" if g else None)
+                                           transformer_from=g / "model" if g else (Path(s.g_from) if s.g_from else None))
                 for stage, name, steps in stages(arm, s):
                     if not train_stage(src, base / arm / name, stage, steps, name):
                         break

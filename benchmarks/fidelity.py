@@ -315,13 +315,13 @@ def drift_scores(video: np.ndarray, gt, ch: Character, place: str) -> list[dict]
 
 # ---------------------------------------------------------------------------------------------- generation
 
-def generate(pipe, sb, seed: int, steps: int | None) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+def generate(pipe, sb, seed: int, steps: int | None, guidance: float | None = None) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     """(T, H, W, 3) uint8 video of the storyboard, and (first frame, end frame, shot index) of each segment."""
     import torch
 
     from pfp_app.pipeline import GenerationSettings
 
-    results = pipe.generate(sb, GenerationSettings(seed=seed, steps=steps))
+    results = pipe.generate(sb, GenerationSettings(seed=seed, steps=steps, guidance_scale=guidance))
     ends = np.cumsum([r.frames.shape[1] for r in results]).tolist()  # film frames (3, n, H, W) per segment
     segments = [(e - r.frames.shape[1], e, r.segment.shot_index) for r, e in zip(results, ends)]
     frames = torch.cat([r.frames for r in results], dim=1)  # (3, T, H, W) in [-1, 1]
@@ -333,8 +333,14 @@ def run(args) -> dict:
     from pfp_app.pipeline import PFPPipeline
 
     t_start = time.time()
-    model = load_model(args.model)
-    pipe = PFPPipeline(model)
+    device = "cuda" if _cuda() else "cpu"
+    model = load_model(args.model).to(device)
+    if args.text_table:  # GPU machines carry precomputed caption embeddings (--write-captions) instead of MiniLM
+        from pfp_app.text_encoder import PrecomputedTextEncoder
+        from pfp_app.train.data import caption_table_from_file
+
+        model._text_encoder = PrecomputedTextEncoder(caption_table_from_file(args.text_table))
+    pipe = PFPPipeline(model, device=device)
     size, fps = model.video.height, model.video.fps
     refs = References(size, fps)
     if args.videos:
@@ -342,6 +348,7 @@ def run(args) -> dict:
     res = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": f"{platform.machine()} CPU" if not _cuda() else "cuda", "argv": sys.argv[1:],
                     "model": args.model, "steps": args.steps or model.video.steps, "sampler": model.video.sampler,
+                    "guidance_scale": args.guidance if args.guidance is not None else model.video.guidance_scale,
                     "segment_seconds": pipe.segment_seconds, "num_storyboards": args.num_storyboards,
                     "seconds": args.seconds, "seed": args.seed, "drift_seconds": args.drift_seconds,
                     "drift_period": args.drift_period},
@@ -350,7 +357,7 @@ def run(args) -> dict:
         t0 = time.time()
         sb, render_seed = heldout_storyboard(i, args.seed, args.seconds)
         gt = render_storyboard(sb, size, fps, seed=render_seed)
-        video, segments = generate(pipe, sb, args.seed + i, args.steps)
+        video, segments = generate(pipe, sb, args.seed + i, args.steps, args.guidance)
         if args.videos:  # for rescoring without generating again
             np.savez_compressed(Path(args.videos) / f"storyboard{i}.npz", video=video, segments=np.array(segments))
         starts = [a for a, _, _ in segments]
@@ -365,7 +372,7 @@ def run(args) -> dict:
         t0 = time.time()
         sb, ch, place = drift_storyboard(args.drift_seconds, args.drift_period, args.seed)
         gt = render_storyboard(sb, size, fps, seed=args.seed + 999)
-        video, _ = generate(pipe, sb, args.seed + 999, args.steps)
+        video, _ = generate(pipe, sb, args.seed + 999, args.steps, args.guidance)
         if args.videos:
             np.savez_compressed(Path(args.videos) / "drift.npz", video=video)
         res["drift"] = {"storyboard": [f"{float(s.start):g}s: {s.prompt}" for s in sb.shots],
@@ -442,7 +449,7 @@ def format_tables(res: dict) -> str:
     m, s = res["meta"], res["summary"]
     took = f"{m['total_s'] / 60:.1f} min" if "total_s" in m else "stopped part-way"
     lines = [f"### Prompt fidelity (issue 13): `{m['model']}`, {len(res['storyboards'])} of {m['num_storyboards']} "
-             f"held-out storyboards of {m['seconds']:g} s (seeds {m['seed']}+), {m['steps']} {m['sampler']} steps, "
+             f"held-out storyboards of {m['seconds']:g} s (seeds {m['seed']}+), {m['steps']} {m['sampler']} steps, guidance {m.get('guidance_scale', 1.0):g}, "
              f"{m['machine']}, {took}", "",
              f"Command: `python benchmarks/fidelity.py {' '.join(m['argv'])}`", "",
              "| attribute (per shot / per character) | generated | ground-truth render (ceiling) | chance |",
@@ -472,7 +479,11 @@ def parse_args(argv=None):
     ap.add_argument("--num-storyboards", type=int, default=32, help="0: only the drift storyboard")
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each held-out storyboard")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps per segment (default: the model's)")
+    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     ap.add_argument("--model", default="default")
+    ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
+    ap.add_argument("--write-captions", default=None, metavar="PATH",
+                    help="only write the caption embeddings of this run's storyboards to PATH (run where MiniLM is)")
     ap.add_argument("--seed", type=int, default=50_000, help="first storyboard seed (held out from training)")
     ap.add_argument("--drift-seconds", type=float, default=60.0, help="0: no drift storyboard")
     ap.add_argument("--drift-period", type=float, default=12.0,
@@ -490,8 +501,22 @@ def parse_args(argv=None):
     return args
 
 
+def all_prompts(args) -> list[str]:
+    """Every prompt this run's storyboards use (held-out set and drift storyboard)."""
+    sbs = [heldout_storyboard(i, args.seed, args.seconds)[0] for i in range(args.num_storyboards)]
+    if args.drift_seconds > 0:
+        sbs.append(drift_storyboard(args.drift_seconds, args.drift_period, args.seed)[0])
+    return sorted({shot.prompt for sb in sbs for shot in sb.shots})
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.write_captions:
+        from pfp_app.train.data import save_caption_table
+
+        n = save_caption_table(args.write_captions, all_prompts(args))
+        print(f"wrote {n} caption embeddings to {args.write_captions}")
+        return 0
     res = json.loads(Path(args.out).read_text()) if args.report else run(args)
     res["summary"] = summarise(res)  # also for a run stopped part-way (the JSON is saved after each storyboard)
     table = format_tables(res)

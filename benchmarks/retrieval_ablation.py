@@ -114,6 +114,8 @@ def start_of_g(p: dict) -> str:
     if p.get("base_steps"):
         return (f"G `{p['config']}` first trained alone (no memory, stage `base`) for {p['base_steps']} steps per "
                 "seed, the start of every run of that seed")
+    if p.get("g_from"):
+        return f"G from the trained model `{p['g_from']}` (the same G for every seed; φ fresh per seed)"
     return f"G `{p['config']}` (fresh, per seed)"
 
 

@@ -15,7 +15,7 @@
 set -euo pipefail
 phase=$1; out=$2; init=${3:-}
 py=${PYTHON:-python3}
-bank=data/bank
+bank=${BANK:-data/bank}  # BANK=data/bank-lite: a smaller copy when the carried tree is near its 64 MiB
 caps=.carry/captions.safetensors
 mkdir -p "$out"
 smi() { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 >> "$out/smi.csv" & }
@@ -38,16 +38,17 @@ case "$phase" in
       --log-every 50 --latent-cache runs/latents --out runs/ft --data world --retrieval-data "world+bank:$bank" \
       --num-clips 1024 --data-seed 4 --lr 3e-4 --warmup-steps 100 --retrieval-share 0.3 --time-budget-min "$b"
     final=runs/ft/model ;;
-  finetune)
+  finetune)  # BATCH, LR, DATA_SEED, WARMUP override v2's settings (96, 3e-4, 4, 100)
     a=${4:-5.0}
-    $py -m pfp_app train --stage finetune --init "$init" --workers 14 --text-table "$caps" --batch-size 96 \
-      --log-every 50 --latent-cache runs/latents --out runs/ft2 --data world --retrieval-data "world+bank:$bank" \
-      --num-clips 1024 --data-seed 4 --lr 3e-4 --warmup-steps 100 --retrieval-share 0.3 --time-budget-min "$a"
+    $py -m pfp_app train --stage finetune --init "$init" --workers "${WORKERS:-14}" --text-table "$caps" \
+      --batch-size "${BATCH:-96}" --log-every 50 --latent-cache runs/latents --out runs/ft2 --data world \
+      --retrieval-data "world+bank:$bank" --num-clips 1024 --data-seed "${DATA_SEED:-4}" --lr "${LR:-3e-4}" \
+      --warmup-steps "${WARMUP:-100}" --retrieval-share 0.3 --time-budget-min "$a" --checkpoint-every-min 30
     final=runs/ft2/model ;;
   *) echo "unknown phase $phase (codec, memory, finetune)"; exit 2 ;;
 esac
 $py -m pfp_app export --model "$final" --out "$out/model"
 cat runs/*/metrics.jsonl > "$out/metrics.jsonl" 2>/dev/null || true
-timeout "${EVAL_TIMEOUT:-90}" $py -m pfp_app evaluate --model "$out/model" --num-clips 8 --bank "$bank" --photo-clips 4 \
+[ "${EVAL_TIMEOUT:-90}" = 0 ] || timeout "${EVAL_TIMEOUT:-90}" $py -m pfp_app evaluate --model "$out/model" --num-clips 8 --bank "$bank" --photo-clips 4 \
   --out "$out/eval.json" | tee "$out/eval.txt" || echo "evaluation stopped (time)"
 kill %1 2>/dev/null || true

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import imageio_ffmpeg
 import numpy as np
 import torch
 
@@ -136,6 +135,7 @@ def write_mp4(
     with atomic_path(path) as tmp:
         video = tmp if comment is None else temp_path_for(path)
         try:
+            import imageio_ffmpeg  # here, not at the top: frames are read through cv2, so a training machine needs no ffmpeg
             writer = imageio_ffmpeg.write_frames(
                 str(video), (w, h), fps=fps, codec="libx264", quality=None, pix_fmt_in="rgb24",
                 pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error", output_params=out_params,
@@ -189,6 +189,7 @@ def _remux_with_comment(src: Path, dst: Path, comment: str) -> None:
     try:
         meta.write_text(";FFMETADATA1\ncomment=" + _ffmetadata_escape(comment_for_metadata(comment)) + "\n",
                         encoding="utf-8")
+        import imageio_ffmpeg  # here, not at the top: frames are read through cv2, so a training machine needs no ffmpeg
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(src), "-f", "ffmetadata", "-i",
                str(meta), "-map", "0", "-map_metadata", "1", "-c", "copy", "-movflags", "+faststart", "-f", "mp4",
                str(dst)]
@@ -310,6 +311,7 @@ def read_mp4_comment(path: PathLike) -> str | None:
     """The ``comment`` metadata tag written by :func:`write_mp4`, or None if absent."""
     p = Path(path)
     _check_file(p)
+    import imageio_ffmpeg  # here, not at the top: frames are read through cv2, so a training machine needs no ffmpeg
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(p), "-f", "ffmetadata", "-"]
     res = subprocess.run(cmd, capture_output=True, timeout=60)
     if res.returncode != 0:

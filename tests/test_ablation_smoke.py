@@ -383,3 +383,27 @@ def test_parallel_gpu_driver_runs_groups_side_by_side_on_one_latent_cache(tmp_pa
     assert not list((tmp_path / "q").glob("part-*"))
     proc = subprocess.run(["bash", "benchmarks/parallel_gpu.sh", "5"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("usage: parallel_gpu.sh BUDGET_MIN DIR")
+
+
+def test_consistency_arms_can_start_from_a_trained_g(tmp_path):
+    """--g-from: both arms start from that folder's G (a fresh φ per seed); the protocol and table say so, and
+    a memory-free G (--base-steps) cannot be asked for as well."""
+    import torch
+
+    from pfp_app.model import build_random_model, load_model
+
+    g_dir = tmp_path / "trained"
+    build_random_model("tiny", seed=7).save(g_dir)
+    out = tmp_path / "cons"
+    assert cons.main(["--tiny", "--out", str(out), "--g-from", str(g_dir)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["protocol"]["g_from"] == str(g_dir)
+    assert all(r["trained"] for r in res["runs"].values())
+    init = load_model(out / "s0" / "init", torch_dtype=torch.float32).transformer.state_dict()
+    source = load_model(g_dir, torch_dtype=torch.float32).transformer.state_dict()
+    fresh = build_random_model("tiny", seed=0).transformer.state_dict()
+    assert all(torch.equal(init[k], source[k]) for k in source)
+    assert any(not torch.equal(init[k], fresh[k]) for k in fresh)
+    assert f"G from the trained model `{g_dir}`" in (out / "table.md").read_text()
+    with pytest.raises(SystemExit, match="--g-from and --base-steps"):
+        cons.main(["--tiny", "--out", str(tmp_path / "x"), "--g-from", str(g_dir), "--base-steps", "2"])

@@ -87,12 +87,18 @@ def test_fidelity_scoring_reads_the_ground_truth_back_and_finds_a_seam():
 
 
 def test_fidelity_bench_tiny_on_cpu(tmp_path):
-    out = tmp_path / "fidelity.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fidelity.py"), "--tiny", "--out", str(out)],
+    """The tiny run end to end, with its prompts' embeddings precomputed (as a GPU machine without MiniLM runs
+    it) and guidance on."""
+    out, table = tmp_path / "fidelity.json", tmp_path / "captions.safetensors"
+    bench = [sys.executable, str(ROOT / "benchmarks" / "fidelity.py"), "--tiny"]
+    proc = subprocess.run(bench + ["--write-captions", str(table)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and table.exists(), proc.stderr[-3000:]
+    proc = subprocess.run(bench + ["--text-table", str(table), "--guidance", "2", "--out", str(out)],
                           capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["meta"]["model"] == "tiny-random" and len(res["storyboards"]) == 1
+    assert res["meta"]["guidance_scale"] == 2.0
     fid = res["summary"]["fidelity"]
     assert fid["place"]["gt"]["n"] >= 1 and fid["place"]["chance"] == 1 / 7
     assert [r["return"] for r in res["drift"]["returns"]] == [1]
@@ -102,3 +108,61 @@ def test_fidelity_bench_tiny_on_cpu(tmp_path):
     for label in ("| Place |", "| Character colour |", "| Character pattern |", "| Character shape |",
                   "seam score", "Drift:", "ground-truth render (ceiling)"):
         assert label in md, label
+
+
+def test_g_throughput_tiny_on_cpu(tmp_path):
+    """The trainer-throughput benchmark times the v2 loop and the current one through the trainer's own step."""
+    out = tmp_path / "gt.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "g_throughput.py"), "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["loop"] for r in rows] == ["as v2 (legacy)", "now"]
+    assert all(r["samples_per_s"] > 0 and r["tflop_per_step"] > 0 for r in rows)
+    assert "| next segment (stage 2) | now | 2 |" in (tmp_path / "gt.md").read_text()
+
+
+def test_device_carry_slims_the_wheel_and_splits_the_bank(tmp_path, monkeypatch):
+    """The slim wheel keeps the packages' top modules and drops their subpackages, with a RECORD that matches;
+    the bank's subsets hold the right split and crops."""
+    import base64
+    import hashlib
+    import zipfile
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import device_carry
+
+    src = tmp_path / "full" / "diffusers-0.0-py3-none-any.whl"
+    src.parent.mkdir()
+    files = {"diffusers/__init__.py": b"x", "diffusers/models/wan.py": b"model", "diffusers/pipelines/__init__.py": b"p",
+             "diffusers/pipelines/wan/pipeline_wan.py": b"big", "diffusers/modular_pipelines/flux/a.py": b"big",
+             "diffusers-0.0.dist-info/RECORD": b"stale"}
+    with zipfile.ZipFile(src, "w") as z:
+        for n, b in files.items():
+            z.writestr(n, b)
+    dst = tmp_path / ".whl" / src.name
+    device_carry.slim_wheel(src, dst)
+    with zipfile.ZipFile(dst) as z:
+        names = set(z.namelist())
+        record = z.read("diffusers-0.0.dist-info/RECORD").decode()
+    assert names == {"diffusers/__init__.py", "diffusers/models/wan.py", "diffusers/pipelines/__init__.py",
+                     "diffusers-0.0.dist-info/RECORD"}
+    digest = base64.urlsafe_b64encode(hashlib.sha256(b"model").digest()).rstrip(b"=").decode()
+    assert f"diffusers/models/wan.py,sha256={digest},5" in record and "pipeline_wan" not in record
+
+    bank = tmp_path / "bank"
+    for rel in ("photos/train/a-0.jpg", "photos/train/a-1.jpg", "photos/train/a-3.jpg", "photos/heldout/b-0.jpg",
+                "clips/train/c.mp4", "clips/heldout/d.mp4", "bank.json"):
+        (bank / rel).parent.mkdir(parents=True, exist_ok=True)
+        (bank / rel).write_bytes(b"0")
+    lite, held = tmp_path / "lite", tmp_path / "eval"
+    device_carry.subset_bank(bank, lite, "train", 2)
+    device_carry.subset_bank(bank, held, "heldout", None)
+    listing = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())  # noqa: E731
+    assert listing(lite) == ["bank.json", "clips/train/c.mp4", "photos/train/a-0.jpg", "photos/train/a-1.jpg"]
+    assert listing(held) == ["bank.json", "clips/heldout/d.mp4", "photos/heldout/b-0.jpg"]
+    try:
+        device_carry.subset_bank(tmp_path / "nobank", lite, "train", 2)
+        raise AssertionError("a folder without bank.json was accepted")
+    except SystemExit as e:
+        assert "not a bank" in str(e)

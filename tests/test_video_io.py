@@ -231,3 +231,18 @@ def test_seek_falls_back_to_decoding_when_fast_seek_fails(tmp_path: Path) -> Non
     video_io._seek(cap, p, 12)  # type: ignore[arg-type]
     ok, bgr = cap.cap.read()
     assert ok and decoded_index(bgr) == 12
+
+
+def test_frames_are_read_without_ffmpeg(tmp_path: Path) -> None:
+    """A training machine (the GPU device) has cv2 but no imageio-ffmpeg: reading must not need it."""
+    import sys
+
+    p = write_mp4(tmp_path / "idx.mp4", index_clip(8), fps=8)
+    code = ("import sys; sys.modules['imageio_ffmpeg'] = None\n"  # any `import imageio_ffmpeg` now fails
+            "from pfp_app.video_io import read_video\n"
+            f"frames, fps = read_video({str(p)!r})\n"
+            "print(frames.shape[0], fps)")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["8", "8.0"]
