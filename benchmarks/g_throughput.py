@@ -117,6 +117,8 @@ def measure(model, base_cfg, device, batch: int, stage: str, legacy: bool, args,
     cfg = replace(base_cfg, batch_size=batch, stage=stage, retrieval_share=0.0)  # pretrain: retrieval only; finetune: next segment only
     n = model.video.segment_latent_frames
     loop = Loop(model, cfg, device, legacy)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # peak GiB of this configuration alone
     for _ in range(args.warmup):
         loop.step(clips, text_encoder, n)
     sync(device)
