@@ -8,6 +8,9 @@
 #   finetune: stage 2 (again) from a model folder; data seed 4 as in `memory`, so a warm machine's latent cache is reused
 # As run for v2 (2026-12-04, three device calls): `codec OUT "" 2.5 4.2`, `memory OUT runs/codec_v2/model 5.0 2.6`
 # (its stage 2 got no step: data preparation used its budget), `finetune OUT runs/ft/model 4.6` (the model shipped).
+# v3 (2026-12-04, one call): `BANK=data/bank-lite BATCH=192 LR=4e-4 DATA_SEED=5 WARMUP=50 EVAL_TIMEOUT=0 \
+#   bash benchmarks/train_default_gpu.sh finetune OUT assets/pfp-default 8.1` (the carried tree made to fit by
+#   benchmarks/device_carry.py; evaluation in a later call with data/bank-eval).
 # Each phase then evaluates on held-out data (world clips, the bank's held-out real clips and photographs).
 # Usage: bash benchmarks/train_default_gpu.sh PHASE OUT [INIT] [MINUTES...]
 # Needs: data/bank (`python -m pfp_app bank`) and .carry/captions.safetensors (`python -m pfp_app captions

@@ -330,8 +330,9 @@ def train(cfg: TrainConfig) -> dict:
     trainer_module, optimizer = accelerator.prepare(trainer_module, optimizer)
 
     gen = torch.Generator().manual_seed(np_seed(cfg.seed, accelerator.process_index, state["step"]))
-    # the flow noise is drawn where the model runs: on a GPU, drawing (B, C, T', H', W') on the CPU and copying
-    # it over took ~0.1 s per step at batch 96, a third of a step
+    # the flow noise is drawn where the model runs: drawn on the CPU and copied over, with a sync per step and
+    # per-tensor AdamW/EMA, it left an H200 idle half of each step (benchmarks/g_throughput.py: kernel busy 48%
+    # as v2 was trained, 93% now)
     noise_gen = torch.Generator(device).manual_seed(np_seed(cfg.seed, accelerator.process_index, state["step"], 1))
     log_path = Path(cfg.out) / "metrics.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
