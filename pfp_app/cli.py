@@ -58,6 +58,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     g.add_argument("--project", default=None, help="project folder (default: OUT's name + '_project' beside it)")
     g.add_argument("--fps", default=None, help="frame rate of the MP4 (default: the model's; frames are resampled, duration kept)")
     g.add_argument("--crf", default=18, help="H.264 quality, lower is better (0-51)")
+    g.add_argument("--guidance", default=None,
+                   help="classifier-free guidance, 1-20; 1 = none, higher follows the prompts more closely at the "
+                        "cost of sharper cuts between segments (default: the model's; the embedded model's is 3)")
     _add_model_args(g)
 
     r = sub.add_parser("recall", help="compress a video's history and reconstruct one of its frames from memory alone")
@@ -117,10 +120,12 @@ def cmd_generate(args) -> int:
         storyboard_text = record.storyboard
         args.seed = record.seed
         args.steps = record.steps if args.steps is None else args.steps
+        args.guidance = record.guidance if args.guidance is None else args.guidance
     elif not args.storyboard:
         raise ValueError("--storyboard is required (or --restore with --from an MP4 exported by PFP Studio)")
     # everything a user gave is checked before the model loads (issue 15: --crf 99 failed after generating)
-    vars(args).update(check_options(seed=args.seed, steps=args.steps, crf=args.crf, fps=args.fps))
+    vars(args).update(check_options(seed=args.seed, steps=args.steps, crf=args.crf, fps=args.fps,
+                                    guidance=args.guidance))
     check_runtime_options(args.profile, args.device)
     text = storyboard_text if record is not None else read_storyboard_file(args.storyboard)
     storyboard = parse_storyboard(text)
@@ -146,7 +151,7 @@ def cmd_generate(args) -> int:
         print(f"segment {res.segment.index + 1}/{len(segments)} [{res.segment.start:.1f}-{res.segment.end:.1f} s] "
               f"{res.memory_tokens} memory tokens, {res.seconds:.1f} s: {res.segment.prompt}", file=sys.stderr)
 
-    settings = GenerationSettings(seed=args.seed, steps=args.steps)
+    settings = GenerationSettings(seed=args.seed, steps=args.steps, guidance_scale=args.guidance)
     start = resume_point(project, pipe, storyboard, settings, text, footage_settings)
     if start:
         print(f"resuming: {start} finished segments found in the project", file=sys.stderr)

@@ -1,9 +1,9 @@
 """Re-opening an export: an MP4 written by PFP Studio carries its model, seeds, steps and storyboard in its
-comment (first line `PFP Studio | model=... seed=3 steps=16 ...`, then the storyboard), and, when it was
+comment (first line `PFP Studio | model=... seed=3 steps=8 guidance=3 ...`, then the storyboard), and, when it was
 exported with its footage, `footage_frames=N`: its first N frames are that footage at the model's size and rate.
 
 `read_export_record` finds out whether a file is such an export; `restore_into` regenerates its project from
-the record (storyboard, per-segment seeds, steps; the footage taken back from the file's first frames).
+the record (storyboard, per-segment seeds, steps, guidance; the footage taken back from the file's first frames).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class ExportRecord:
     footage_frames: int = 0  # the file's first N frames are the footage
     footage_excluded: bool = False  # the project had footage; the file holds the generated part only
     fields: dict[str, str] = field(default_factory=dict)
+    guidance: float | None = None  # classifier-free guidance; None: not recorded (exports before it was)
 
     @property
     def seed(self) -> int:
@@ -44,7 +45,8 @@ class ExportRecord:
         shots = sum(1 for line in self.storyboard.splitlines() if line.strip() and not line.lower().startswith(("end", "total", "#")))
         foot = (f", starting with {self.footage_frames} frames of footage" if self.footage_frames else
                 ", exported without its footage" if self.footage_excluded else "")
-        return f"model {self.model}, {seeds}, {self.steps or 'default'} steps, {shots} shots{foot}"
+        guidance = f", guidance {self.guidance:g}" if self.guidance is not None else ""
+        return f"model {self.model}, {seeds}, {self.steps or 'default'} steps{guidance}, {shots} shots{foot}"
 
 
 def _per_segment(value: str) -> dict[int, int]:
@@ -69,10 +71,11 @@ def parse_export_comment(comment: str | None, path: str | Path = "") -> ExportRe
         steps_field = fields.get("steps") or fields.get("stepss")  # per-segment steps: keep the first
         steps = None if steps_field in (None, "None") else next(iter(_per_segment(steps_field).values()))
         frames = int(fields.get("footage_frames", 0))
+        guidance = float(fields["guidance"]) if fields.get("guidance") not in (None, "None") else None
     except (ValueError, KeyError):
         raise ValueError(f"'{Path(path).name}' has a PFP Studio comment that cannot be read: {head!r}") from None
     return ExportRecord(Path(path), fields.get("model"), seeds, steps, storyboard, frames,
-                        fields.get("footage") == "excluded", fields)
+                        fields.get("footage") == "excluded", fields, guidance)
 
 
 def read_export_record(path: str | Path) -> ExportRecord | None:
@@ -125,7 +128,7 @@ def generate_with_seeds(pipe, storyboard, record: ExportRecord, project, start: 
             return project.finished_segments() >= stop_at
 
         try:
-            pipe.generate(storyboard, GenerationSettings(seed=seed, steps=record.steps), project, start_segment=k,
+            pipe.generate(storyboard, GenerationSettings(seed=seed, steps=record.steps, guidance_scale=record.guidance), project, start_segment=k,
                           should_stop=should_stop, **callbacks)
         except GenerationStopped:
             pass

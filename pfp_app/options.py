@@ -61,6 +61,32 @@ class IntOption:
         return int(value)
 
 
+@dataclass(frozen=True)
+class FloatOption:
+    """A finite number in an inclusive range; `none_ok`: None means "the model's default"."""
+
+    cli: str
+    ui: str
+    low: float
+    high: float
+    none_ok: bool = False
+
+    def check(self, value, front: str = "cli") -> float | None:
+        name = self.cli if front == "cli" else self.ui
+        if value is None and self.none_ok:
+            return None
+        what = f"{name} must be a number from {self.low:g} to {self.high:g}"
+        if isinstance(value, bool):
+            raise OptionError(f"{what}, got {quote(value)}")
+        try:
+            x = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError, OverflowError):
+            raise OptionError(f"{what}, got {quote(value)}") from None
+        if not (math.isfinite(x) and self.low <= x <= self.high):
+            raise OptionError(f"{what}, got {quote(value)}")
+        return x
+
+
 MAX_SEED = 2**31 - 1
 MAX_STEPS = 1000
 
@@ -68,11 +94,12 @@ SEED = IntOption("--seed", "Seed", 0, MAX_SEED)
 STEPS = IntOption("--steps", "Steps", 1, MAX_STEPS, none_ok=True)
 CRF = IntOption("--crf", "CRF", 0, 51)
 FPS = IntOption("--fps", "FPS", 1, 120, none_ok=True)
-OPTIONS = {o.cli.lstrip("-"): o for o in (SEED, STEPS, CRF, FPS)}
+GUIDANCE = FloatOption("--guidance", "Guidance", 1.0, 20.0, none_ok=True)  # classifier-free guidance; 1 = none
+OPTIONS = {o.cli.lstrip("-"): o for o in (SEED, STEPS, CRF, FPS, GUIDANCE)}
 
 
 def check_options(front: str = "cli", **values) -> dict:
-    """Validated values of the named options (keys of OPTIONS: seed, steps, crf, fps); raises OptionError
+    """Validated values of the named options (keys of OPTIONS: seed, steps, crf, fps, guidance); raises OptionError
     for the first bad one. front: 'cli' names options as flags ('--crf'), 'ui' as the studio labels them."""
     out = {}
     for key, value in values.items():

@@ -265,9 +265,11 @@ class PFPPipeline:
         paths = [project.segment_video_path(i) for i in segments]
         frames = stream_segment_frames(([lead] if lead else []) + paths, src_fps, fps)  # the footage first
         settings = project.read_settings()
-        steps = (settings.get("sampler_settings") or {}).get("steps")
+        sampler = settings.get("sampler_settings") or {}
+        steps, guidance = sampler.get("steps"), sampler.get("guidance_scale")
         n_lead = int(footage_meta(project)["frames"]) if lead else None
         comment = (f"PFP Studio | model={settings.get('model')} seed={settings.get('seed')} steps={steps}"
+                   f"{f' guidance={guidance:g}' if guidance is not None else ''}"
                    f"{footage_comment(project, n_lead)}\n{project.read_storyboard()}")
         return write_mp4(out_path or project.film_path, frames, fps, crf=crf, comment=comment)
 

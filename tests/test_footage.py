@@ -182,6 +182,8 @@ def test_export_comment_parses_back_to_storyboard_seeds_and_steps():
                                "footage_frames=33\n0s: a\nend: 2s\n", "film.mp4")
     assert rec.storyboard == "0s: a\nend: 2s\n" and rec.steps == 16 and rec.footage_frames == 33
     assert [rec.seed_of(k) for k in range(4)] == [3, 3, 7, 7] and rec.seed == 3
+    assert rec.guidance is None  # exports made before guidance was recorded: the model's default
+    assert parse_export_comment("PFP Studio | model=default seed=1 steps=8 guidance=3\n0s: a", "g.mp4").guidance == 3.0
     assert parse_export_comment("Lavf58 encoder", "x.mp4") is None
     with pytest.raises(ValueError, match="'bad.mp4' has a PFP Studio comment that cannot be read"):
         parse_export_comment("PFP Studio | seed=x\n0s: a", "bad.mp4")
@@ -236,3 +238,19 @@ def test_cli_bad_footage_fails_before_the_model_loads(tmp_path, capsys):
                         str(tmp_path / "empty"), "--out", str(tmp_path / "o.mp4"), "--model", "tiny-random")
     assert rc == 2 and err.strip() == "error: folder 'empty' holds no images (.png, .jpg, .jpeg, .webp, .bmp)"
     assert not (tmp_path / "o_project").exists()
+
+
+def test_cli_guidance_is_used_recorded_in_the_export_and_restored(tmp_path, capsys):
+    """--guidance overrides the model's; the export's comment records it and --restore generates with it."""
+    (tmp_path / "story.txt").write_text(STORY)
+    base = ["--model", "tiny-random", "--steps", "1", "--device", "cpu"]
+    rc, out, err = _cli(capsys, "generate", "--storyboard", str(tmp_path / "story.txt"), "--guidance", "2.5",
+                        "--out", str(tmp_path / "film.mp4"), *base)
+    assert rc == 0, err
+    assert Project(tmp_path / "film_project").read_settings()["sampler_settings"]["guidance_scale"] == 2.5
+    rec = read_export_record(tmp_path / "film.mp4")
+    assert rec.guidance == 2.5 and "guidance 2.5" in rec.describe()
+    rc, out, err = _cli(capsys, "generate", "--restore", "--from", str(tmp_path / "film.mp4"),
+                        "--out", str(tmp_path / "restored.mp4"), "--model", "tiny-random", "--device", "cpu")
+    assert rc == 0, err
+    assert Project(tmp_path / "restored_project").read_settings()["sampler_settings"]["guidance_scale"] == 2.5

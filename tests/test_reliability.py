@@ -204,6 +204,8 @@ def test_atomic_path_removes_the_temp_on_error(tmp_path):
     ("--fps", "abc", "--fps must be a whole number from 1 to 120, got 'abc'"),
     ("--profile", "turbo", "--profile must be one of auto, "),
     ("--device", "tpu", "--device must be one of auto, cpu, cuda; got 'tpu'"),
+    ("--guidance", "0.5", "--guidance must be a number from 1 to 20, got '0.5'"),
+    ("--guidance", "nan", "--guidance must be a number from 1 to 20, got 'nan'"),
 ])
 def test_options_are_refused_before_the_model_loads(tmp_path, capsys, flag, value, match):
     story = write_storyboard(tmp_path / "s.txt", SHORT)
