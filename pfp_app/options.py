@@ -29,62 +29,58 @@ class OptionError(ValueError):
 
 
 @dataclass(frozen=True)
-class IntOption:
-    """An integer option with an inclusive range; `none_ok`: None means "the model's default"."""
+class RangeOption:
+    """An option with an inclusive range; `none_ok`: None means "the model's default"."""
 
     cli: str  # how the CLI spells it, e.g. '--steps'
     ui: str  # how the studio labels it, e.g. 'Steps'
-    low: int
-    high: int
-    none_ok: bool = False
-
-    def check(self, value, front: str = "cli") -> int | None:
-        name = self.cli if front == "cli" else self.ui
-        if value is None and self.none_ok:
-            return None
-        what = f"{name} must be a whole number from {self.low} to {self.high}"
-        if isinstance(value, bool):
-            raise OptionError(f"{what}, got {quote(value)}")
-        if isinstance(value, float):
-            if not (math.isfinite(value) and value.is_integer()):
-                raise OptionError(f"{what}, got {quote(value)}")
-            value = int(value)
-        elif isinstance(value, str):
-            try:
-                value = int(value.strip())
-            except ValueError:
-                raise OptionError(f"{what}, got {quote(value)}") from None
-        elif not isinstance(value, int):
-            raise OptionError(f"{what}, got {quote(value)}")
-        if not self.low <= value <= self.high:
-            raise OptionError(f"{what}, got {quote(value)}")
-        return int(value)
-
-
-@dataclass(frozen=True)
-class FloatOption:
-    """A finite number in an inclusive range; `none_ok`: None means "the model's default"."""
-
-    cli: str
-    ui: str
     low: float
     high: float
     none_ok: bool = False
+    kind = "number"  # what the message says a value must be
 
-    def check(self, value, front: str = "cli") -> float | None:
+    def check(self, value, front: str = "cli"):
+        """The value converted (None when allowed), or OptionError naming the option as `front` shows it."""
         name = self.cli if front == "cli" else self.ui
         if value is None and self.none_ok:
             return None
-        what = f"{name} must be a number from {self.low:g} to {self.high:g}"
+        low, high = (f"{v}" if isinstance(v, int) else f"{v:g}" for v in (self.low, self.high))
+        what = f"{name} must be a {self.kind} from {low} to {high}"
         if isinstance(value, bool):
             raise OptionError(f"{what}, got {quote(value)}")
+        x = self.convert(value)
+        if x is None or not self.low <= x <= self.high:
+            raise OptionError(f"{what}, got {quote(value)}")
+        return x
+
+
+class IntOption(RangeOption):
+    """A whole number in the range."""
+
+    kind = "whole number"
+
+    @staticmethod
+    def convert(value) -> int | None:
+        if isinstance(value, float):
+            return int(value) if math.isfinite(value) and value.is_integer() else None
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                return None
+        return value if isinstance(value, int) else None
+
+
+class FloatOption(RangeOption):
+    """A finite number in the range."""
+
+    @staticmethod
+    def convert(value) -> float | None:
         try:
             x = float(value.strip() if isinstance(value, str) else value)
         except (TypeError, ValueError, OverflowError):
-            raise OptionError(f"{what}, got {quote(value)}") from None
-        if not (math.isfinite(x) and self.low <= x <= self.high):
-            raise OptionError(f"{what}, got {quote(value)}")
-        return x
+            return None
+        return x if math.isfinite(x) else None
 
 
 MAX_SEED = 2**31 - 1
