@@ -241,10 +241,9 @@ def load_arm_model(model_dir: Path, s: Settings, device: str):
 
     model = load_model(model_dir, torch_dtype=torch.float32).to(device)
     if s.text_table:  # GPU machines carry precomputed caption embeddings instead of the text encoder
-        from pfp_app.text_encoder import PrecomputedTextEncoder
-        from pfp_app.train.data import caption_table_from_file
+        from pfp_app.train.data import use_caption_table
 
-        model._text_encoder = PrecomputedTextEncoder(caption_table_from_file(s.text_table))
+        use_caption_table(model, s.text_table)
     return model
 
 

@@ -336,10 +336,9 @@ def run(args) -> dict:
     device = "cuda" if _cuda() else "cpu"
     model = load_model(args.model).to(device)
     if args.text_table:  # GPU machines carry precomputed caption embeddings (--write-captions) instead of MiniLM
-        from pfp_app.text_encoder import PrecomputedTextEncoder
-        from pfp_app.train.data import caption_table_from_file
+        from pfp_app.train.data import use_caption_table
 
-        model._text_encoder = PrecomputedTextEncoder(caption_table_from_file(args.text_table))
+        use_caption_table(model, args.text_table)
     pipe = PFPPipeline(model, device=device)
     size, fps = model.video.height, model.video.fps
     refs = References(size, fps)

@@ -53,6 +53,11 @@ class RangeOption:
             raise OptionError(f"{what}, got {quote(value)}")
         return x
 
+    @staticmethod
+    def convert(value):
+        """The value as this option's type, or None when it is not one (each subclass says how)."""
+        raise NotImplementedError
+
 
 class IntOption(RangeOption):
     """A whole number in the range."""

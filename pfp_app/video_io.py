@@ -20,6 +20,15 @@ import torch
 
 from .atomic import atomic_path, temp_path_for
 
+
+def _imageio_ffmpeg():
+    """imageio-ffmpeg (its bundled ffmpeg), imported where it is needed: frames are read through cv2, so a
+    machine that only reads videos (the GPU training machine) does not need it installed."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg
+
+
 MAX_UPLOAD_BYTES = 2 * 1024**3
 
 PathLike = str | os.PathLike[str]
@@ -135,8 +144,7 @@ def write_mp4(
     with atomic_path(path) as tmp:
         video = tmp if comment is None else temp_path_for(path)
         try:
-            import imageio_ffmpeg  # here, not at the top: frames are read through cv2, so a training machine needs no ffmpeg
-            writer = imageio_ffmpeg.write_frames(
+            writer = _imageio_ffmpeg().write_frames(
                 str(video), (w, h), fps=fps, codec="libx264", quality=None, pix_fmt_in="rgb24",
                 pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error", output_params=out_params,
             )
@@ -189,8 +197,7 @@ def _remux_with_comment(src: Path, dst: Path, comment: str) -> None:
     try:
         meta.write_text(";FFMETADATA1\ncomment=" + _ffmetadata_escape(comment_for_metadata(comment)) + "\n",
                         encoding="utf-8")
-        import imageio_ffmpeg  # here, not at the top: frames are read through cv2, so a training machine needs no ffmpeg
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(src), "-f", "ffmetadata", "-i",
+        cmd = [_imageio_ffmpeg().get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(src), "-f", "ffmetadata", "-i",
                str(meta), "-map", "0", "-map_metadata", "1", "-c", "copy", "-movflags", "+faststart", "-f", "mp4",
                str(dst)]
         res = subprocess.run(cmd, capture_output=True, timeout=3600)
@@ -311,8 +318,7 @@ def read_mp4_comment(path: PathLike) -> str | None:
     """The ``comment`` metadata tag written by :func:`write_mp4`, or None if absent."""
     p = Path(path)
     _check_file(p)
-    import imageio_ffmpeg  # here, not at the top: frames are read through cv2, so a training machine needs no ffmpeg
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(p), "-f", "ffmetadata", "-"]
+    cmd = [_imageio_ffmpeg().get_ffmpeg_exe(), "-v", "error", "-i", str(p), "-f", "ffmetadata", "-"]
     res = subprocess.run(cmd, capture_output=True, timeout=60)
     if res.returncode != 0:
         raise VideoReadError(f"cannot read video '{p}': not a video or corrupt")

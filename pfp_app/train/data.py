@@ -206,6 +206,14 @@ def caption_table_from_file(path: str) -> dict[str, torch.Tensor]:
     return table
 
 
+def use_caption_table(model, path: str) -> None:
+    """Make `model` encode prompts from the precomputed caption embeddings in `path` (a GPU machine carries
+    them instead of the text encoder); a prompt not in the table is a KeyError, not zeros."""
+    from ..text_encoder import PrecomputedTextEncoder
+
+    model._text_encoder = PrecomputedTextEncoder(caption_table_from_file(path))
+
+
 def save_caption_table(path: str, captions: list[str], max_tokens: int = 32) -> int:
     """Encode captions with the shipped MiniLM encoder and store only their real tokens (fp16)."""
     import json

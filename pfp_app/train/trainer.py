@@ -390,7 +390,6 @@ def train(cfg: TrainConfig) -> dict:
             _save_state(accelerator, cfg, model, optimizer, ema, state)
             last_ckpt = time.time()
     bar.close()
-    losses = [float(v) for v in losses]
     result = {"world_size": world, "grad_accum": cfg.grad_accum}
     if not losses and state["step"] > 0:  # resumed a finished run (or no time left): the checkpoint stands as is
         accelerator.print(f"nothing to do: {cfg.out} is at step {state['step']} (max {cfg.max_steps})")
