@@ -171,3 +171,23 @@ def test_evaluate_scores_heldout_real_clips_clip_by_clip(bank):
     assert codec_clip_scores(model, still, "cpu")["mean_psnr"] > 60  # a still clip is its own mean frame
     with pytest.raises(ValueError, match="rebuild it with"):
         heldout_real_clips(str(root), 128, 8)
+
+
+def test_codec_mix_sets_the_shares_of_a_video_batch_and_rejects_nonsense(bank):
+    from pfp_app.train.codec_data import CodecBatches, parse_codec_mix
+
+    root, _ = bank
+    gen = torch.Generator().manual_seed(0)
+    even = CodecBatches(f"bank:{root}", 1, 1.0, 64, 8, 0, 0, 1, 0, "cpu")
+    only_real = CodecBatches(f"bank:{root}", 1, 1.0, 64, 8, 0, 0, 1, 0, "cpu", mix=parse_codec_mix("0,0,1"))
+    # no world clips in this spec: the photo-motion and real-clip shares split the batch 2:1 by default
+    assert even._split(12, gen) == (0, 8, 4)
+    assert only_real._split(12, gen) == (0, 0, 12)
+    assert only_real(3, 5, gen).shape == (3, 3, 5, 64, 64)
+    assert parse_codec_mix("0.4, 0.35, 0.25") == (0.4, 0.35, 0.25)
+    for bad in ("1,2", "a,b,c", "-1,1,1", "0,0,0"):
+        with pytest.raises(ValueError, match="--codec-mix takes three shares"):
+            parse_codec_mix(bad)
+    world_only = CodecBatches(f"bank:{root}", 1, 1.0, 64, 8, 0, 0, 1, 0, "cpu", mix=(1.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="no share to any source"):
+        world_only(2, 5, gen)  # this spec has no world clips

@@ -40,6 +40,7 @@ TRAIN_OPTION_HELP = {
     "vae": "a trained codec folder (AutoencoderKLWan) to use instead of the --init model's",
     "retrieval_data": "stage 2: data spec of the retrieval batches (default: --data)",
     "codec_temporal_init": "a fresh codec's time taps: 'identity' (video mode = image mode) or 'random'",
+    "codec_mix": "video-mode codec batches: shares of world (or folder) clips, photo motion and real clips",
 }
 
 

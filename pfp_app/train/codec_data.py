@@ -14,14 +14,27 @@ import torch
 from ..data.photo_motion import PhotoMotion, real_windows
 from .data import clip_dataset, load_clips, random_windows, shard_indices
 
-# shares of a video-mode batch when both sources are there: (world, photo motion, real clips)
+# default shares of a video-mode batch when all sources are there: (world, photo motion, real clips)
 VIDEO_MIX = (0.25, 0.5, 0.25)
+
+
+def parse_codec_mix(text: str) -> tuple[float, float, float]:
+    """'0.4,0.35,0.25' -> shares of (world/folder clips, photo motion, real clips) in a video-mode batch."""
+    try:
+        shares = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        shares = ()
+    if len(shares) != 3 or min(shares) < 0 or sum(shares) <= 0:
+        raise ValueError(f"--codec-mix takes three shares (world, photo motion, real clips), such as 0.4,0.35,0.25; "
+                         f"not {text[:40]!r}")
+    return shares
 
 
 class CodecBatches:
     def __init__(self, source: str, num_clips: int, clip_seconds: float, size: int, fps: float, seed: int,
-                 rank: int, world_size: int, workers: int, device):
+                 rank: int, world_size: int, workers: int, device, mix: tuple[float, float, float] = VIDEO_MIX):
         self.device = torch.device(device)
+        self.mix = mix
         parts = [p for p in source.split("+") if p]
         banks = [p[len("bank:"):] for p in parts if p.startswith("bank:")]
         others = "+".join(p for p in parts if not p.startswith("bank:"))
@@ -51,8 +64,10 @@ class CodecBatches:
     def _split(self, batch: int, gen: torch.Generator) -> tuple[int, int, int]:
         """How many samples of a batch come from (world/folder clips, photo motion, real clips)."""
         have = (self.clips_u8 is not None, self.motion is not None, bool(self.real))
-        shares = [s if h else 0.0 for s, h in zip(VIDEO_MIX, have)]
+        shares = [s if h else 0.0 for s, h in zip(self.mix, have)]
         total = sum(shares)
+        if total <= 0:
+            raise ValueError("--codec-mix gives no share to any source this data spec has")
         counts = [int(batch * s / total) for s in shares]
         counts[max(range(3), key=lambda i: shares[i])] += batch - sum(counts)
         return tuple(counts)

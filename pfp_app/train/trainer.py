@@ -86,6 +86,7 @@ class TrainConfig:
     vae: str | None = None  # a trained codec folder (AutoencoderKLWan) to use instead of the --init model's
     retrieval_data: str | None = None  # stage 2: draw its retrieval batches from this data spec instead of --data
     codec_temporal_init: str = "identity"  # a fresh codec's time taps: 'identity' (video mode = image mode) or 'random'
+    codec_mix: str = "0.25,0.5,0.25"  # video-mode batch shares: world/folder clips, photo motion, real clips
 
 
 class MemoryTrainingModule(nn.Module):
@@ -114,7 +115,8 @@ class CodecTrainingModule(nn.Module):
         recon = self.vae.decode(dist.sample()).sample
         l1, mse = (recon.float() - x).abs().mean(), F.mse_loss(recon.float(), x)
         kl = dist.kl().mean() / x[0].numel()
-        return l1 + mse + 1e-4 * kl, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+        # detached 0-d tensors, read only on log lines: three .item() calls here were three syncs per step
+        return l1 + mse + 1e-4 * kl, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -293,7 +295,7 @@ def train(cfg: TrainConfig) -> dict:
 
     # data: rendered/decoded once per run (latents: or read from --latent-cache), kept on the device
     if cfg.stage == "codec":
-        from .codec_data import CodecBatches
+        from .codec_data import CodecBatches, parse_codec_mix
 
         if (cfg.codec_window - 1) % model.codec.temporal_ratio:
             raise ValueError(f"--codec-window must be 1 + {model.codec.temporal_ratio}k frames (1 = image mode), "
@@ -301,7 +303,8 @@ def train(cfg: TrainConfig) -> dict:
         torch.backends.cudnn.benchmark = True
         v = model.video
         codec_batches = CodecBatches(cfg.data, cfg.num_clips, cfg.clip_seconds, v.height, v.fps, cfg.data_seed,
-                                     accelerator.process_index, accelerator.num_processes, cfg.workers, device)
+                                     accelerator.process_index, accelerator.num_processes, cfg.workers, device,
+                                     mix=parse_codec_mix(cfg.codec_mix))
         num_clips = codec_batches.num_clips
         trainer_module = CodecTrainingModule(model.codec.vae)
     else:
@@ -377,7 +380,7 @@ def train(cfg: TrainConfig) -> dict:
                 rate = (state["samples"] - run_samples0) / max(time.time() - run_t0, 1e-6)
                 rec = {"step": state["step"], "loss": mean_loss, "kind": kind, "lr": lr_at(state["step"], cfg),
                        "samples": state["samples"], "samples_per_s": rate, "world_size": world,
-                       "grad_accum": cfg.grad_accum, "time": time.time(), **extra}
+                       "grad_accum": cfg.grad_accum, "time": time.time(), **{k: float(v) for k, v in extra.items()}}
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rate:.1f}")
                 with log_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
