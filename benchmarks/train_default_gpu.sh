@@ -6,11 +6,18 @@
 #   memory:   stage 1 (frame retrieval) of a fresh G + φ on that codec, on the world and the bank's footage,
 #             then stage 2 (next segment on the captioned world, retrieval batches from world + bank)
 #   finetune: stage 2 (again) from a model folder; data seed 4 as in `memory`, so a warm machine's latent cache is reused
+#   codec-video: the codec of a model folder trained further in video mode (G and φ kept as they are)
 # As run for v2 (2026-12-04, three device calls): `codec OUT "" 2.5 4.2`, `memory OUT runs/codec_v2/model 5.0 2.6`
 # (its stage 2 got no step: data preparation used its budget), `finetune OUT runs/ft/model 4.6` (the model shipped).
 # v3 (2026-12-04, one call): `BANK=data/bank-lite BATCH=192 LR=4e-4 DATA_SEED=5 WARMUP=50 EVAL_TIMEOUT=0 \
 #   bash benchmarks/train_default_gpu.sh finetune OUT assets/pfp-default 8.1` (the carried tree made to fit by
 #   benchmarks/device_carry.py; evaluation in a later call with data/bank-eval).
+# v4 (2026-12-04, two calls on two GPUs, one run per GPU with CUDA_VISIBLE_DEVICES; the codec runs were typed as
+#   the plain trainer commands that phase codec-video now holds, with the same options): call 1
+#   `BANK=data/bank-lite WINDOW=13 LR=2e-4 WARMUP=50 EVAL_TIMEOUT=0 ... codec-video OUT assets/pfp-default 7.0`
+#   (v3 in assets/); call 2, with that codec in assets/: `... WINDOW=17 LR=1.5e-4 WARMUP=30 ... codec-video OUT
+#   assets/pfp-default 7.0` beside `BANK=data/bank-lite BATCH=192 LR=3e-4 DATA_SEED=6 WARMUP=50 RSHARE=0.4
+#   EVAL_TIMEOUT=0 ... finetune OUT assets/pfp-default 7.2`; shipped: the second's G and φ with the first's codec.
 # Each phase then evaluates on held-out data (world clips, the bank's held-out real clips and photographs).
 # Usage: bash benchmarks/train_default_gpu.sh PHASE OUT [INIT] [MINUTES...]
 # Needs: data/bank (`python -m pfp_app bank`) and .carry/captions.safetensors (`python -m pfp_app captions
@@ -48,7 +55,13 @@ case "$phase" in
       --retrieval-data "world+bank:$bank" --num-clips 1024 --data-seed "${DATA_SEED:-4}" --lr "${LR:-3e-4}" \
       --warmup-steps "${WARMUP:-100}" --retrieval-share "${RSHARE:-0.3}" --time-budget-min "$a" --checkpoint-every-min 30
     final=runs/ft2/model ;;
-  *) echo "unknown phase $phase (codec, memory, finetune)"; exit 2 ;;
+  codec-video)  # WINDOW, LR, WARMUP, MIX (world, photo motion, real clips); v4's settings
+    a=${4:-7.0}
+    $py -m pfp_app train --stage codec --init "$init" --out runs/codec_more --data "world+bank:$bank" --num-clips 96 \
+      --batch-size 48 --codec-window "${WINDOW:-13}" --codec-mix "${MIX:-0.4,0.35,0.25}" --lr "${LR:-2e-4}" \
+      --warmup-steps "${WARMUP:-50}" --time-budget-min "$a" --workers "${WORKERS:-12}" --log-every 50
+    final=runs/codec_more/model ;;
+  *) echo "unknown phase $phase (codec, memory, finetune, codec-video)"; exit 2 ;;
 esac
 $py -m pfp_app export --model "$final" --out "$out/model"
 cat runs/*/metrics.jsonl > "$out/metrics.jsonl" 2>/dev/null || true
