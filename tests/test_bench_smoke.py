@@ -166,3 +166,22 @@ def test_device_carry_slims_the_wheel_and_splits_the_bank(tmp_path, monkeypatch)
         raise AssertionError("a folder without bank.json was accepted")
     except SystemExit as e:
         assert "not a bank" in str(e)
+
+
+def test_codec_modes_separates_the_time_path_from_the_spatial_one():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from codec_modes import clip_modes
+    from diffusers import AutoencoderKLWan
+
+    from pfp_app.codec import WanLatentCodec, init_temporal_identity
+
+    torch = __import__("torch")
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True])
+    still = torch.rand(3, 1, 16, 16).mul(2).sub(1).expand(3, 5, 16, 16)
+    moving = torch.rand(3, 5, 16, 16).mul(2).sub(1)
+    video, image = clip_modes(WanLatentCodec(vae), moving)
+    assert abs(video - image) > 0.01  # random time taps: the modes differ
+    init_temporal_identity(vae)  # video mode = image mode on a still clip (its time path passes each frame on)
+    video, image = clip_modes(WanLatentCodec(vae), still)
+    assert abs(video - image) < 1e-3, (video, image)

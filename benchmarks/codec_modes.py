@@ -1,0 +1,58 @@
+"""Where the codec loses on held-out world clips: video mode (the app's path) against image mode (each frame alone).
+
+    python benchmarks/codec_modes.py [--model assets/pfp-default] [--clips 4] [--seconds 20] [--seed 10000]
+
+Video mode encodes and decodes a whole clip at once, as the app does (`evaluate`'s "codec, video mode"); image
+mode encodes and decodes each frame on its own, so only the spatial path works. Their gap is what the codec's
+time path costs: the part of the distance to a target that more video-mode training (or a lower time rate) can
+win back, while image mode bounds what the spatial path gives. Prints a markdown table of PSNR per clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from pfp_app.data.world import WorldClipDataset  # noqa: E402
+from pfp_app.metrics import mean_and_ci95, psnr  # noqa: E402
+from pfp_app.model import load_model  # noqa: E402
+from pfp_app.train.evaluate import trim_to_codec  # noqa: E402
+
+
+@torch.no_grad()
+def clip_modes(codec, frames: torch.Tensor) -> tuple[float, float]:
+    """frames (3, T, H, W) in [-1, 1] -> mean PSNR over frames in (video mode, image mode)."""
+    x = trim_to_codec(frames, codec.temporal_ratio)[None]  # (1, 3, T, H, W), T = 1 + 4k
+    video = codec.decode(codec.encode(x))
+    image = torch.cat([codec.decode(codec.encode(x[:, :, k:k + 1])) for k in range(x.shape[2])], dim=2)
+    t = x.shape[2]
+    return tuple(sum(psnr(rec[0, :, k], x[0, :, k]) for k in range(t)) / t for rec in (video, image))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="assets/pfp-default")
+    ap.add_argument("--clips", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--seed", type=int, default=10_000, help="world data seed (held out: training used < 10000)")
+    args = ap.parse_args()
+    model = load_model(args.model, torch_dtype=torch.float32)
+    v = model.video
+    ds = WorldClipDataset(args.clips, seconds=args.seconds, size=v.height, fps=v.fps, seed=args.seed)
+    rows = [clip_modes(model.codec, ds[i]["frames"]) for i in range(args.clips)]
+    print(f"### Codec on {args.clips} held-out world clips of {args.seconds:g} s (seed {args.seed}+), `{args.model}`\n")
+    print("| clip | video mode (dB) | image mode (dB) | time path costs (dB) |\n|---|---|---|---|")
+    for i, (vid, img) in enumerate(rows):
+        print(f"| {i} | {vid:.2f} | {img:.2f} | {img - vid:.2f} |")
+    (vm, vc), (im, ic) = mean_and_ci95([r[0] for r in rows]), mean_and_ci95([r[1] for r in rows])
+    gm, gc = mean_and_ci95([r[1] - r[0] for r in rows])
+    print(f"| **mean ± 95%** | {vm:.2f} ± {vc:.2f} | {im:.2f} ± {ic:.2f} | {gm:.2f} ± {gc:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
