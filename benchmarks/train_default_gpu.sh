@@ -30,13 +30,17 @@ caps=.carry/captions.safetensors
 mkdir -p "$out"
 smi() { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 >> "$out/smi.csv" & }
 smi
+# codec_video INIT OUT MINUTES WINDOW LR WARMUP WORKERS MIX: the codec of INIT trained further in video mode
+codec_video() {
+  $py -m pfp_app train --stage codec --init "$1" --out "$2" --data "world+bank:$bank" --num-clips 96 --batch-size 48 \
+    --codec-window "$4" --lr "$5" --warmup-steps "$6" --time-budget-min "$3" --workers "$7" --codec-mix "$8" --log-every 50
+}
 case "$phase" in
   codec)
     a=${4:-2.5}; b=${5:-4.5}
     $py -m pfp_app train --stage codec --init default --out runs/codec_img --data "world+bank:$bank" --num-clips 96 \
       --batch-size 128 --codec-window 1 --lr 5e-4 --warmup-steps 100 --time-budget-min "$a" --workers 14 --log-every 50
-    $py -m pfp_app train --stage codec --init runs/codec_img/model --out runs/codec_vid --data "world+bank:$bank" --num-clips 96 \
-      --batch-size 48 --codec-window 9 --lr 3e-4 --warmup-steps 50 --time-budget-min "$b" --workers 14 --log-every 50
+    codec_video runs/codec_img/model runs/codec_vid "$b" 9 3e-4 50 14 0.25,0.5,0.25  # v2's (the default mix)
     final=runs/codec_vid/model ;;
   memory)
     a=${4:-5.0}; b=${5:-2.5}
@@ -57,9 +61,8 @@ case "$phase" in
     final=runs/ft2/model ;;
   codec-video)  # WINDOW, LR, WARMUP, MIX (world, photo motion, real clips); v4's settings
     a=${4:-7.0}
-    $py -m pfp_app train --stage codec --init "$init" --out runs/codec_more --data "world+bank:$bank" --num-clips 96 \
-      --batch-size 48 --codec-window "${WINDOW:-13}" --codec-mix "${MIX:-0.4,0.35,0.25}" --lr "${LR:-2e-4}" \
-      --warmup-steps "${WARMUP:-50}" --time-budget-min "$a" --workers "${WORKERS:-12}" --log-every 50
+    codec_video "$init" runs/codec_more "$a" "${WINDOW:-13}" "${LR:-2e-4}" "${WARMUP:-50}" "${WORKERS:-12}" \
+      "${MIX:-0.4,0.35,0.25}"
     final=runs/codec_more/model ;;
   *) echo "unknown phase $phase (codec, memory, finetune, codec-video)"; exit 2 ;;
 esac

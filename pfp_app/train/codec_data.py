@@ -34,7 +34,6 @@ class CodecBatches:
     def __init__(self, source: str, num_clips: int, clip_seconds: float, size: int, fps: float, seed: int,
                  rank: int, world_size: int, workers: int, device, mix: tuple[float, float, float] = VIDEO_MIX):
         self.device = torch.device(device)
-        self.mix = mix
         parts = [p for p in source.split("+") if p]
         banks = [p[len("bank:"):] for p in parts if p.startswith("bank:")]
         others = "+".join(p for p in parts if not p.startswith("bank:"))
@@ -56,6 +55,10 @@ class CodecBatches:
             self.motion = PhotoMotion(bank.photos, size, fps, self.device)
             self.real = [c.to(self.device) for c in bank.clips]
         self.size = size
+        have = (self.clips_u8 is not None, self.motion is not None, bool(self.real))
+        self.shares = [s if h else 0.0 for s, h in zip(mix, have)]  # the mix over the sources this spec has
+        if sum(self.shares) <= 0:
+            raise ValueError("--codec-mix gives no share to any source this data spec has")
 
     @property
     def num_clips(self) -> int:
@@ -63,11 +66,8 @@ class CodecBatches:
 
     def _split(self, batch: int, gen: torch.Generator) -> tuple[int, int, int]:
         """How many samples of a batch come from (world/folder clips, photo motion, real clips)."""
-        have = (self.clips_u8 is not None, self.motion is not None, bool(self.real))
-        shares = [s if h else 0.0 for s, h in zip(self.mix, have)]
+        shares = self.shares
         total = sum(shares)
-        if total <= 0:
-            raise ValueError("--codec-mix gives no share to any source this data spec has")
         counts = [int(batch * s / total) for s in shares]
         counts[max(range(3), key=lambda i: shares[i])] += batch - sum(counts)
         return tuple(counts)
