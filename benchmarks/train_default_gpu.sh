@@ -25,49 +25,51 @@
 set -euo pipefail
 phase=$1; out=$2; init=${3:-}
 py=${PYTHON:-python3}
+runs=${RUNS:-runs}  # RUNS=runs-gpu1: a second phase beside this one in the same tree
 bank=${BANK:-data/bank}  # BANK=data/bank-lite: a smaller copy when the carried tree is near its 64 MiB
 caps=.carry/captions.safetensors
 mkdir -p "$out"
-smi() { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 >> "$out/smi.csv" & }
+smi() { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader -l 2 >> "$out/smi.csv" & }
 smi
 # codec_video INIT OUT MINUTES WINDOW LR WARMUP WORKERS MIX: the codec of INIT trained further in video mode
 codec_video() {
   $py -m pfp_app train --stage codec --init "$1" --out "$2" --data "world+bank:$bank" --num-clips 96 --batch-size 48 \
-    --codec-window "$4" --lr "$5" --warmup-steps "$6" --time-budget-min "$3" --workers "$7" --codec-mix "$8" --log-every 50
+    --codec-window "$4" --lr "$5" --warmup-steps "$6" --time-budget-min "$3" --workers "$7" --codec-mix "$8" --log-every 50 \
+    ${WIDTH:+--codec-decoder-width "$WIDTH"}
 }
 case "$phase" in
   codec)
     a=${4:-2.5}; b=${5:-4.5}
-    $py -m pfp_app train --stage codec --init default --out runs/codec_img --data "world+bank:$bank" --num-clips 96 \
+    $py -m pfp_app train --stage codec --init default --out $runs/codec_img --data "world+bank:$bank" --num-clips 96 \
       --batch-size 128 --codec-window 1 --lr 5e-4 --warmup-steps 100 --time-budget-min "$a" --workers 14 --log-every 50
-    codec_video runs/codec_img/model runs/codec_vid "$b" 9 3e-4 50 14 0.25,0.5,0.25  # v2's (the default mix)
-    final=runs/codec_vid/model ;;
+    codec_video $runs/codec_img/model $runs/codec_vid "$b" 9 3e-4 50 14 0.25,0.5,0.25  # v2's (the default mix)
+    final=$runs/codec_vid/model ;;
   memory)
     a=${4:-5.0}; b=${5:-2.5}
     common=(--init default --vae "$init/vae" --workers 14 --text-table "$caps" --batch-size 96 --log-every 50
-            --latent-cache runs/latents --checkpoint-every-min 3)
-    $py -m pfp_app train --stage pretrain "${common[@]}" --out runs/pre --data "world+bank:$bank" --num-clips 1024 \
+            --latent-cache $runs/latents --checkpoint-every-min 3)
+    $py -m pfp_app train --stage pretrain "${common[@]}" --out $runs/pre --data "world+bank:$bank" --num-clips 1024 \
       --data-seed 2 --lr 4e-4 --warmup-steps 200 --time-budget-min "$a"
-    $py -m pfp_app train --stage finetune --init runs/pre/model --workers 14 --text-table "$caps" --batch-size 96 \
-      --log-every 50 --latent-cache runs/latents --out runs/ft --data world --retrieval-data "world+bank:$bank" \
+    $py -m pfp_app train --stage finetune --init $runs/pre/model --workers 14 --text-table "$caps" --batch-size 96 \
+      --log-every 50 --latent-cache $runs/latents --out $runs/ft --data world --retrieval-data "world+bank:$bank" \
       --num-clips 1024 --data-seed 4 --lr 3e-4 --warmup-steps 100 --retrieval-share 0.3 --time-budget-min "$b"
-    final=runs/ft/model ;;
+    final=$runs/ft/model ;;
   finetune)  # BATCH, LR, DATA_SEED, WARMUP, RSHARE override v2's settings (96, 3e-4, 4, 100, 0.3)
     a=${4:-5.0}
     $py -m pfp_app train --stage finetune --init "$init" --workers "${WORKERS:-14}" --text-table "$caps" \
-      --batch-size "${BATCH:-96}" --log-every 50 --latent-cache runs/latents --out runs/ft2 --data world \
+      --batch-size "${BATCH:-96}" --log-every 50 --latent-cache $runs/latents --out $runs/ft2 --data world \
       --retrieval-data "world+bank:$bank" --num-clips 1024 --data-seed "${DATA_SEED:-4}" --lr "${LR:-3e-4}" \
       --warmup-steps "${WARMUP:-100}" --retrieval-share "${RSHARE:-0.3}" --time-budget-min "$a" --checkpoint-every-min 30
-    final=runs/ft2/model ;;
-  codec-video)  # WINDOW, LR, WARMUP, MIX (world, photo motion, real clips); v4's settings
+    final=$runs/ft2/model ;;
+  codec-video)  # WINDOW, LR, WARMUP, MIX (world, photo motion, real clips); v4's settings; WIDTH widens the decoder
     a=${4:-7.0}
-    codec_video "$init" runs/codec_more "$a" "${WINDOW:-13}" "${LR:-2e-4}" "${WARMUP:-50}" "${WORKERS:-12}" \
+    codec_video "$init" $runs/codec_more "$a" "${WINDOW:-13}" "${LR:-2e-4}" "${WARMUP:-50}" "${WORKERS:-12}" \
       "${MIX:-0.4,0.35,0.25}"
-    final=runs/codec_more/model ;;
+    final=$runs/codec_more/model ;;
   *) echo "unknown phase $phase (codec, memory, finetune, codec-video)"; exit 2 ;;
 esac
 $py -m pfp_app export --model "$final" --out "$out/model"
-cat runs/*/metrics.jsonl > "$out/metrics.jsonl" 2>/dev/null || true
+cat $runs/*/metrics.jsonl > "$out/metrics.jsonl" 2>/dev/null || true
 [ "${EVAL_TIMEOUT:-90}" = 0 ] || timeout "${EVAL_TIMEOUT:-90}" $py -m pfp_app evaluate --model "$out/model" --num-clips 8 --bank "$bank" --photo-clips 4 \
   --out "$out/eval.json" | tee "$out/eval.txt" || echo "evaluation stopped (time)"
 kill %1 2>/dev/null || true

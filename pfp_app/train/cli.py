@@ -41,6 +41,8 @@ TRAIN_OPTION_HELP = {
     "retrieval_data": "stage 2: data spec of the retrieval batches (default: --data)",
     "codec_temporal_init": "a fresh codec's time taps: 'identity' (video mode = image mode) or 'random'",
     "codec_mix": "video-mode codec batches: shares of world (or folder) clips, photo motion and real clips",
+    "codec_decoder_width": "stage codec: widen the --init codec's decoder to this base width first, keeping what it "
+                           "computes and every latent (0: keep its width)",
 }
 
 

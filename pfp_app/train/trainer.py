@@ -87,6 +87,7 @@ class TrainConfig:
     retrieval_data: str | None = None  # stage 2: draw its retrieval batches from this data spec instead of --data
     codec_temporal_init: str = "identity"  # a fresh codec's time taps: 'identity' (video mode = image mode) or 'random'
     codec_mix: str = "0.25,0.5,0.25"  # video-mode batch shares: world/folder clips, photo motion, real clips
+    codec_decoder_width: int = 0  # stage codec: first widen the --init codec's decoder to this base width (0: keep)
 
 
 class MemoryTrainingModule(nn.Module):
@@ -147,6 +148,14 @@ def _init_model(cfg: TrainConfig) -> PFPModel:
         init_temporal_identity(model.codec.vae)
     elif cfg.codec_temporal_init not in ("identity", "random"):
         raise ValueError(f"--codec-temporal-init must be 'identity' or 'random', not {cfg.codec_temporal_init[:40]!r}")
+    if cfg.codec_decoder_width:
+        from ..codec import WanLatentCodec
+        from ..codec_widen import decoder_width, widen_decoder
+
+        if cfg.stage != "codec":
+            raise ValueError("--codec-decoder-width widens the codec: use it with --stage codec")
+        if cfg.codec_decoder_width != decoder_width(model.codec.vae):
+            model.codec = WanLatentCodec(widen_decoder(model.codec.vae, cfg.codec_decoder_width, seed=cfg.seed))
     trained = {"codec": ("vae",), "base": ("transformer",)}.get(cfg.stage, ("transformer", "memory_encoder"))
     for name, m in model.modules().items():
         m.float().train(name in trained).requires_grad_(name in trained)
