@@ -330,9 +330,9 @@ class PFPPipeline:
 def stream_segment_frames(paths: list, src_fps: float, fps: float):
     """uint8 (H, W, 3) frames of the segment files in order, one segment in memory at a time (a 10-minute
     film held whole as float32 took ~1 GB at 128x128); resampled to `fps` by nearest frame, duration kept."""
-    from .video_io import read_video, video_info
+    from .video_io import frame_count, read_video
 
-    counts = [video_info(p).num_frames for p in paths]  # our own segment files: complete, written atomically
+    counts = [frame_count(p) for p in paths]  # our own segment files: complete, written atomically
     total = sum(counts)
     n_out = total if fps == src_fps else max(1, round(total * fps / src_fps))
     i_out, first = 0, 0

@@ -7,6 +7,7 @@ convert between them.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
@@ -254,6 +255,19 @@ def video_info(path: PathLike) -> VideoInfo:
         raise VideoReadError(f"cannot read video '{p}': no frames")
     return VideoInfo(fps=fps, num_frames=n, width=w, height=h, duration=n / fps,
                      header_frames=header if header > 0 else None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _frame_count(path: str, inode: int, size: int, mtime_ns: int) -> int:
+    return video_info(path).num_frames
+
+
+def frame_count(path: PathLike) -> int:
+    """`video_info(path).num_frames`, decoded once per version of the file: a rewritten file (new inode, size or
+    mtime; segments are written atomically, so a new version is a new file) is counted again. The studio asks for
+    every segment's length on each slider update, and each `video_info` is a decode pass over the whole file."""
+    st = os.stat(path)
+    return _frame_count(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def read_video(

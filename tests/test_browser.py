@@ -73,83 +73,102 @@ def server(tmp_path_factory):
             proc.wait()
 
 
-def test_studio_in_a_browser(server):
+def local_only(url: str, refused: list[str] | None = None):
+    """A request handler for `browser_page`: the studio must work offline, so anything not served by the app
+    (or a data:/blob: URL) is refused, and its address appended to `refused`."""
+    def handle(route):
+        u = route.request.url
+        if u.startswith((url, "data:", "blob:")):
+            route.continue_()
+        else:
+            if refused is not None:
+                refused.append(u)
+            route.abort()
+    return handle
+
+
+@contextmanager
+def browser_page(timeout_ms: int, log: Path, failure_png: str, route=None):
+    """A 1440x1000 page in Debian's chromium, with Playwright's `expect` waiting up to `timeout_ms`. `route`
+    handles every request (the studio must work offline). On a failure: a full-page screenshot in
+    test-artifacts/`failure_png` and the app's log printed."""
     from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    expect.set_options(timeout=timeout_ms)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            if route is not None:
+                page.route("**/*", route)
+            try:
+                yield page
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / failure_png), full_page=True)
+                print(log.read_text())
+                raise
+        finally:
+            browser.close()
+
+
+def test_studio_in_a_browser(server):
+    from playwright.sync_api import expect
 
     from pfp_app.video_io import read_mp4_comment, read_video
 
     url, projects, log = server
     external: list[str] = []
+    # 30 s: generous, CI shares two cores with the app's model
+    with browser_page(30_000, log, "studio-failure.png", route=local_only(url, external)) as page:
+        page.goto(url)
+        expect(page.locator("#model-info")).to_contain_text("UNTRAINED" if MODEL == "tiny-random" else "trained")
 
-    def local_only(route):  # the studio must work offline: anything not served by the app is refused
-        u = route.request.url
-        if u.startswith(url) or u.startswith(("data:", "blob:")):
-            route.continue_()
-        else:
-            external.append(u)
-            route.abort()
+        # storyboard: type it, see the inline validation and the shot table
+        editor = page.locator("#storyboard textarea")
+        editor.fill("0s: a\n1:05 b")
+        expect(page.locator("#storyboard-status")).to_contain_text("line 2")
+        editor.fill(STORYBOARD)
+        expect(page.locator("#storyboard-status")).to_contain_text("2 shots")
+        expect(page.locator("#shot-table")).to_contain_text("green dotted square")
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    expect.set_options(timeout=30_000)  # generous: CI shares two cores with the app's model
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.route("**/*", local_only)
-        try:
-            page.goto(url)
-            expect(page.locator("#model-info")).to_contain_text("UNTRAINED" if MODEL == "tiny-random" else "trained")
+        # smallest settings: one denoising step
+        for slider in ("#steps", "#recall-steps") if STEPS else ():
+            box = page.locator(f"{slider} input[type=number]")
+            box.fill(STEPS)
+            box.press("Enter")
 
-            # storyboard: type it, see the inline validation and the shot table
-            editor = page.locator("#storyboard textarea")
-            editor.fill("0s: a\n1:05 b")
-            expect(page.locator("#storyboard-status")).to_contain_text("line 2")
-            editor.fill(STORYBOARD)
-            expect(page.locator("#storyboard-status")).to_contain_text("2 shots")
-            expect(page.locator("#shot-table")).to_contain_text("green dotted square")
+        # generate and wait for the newest segment, then the whole film
+        t0 = time.monotonic()
+        page.locator("#generate").click()
+        page.wait_for_selector("#preview video[src]", timeout=120_000)
+        first_preview = time.monotonic() - t0
+        expect(page.locator("#gen-status")).to_contain_text("Done", timeout=120_000)
+        print(f"click -> first previewed segment: {first_preview:.1f} s ({MODEL}, {STEPS or 'default'} steps)")
+        assert (projects / "untitled" / "segments" / "seg_001.mp4").is_file()
 
-            # smallest settings: one denoising step
-            for slider in ("#steps", "#recall-steps") if STEPS else ():
-                box = page.locator(f"{slider} input[type=number]")
-                box.fill(STEPS)
-                box.press("Enter")
+        # memory inspector: move the slider (a click on its track), wait for the recalled frame and metrics
+        track = page.locator("#inspect-time input[type=range]")
+        expect(track).to_be_enabled()
+        box = track.bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2)
+        expect(page.locator("#inspect-metrics")).to_contain_text("PSNR", timeout=60_000)
+        expect(page.locator("#inspect-metrics")).to_contain_text("compression ratio")
+        expect(page.locator("#recalled-frame img")).to_be_visible()
+        assert float(page.locator("#inspect-time input[type=number]").input_value()) > 0
 
-            # generate and wait for the newest segment, then the whole film
-            t0 = time.monotonic()
-            page.locator("#generate").click()
-            page.wait_for_selector("#preview video[src]", timeout=120_000)
-            first_preview = time.monotonic() - t0
-            expect(page.locator("#gen-status")).to_contain_text("Done", timeout=120_000)
-            print(f"click -> first previewed segment: {first_preview:.1f} s ({MODEL}, {STEPS or 'default'} steps)")
-            assert (projects / "untitled" / "segments" / "seg_001.mp4").is_file()
-
-            # memory inspector: move the slider (a click on its track), wait for the recalled frame and metrics
-            track = page.locator("#inspect-time input[type=range]")
-            expect(track).to_be_enabled()
-            box = track.bounding_box()
-            page.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2)
-            expect(page.locator("#inspect-metrics")).to_contain_text("PSNR", timeout=60_000)
-            expect(page.locator("#inspect-metrics")).to_contain_text("compression ratio")
-            expect(page.locator("#recalled-frame img")).to_be_visible()
-            assert float(page.locator("#inspect-time input[type=number]").input_value()) > 0
-
-            # export the whole film
-            page.locator("#export").click()
-            expect(page.locator("#export-msg")).to_contain_text("Exported", timeout=60_000)
-            link = page.locator("#export-file a")
-            expect(link).to_have_attribute("href", re.compile(r"film\.mp4$"))
-            download = page.request.get(link.get_attribute("href"))
-            assert download.ok
-            (projects.parent / "downloaded.mp4").write_bytes(download.body())
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(ARTIFACTS / "studio.png"), full_page=True)
-            if os.environ.get("PFP_UPDATE_SCREENSHOT"):
-                shutil.copy(ARTIFACTS / "studio.png", ROOT / "docs" / "screenshot.png")
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "studio-failure.png"), full_page=True)
-            print(log.read_text())
-            raise
-        finally:
-            browser.close()
+        # export the whole film
+        page.locator("#export").click()
+        expect(page.locator("#export-msg")).to_contain_text("Exported", timeout=60_000)
+        link = page.locator("#export-file a")
+        expect(link).to_have_attribute("href", re.compile(r"film\.mp4$"))
+        download = page.request.get(link.get_attribute("href"))
+        assert download.ok
+        (projects.parent / "downloaded.mp4").write_bytes(download.body())
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "studio.png"), full_page=True)
+        if os.environ.get("PFP_UPDATE_SCREENSHOT"):
+            shutil.copy(ARTIFACTS / "studio.png", ROOT / "docs" / "screenshot.png")
 
     film = projects / "untitled" / "film.mp4"
     for mp4 in (film, projects.parent / "downloaded.mp4"):  # on disk, and as the browser downloads it
@@ -163,41 +182,31 @@ def test_studio_in_a_browser(server):
 
 def test_a_reloaded_page_reattaches_to_the_running_job_and_stops_it(server):
     """Issue 15 #7: the job goes on when the page reloads; the new page shows its progress and Stop works."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, projects, log = server
-    expect.set_options(timeout=60_000)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        try:
-            page.goto(url)
-            expect(page.locator("#project-msg")).to_contain_text("Opened")  # the restored text is in the editor
-            page.locator("#storyboard textarea").fill("0s: a red striped circle in front of the brick wall\nend: 60s")
-            expect(page.locator("#storyboard-status")).to_contain_text("1 shot")
-            box = page.locator("#steps input[type=number]")  # slow enough to be running after the reload
-            box.fill("40")
-            box.press("Enter")
-            page.locator("#generate").click()
-            expect(page.locator("#job-queue")).to_contain_text("running")
-            # 60 s of tiny-random: 41 segments on the shot-aligned timeline
-            expect(page.locator("#gen-status")).to_contain_text(re.compile(r"segment \d+ of 41"), timeout=120_000)
-            page.reload()  # used to stop the job
-            expect(page.locator("#job-queue")).to_contain_text("running")
-            expect(page.locator("#gen-status progress#pfp-seg-progress")).to_be_attached()
-            segments = projects / "untitled" / "segments"
-            before = len(list(segments.glob("seg_*.safetensors")))
-            page.wait_for_timeout(3000)
-            assert len(list(segments.glob("seg_*.safetensors"))) >= before  # still going after the reload
-            page.locator("#stop").click()
-            expect(page.locator("#gen-status")).to_contain_text("Stopped.", timeout=120_000)
-            expect(page.locator("#job-queue")).to_contain_text("Queue: empty")
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "reattach-failure.png"), full_page=True)
-            print(log.read_text())
-            raise
-        finally:
-            browser.close()
+    with browser_page(60_000, log, "reattach-failure.png") as page:
+        page.goto(url)
+        expect(page.locator("#project-msg")).to_contain_text("Opened")  # the restored text is in the editor
+        page.locator("#storyboard textarea").fill("0s: a red striped circle in front of the brick wall\nend: 60s")
+        expect(page.locator("#storyboard-status")).to_contain_text("1 shot")
+        box = page.locator("#steps input[type=number]")  # slow enough to be running after the reload
+        box.fill("40")
+        box.press("Enter")
+        page.locator("#generate").click()
+        expect(page.locator("#job-queue")).to_contain_text("running")
+        # 60 s of tiny-random: 41 segments on the shot-aligned timeline
+        expect(page.locator("#gen-status")).to_contain_text(re.compile(r"segment \d+ of 41"), timeout=120_000)
+        page.reload()  # used to stop the job
+        expect(page.locator("#job-queue")).to_contain_text("running")
+        expect(page.locator("#gen-status progress#pfp-seg-progress")).to_be_attached()
+        segments = projects / "untitled" / "segments"
+        before = len(list(segments.glob("seg_*.safetensors")))
+        page.wait_for_timeout(3000)
+        assert len(list(segments.glob("seg_*.safetensors"))) >= before  # still going after the reload
+        page.locator("#stop").click()
+        expect(page.locator("#gen-status")).to_contain_text("Stopped.", timeout=120_000)
+        expect(page.locator("#job-queue")).to_contain_text("Queue: empty")
     assert list((projects / "untitled" / "takes").iterdir())  # the first test's film was kept as a take
 
 
@@ -210,31 +219,20 @@ CUTS = "# cuts off the old 2.5-s segment grid\n0s: a red striped circle in front
 @contextmanager
 def studio_page(url: str, log: Path, name: str):
     """A page on the studio with the steps set to STEPS and project `name` opened."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    expect.set_options(timeout=30_000)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        try:
-            page.goto(url)
-            expect(page.locator("#model-info")).to_be_visible()
-            page.wait_for_timeout(500)  # the page-load callbacks (restore, check) settle
-            for slider in ("#steps", "#recall-steps") if STEPS else ():
-                box = page.locator(f"{slider} input[type=number]")
-                box.fill(STEPS)
-                box.press("Enter")
-            page.locator("#project-name input").fill(name)
-            page.locator("#project-open").click()
-            expect(page.locator("#project-msg")).to_contain_text(name)
-            yield page
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / f"studio-{name}-failure.png"), full_page=True)
-            print(log.read_text())
-            raise
-        finally:
-            browser.close()
+    with browser_page(30_000, log, f"studio-{name}-failure.png") as page:
+        page.goto(url)
+        expect(page.locator("#model-info")).to_be_visible()
+        page.wait_for_timeout(500)  # the page-load callbacks (restore, check) settle
+        for slider in ("#steps", "#recall-steps") if STEPS else ():
+            box = page.locator(f"{slider} input[type=number]")
+            box.fill(STEPS)
+            box.press("Enter")
+        page.locator("#project-name input").fill(name)
+        page.locator("#project-open").click()
+        expect(page.locator("#project-msg")).to_contain_text(name)
+        yield page
 
 
 def generate_in_page(page, text: str) -> None:
@@ -307,52 +305,39 @@ THREE_SHOTS = ("0s: a red striped circle in front of the brick wall\n1.5s: the g
 def test_upload_footage_and_continue_it_in_a_browser(server, tmp_path):
     """A creator uploads a clip, types three shots and gets one MP4 that starts with the clip and continues it."""
     import numpy as np
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from pfp_app.video_io import read_mp4_comment, read_video, write_mp4
 
     url, projects, log = server
     clip = tmp_path / "my_clip.mp4"
     write_mp4(clip, np.random.default_rng(0).integers(0, 255, (20, 72, 96, 3), dtype=np.uint8), 8)
-    expect.set_options(timeout=30_000)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith((url, "data:", "blob:"))
-                   else route.abort())
-        try:
-            page.goto(url)
-            expect(page.locator("#project-msg")).to_contain_text(re.compile("Opened|New project"))  # page load restored first
-            name = page.locator("#project-name input")
-            name.fill("continued")
-            name.press("Enter")
-            page.locator("#project-open").click()
-            expect(page.locator("#project-msg")).to_contain_text("continued")
+    with browser_page(30_000, log, "studio-footage-failure.png", route=local_only(url)) as page:
+        page.goto(url)
+        expect(page.locator("#project-msg")).to_contain_text(re.compile("Opened|New project"))  # page load restored first
+        name = page.locator("#project-name input")
+        name.fill("continued")
+        name.press("Enter")
+        page.locator("#project-open").click()
+        expect(page.locator("#project-msg")).to_contain_text("continued")
 
-            page.locator("#footage-panel").get_by_text("Start from footage").click()
-            page.locator("#footage-upload input[type=file]").set_input_files(str(clip))
-            expect(page.locator("#footage-info")).to_contain_text("memory tokens", timeout=90_000)
-            expect(page.locator("#footage-info")).to_contain_text("storyboard times count from its end")
-            page.wait_for_selector("#footage-preview video[src]")
+        page.locator("#footage-panel").get_by_text("Start from footage").click()
+        page.locator("#footage-upload input[type=file]").set_input_files(str(clip))
+        expect(page.locator("#footage-info")).to_contain_text("memory tokens", timeout=90_000)
+        expect(page.locator("#footage-info")).to_contain_text("storyboard times count from its end")
+        page.wait_for_selector("#footage-preview video[src]")
 
-            page.locator("#storyboard textarea").fill(THREE_SHOTS)
-            expect(page.locator("#storyboard-status")).to_contain_text("3 shots")
-            if STEPS:
-                box = page.locator("#steps input[type=number]")
-                box.fill(STEPS)
-                box.press("Enter")
-            page.locator("#generate").click()
-            expect(page.locator("#gen-status")).to_contain_text("Done", timeout=300_000)
-            page.locator("#export").click()
-            expect(page.locator("#export-msg")).to_contain_text("Exported", timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "studio-footage.png"), full_page=True)
-        except Exception:
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "studio-footage-failure.png"), full_page=True)
-            print(log.read_text())
-            raise
-        finally:
-            browser.close()
+        page.locator("#storyboard textarea").fill(THREE_SHOTS)
+        expect(page.locator("#storyboard-status")).to_contain_text("3 shots")
+        if STEPS:
+            box = page.locator("#steps input[type=number]")
+            box.fill(STEPS)
+            box.press("Enter")
+        page.locator("#generate").click()
+        expect(page.locator("#gen-status")).to_contain_text("Done", timeout=300_000)
+        page.locator("#export").click()
+        expect(page.locator("#export-msg")).to_contain_text("Exported", timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "studio-footage.png"), full_page=True)
 
     project = projects / "continued"
     footage, _ = read_video(project / "footage" / "footage.mp4")

@@ -246,3 +246,17 @@ def test_frames_are_read_without_ffmpeg(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["8", "8.0"]
+
+
+def test_frame_count_decodes_a_file_once_and_again_when_it_is_rewritten(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "seg.mp4"
+    write_mp4(path, index_clip(12), fps=8)
+    calls = []
+    real = video_io.video_info
+    monkeypatch.setattr(video_io, "video_info", lambda p: calls.append(p) or real(p))
+    assert video_io.frame_count(path) == 12 and video_io.frame_count(path) == 12
+    assert len(calls) == 1  # the second slider update reads no video
+    write_mp4(path, index_clip(20), fps=8)  # a regenerated segment: new file, new length
+    assert video_io.frame_count(path) == 20 and len(calls) == 2
+    with pytest.raises(FileNotFoundError):
+        video_io.frame_count(tmp_path / "missing.mp4")

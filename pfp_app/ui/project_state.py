@@ -22,7 +22,7 @@ from ..atomic import atomic_write_text as _atomic_write
 from ..pipeline import GenerationSettings, PFPPipeline, SegmentResult
 from ..project import Project, ProjectError, safe_child
 from ..storyboard import Segment
-from ..video_io import frames_to_tensor, read_video, video_info
+from ..video_io import frame_count, frames_to_tensor, read_video
 
 LAST_FILE = ".last"
 DRAFT_FILE = "storyboard_draft.txt"
@@ -179,7 +179,7 @@ def lead_frames(project: Project) -> int:
 
 
 def film_frame_count(project: Project) -> int:
-    return sum(video_info(project.segment_video_path(i)).num_frames for i in range(project.finished_segments()))
+    return sum(frame_count(project.segment_video_path(i)) for i in range(project.finished_segments()))
 
 
 def read_film_frames(project: Project, num_segments: int) -> torch.Tensor:
