@@ -136,9 +136,9 @@ def test_codec_training_on_the_bank_learns_to_reconstruct_its_photos(bank, tmp_p
     root, _ = bank
     out = tmp_path / "codec"
     state = train(TrainConfig(stage="codec", init="tiny", out=str(out), data=f"bank:{root}", num_clips=1,
-                              batch_size=8, codec_window=1, max_steps=60, lr=3e-3, warmup_steps=1, log_every=20,
+                              batch_size=8, codec_window=1, max_steps=100, lr=3e-3, warmup_steps=1, log_every=20,
                               ema_decay=0.9, workers=0))
-    assert state["step"] == 60
+    assert state["step"] == 100
     probe = PhotoMotion(load_bank(root).photos, size=64, fps=8).windows(16, 1, torch.Generator().manual_seed(7))
 
     def mse(codec) -> float:
@@ -146,6 +146,7 @@ def test_codec_training_on_the_bank_learns_to_reconstruct_its_photos(bank, tmp_p
             return float((codec.decode(codec.encode(probe)) - probe).pow(2).mean())
 
     before, after = mse(build_random_model("tiny").codec), mse(load_model(out / "model").codec)
+    print(f"bank codec: probe MSE {before:.3f} (random) -> {after:.3f} after 100 steps")
     assert after < 0.8 * before, (before, after)  # the shipped (EMA) codec reconstructs photos it never saw better
     with pytest.raises(ValueError, match="--codec-window must be 1 \\+ 4k"):
         train(TrainConfig(stage="codec", init="tiny", out=str(tmp_path / "bad"), data="world", num_clips=1,
