@@ -53,7 +53,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 storyboard = gr.Textbox(value=EXAMPLE, lines=8, max_lines=30, label="Storyboard",
                                         info="one shot per line: `12s: prompt` (also `1:05:` or `1m05s:`); "
                                              "add, remove or reorder shots by editing lines; `end: 30s` sets the length",
-                                        elem_id="storyboard")
+                                        elem_id="storyboard", interactive=False)  # editable once the page has loaded
                 sb_status = gr.Markdown(elem_id="storyboard-status")
                 with gr.Accordion("Start from footage (optional)", open=False, elem_id="footage-panel"):
                     gr.Markdown("A video, an image or several stills become the history before the first shot: the "
@@ -155,8 +155,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
         storyboard.change(studio.check, storyboard, sb_outputs, queue=False, show_progress="hidden")
         footage_outputs = [footage_preview, footage_info]
         # open, then check again: an unchanged editor text fires no change event, and the shot controls must
-        # still show the open storyboard; then show the open project's footage
+        # still show the open storyboard; then show the open project's footage. On page load the editor stays
+        # read-only until the project's text and its check are in: text typed earlier was checked, then the load's
+        # check (of the text as it was) landed last and emptied the shot table under a valid storyboard
         demo.load(studio.restore, None, open_outputs).then(studio.check, storyboard, sb_outputs).then(
+            lambda: gr.update(interactive=True), None, storyboard, queue=False).then(
             studio.footage.show, project, footage_outputs)
         open_btn.click(studio.open_project, project, open_outputs).then(studio.check, storyboard, sb_outputs).then(
             studio.footage.show, project, footage_outputs)
