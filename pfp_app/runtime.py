@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from .codec import WanLatentCodec
+from .codec_widen import decoder_width
 from .memory.encoder import memory_grid
 from .text_encoder import TextEncoder
 
@@ -225,7 +226,7 @@ def model_footprint(model, history_seconds: float = 20.0) -> ModelFootprint:
     mem_tokens = 1
     for n in memory_grid((hist_latents // p_t, h, w), rate):
         mem_tokens *= n
-    vae_scale = (c.vae.config.decoder_base_dim or c.vae.config.base_dim) / 96  # decoding runs at the decoder width
+    vae_scale = decoder_width(c.vae) / 96  # decoding runs at the decoder's width
     pixels = c.pixel_frames(v.segment_latent_frames) * v.height * v.width
     decode = int(_VAE_DECODE_BYTES_PER_PIXEL * pixels * vae_scale)
     return ModelFootprint(
