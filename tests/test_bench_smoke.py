@@ -187,3 +187,17 @@ def test_codec_modes_separates_the_time_path_from_the_spatial_one():
     init_temporal_identity(vae)  # video mode = image mode on a still clip (its time path passes each frame on)
     video, image = clip_modes(SimpleNamespace(codec=WanLatentCodec(vae)), still, chunk=2)
     assert abs(video - image) < 1e-3, (video, image)
+
+
+def test_codec_frames_marks_the_latent_chunk_that_holds_a_cut():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from codec_frames import cut_chunk_mask, frame_psnrs
+
+    torch = __import__("torch")
+    x = torch.zeros(1, 3, 21, 8, 8)
+    x[:, :, 16:] = 0.5  # a cut at frame 16: the last frame of chunk 13..16
+    x[:, :, :, 0, 0] += torch.linspace(0, 0.2, 21)  # slow motion within the shots is no cut
+    assert cut_chunk_mask(x, 4).nonzero().flatten().tolist() == [13, 14, 15, 16]
+    assert not cut_chunk_mask(x[:, :, :16], 4).any()
+    p = frame_psnrs(x + 0.02, x)
+    assert p.shape == (21,) and torch.allclose(p, torch.full((21,), 10 * torch.log10(torch.tensor(4 / 0.0004))))
