@@ -73,13 +73,16 @@ class NextSegmentBatch:
     positions: torch.Tensor  # (n,) the segment's latent time positions s .. s + n - 1
 
 
-def next_segment_batch(clip, segment_frames, generator=None, min_history=1) -> NextSegmentBatch:
+def next_segment_batch(clip, segment_frames, generator=None, min_history=1, split: int | None = None) -> NextSegmentBatch:
     """clip (B, C, T, H, W) -> a split s drawn uniformly from [min_history, T - n] with `generator` (the
-    trainer passes min_history=0: a share of its batches is the first segment, which has no memory)."""
+    trainer passes min_history=0: a share of its batches is the first segment, which has no memory), or the
+    given `split` (the trainer's shot-aligned starts)."""
     t = clip.shape[2]
     if t < min_history + segment_frames:
         raise ValueError(f"clip of {t} latent frames is too short for a {segment_frames}-frame segment")
-    s = int(torch.randint(min_history, t - segment_frames + 1, (1,), generator=generator))
+    if split is not None and not 0 <= split <= t - segment_frames:
+        raise ValueError(f"split {split} leaves no {segment_frames}-frame segment in a clip of {t} latent frames")
+    s = split if split is not None else int(torch.randint(min_history, t - segment_frames + 1, (1,), generator=generator))
     positions = torch.arange(s, s + segment_frames, device=clip.device, dtype=torch.float32)
     return NextSegmentBatch(s, clip[:, :, s : s + segment_frames], clip[:, :, :s] if s > 0 else None, positions)
 

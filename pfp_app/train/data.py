@@ -256,3 +256,53 @@ def restrict_storyboard(text: str, allowed: set[str]) -> str:
 
 def np_seed(*keys: int) -> int:
     return int(np.random.default_rng(list(keys)).integers(0, 2**31 - 1))
+
+
+class ShotAlignedStarts:
+    """Where the app starts a segment, per training clip: stage 2 draws its splits here.
+
+    The app never lets a segment cross a cut (`timeline.shot_aligned_schedule`): every shot starts a new
+    segment with the shot's prompt, and the memory holds everything before it. A split drawn uniformly over a
+    20-s world clip is a shot start (or the first segment) only 11% of the time, and in 33% the segment runs
+    across a cut while its prompt is the old shot's: G learned to follow the memory and not the text where the
+    text matters most, at a cut (v5: the asked place drawn in 33% of shots). These batches hold only segments
+    the app can ask for, and a `cut_share` of them start a shot.
+
+    A batch shares one split s (histories must be the same length), so s is drawn first (weighted by how many
+    clips have a start of the wanted kind there) and then the clips in which it is one.
+    """
+
+    def __init__(self, prompts: list[list[str]], segment_frames: int, cut_share: float = 0.5):
+        if not 0.0 <= cut_share <= 1.0:
+            raise ValueError(f"cut share must be in [0, 1], not {cut_share}")
+        self.cut_share = cut_share
+        num_latents = len(prompts[0])
+        if num_latents < segment_frames:
+            raise ValueError(f"clips of {num_latents} latent frames are too short for a {segment_frames}-frame segment")
+        # Both tables hold only segments within one shot (one prompt over latents [s, s + n)):
+        # s -> clips whose shot starts at latent s (s = 0: the first segment)
+        self.at_cut: dict[int, torch.Tensor] = {}
+        # s -> clips in which s is not a shot start
+        self.inside: dict[int, torch.Tensor] = {}
+        for s in range(num_latents - segment_frames + 1):
+            one_shot = [i for i, p in enumerate(prompts) if len(set(p[s : s + segment_frames])) == 1]
+            cut = [i for i in one_shot if s == 0 or prompts[i][s] != prompts[i][s - 1]]
+            inside = [i for i in one_shot if s > 0 and prompts[i][s] == prompts[i][s - 1]]
+            if cut:
+                self.at_cut[s] = torch.tensor(cut)
+            if inside:
+                self.inside[s] = torch.tensor(inside)
+        if not self.at_cut and not self.inside:
+            raise ValueError(f"no {segment_frames}-latent-frame segment of these clips lies within one shot")
+
+    def draw(self, batch: int, generator: torch.Generator) -> tuple[int, torch.Tensor, bool]:
+        """(s, clip indices (batch,) drawn with replacement, whether s starts a shot in every one of them)."""
+        at_cut = (torch.rand(1, generator=generator).item() < self.cut_share or not self.inside) and bool(self.at_cut)
+        table = self.at_cut if at_cut else self.inside
+        # s weighted by its clips: uniform over the (clip, start) pairs, so the first segment (a start in every
+        # clip) is about a quarter of the shot starts of 20-s clips, as the first shot is of their shots
+        splits = sorted(table)
+        weights = torch.tensor([len(table[k]) for k in splits], dtype=torch.float64)
+        s = splits[int(torch.multinomial(weights, 1, generator=generator))]
+        clips = table[s]
+        return s, clips[torch.randint(len(clips), (batch,), generator=generator)], at_cut

@@ -37,6 +37,7 @@ from ..model import PFPModel, build_random_model, load_model
 from ..text_encoder import PrecomputedTextEncoder
 from .data import (
     LatentClips,
+    ShotAlignedStarts,
     cached_latents,
     caption_table_from_file,
     clip_dataset,
@@ -88,6 +89,8 @@ class TrainConfig:
     codec_temporal_init: str = "identity"  # a fresh codec's time taps: 'identity' (video mode = image mode) or 'random'
     codec_mix: str = "0.25,0.5,0.25"  # video-mode batch shares: world/folder clips, photo motion, real clips
     codec_decoder_width: int = 0  # stage codec: first widen the --init codec's decoder to this base width (0: keep)
+    segment_starts: str = "shots"  # stage 2 / base: 'shots' (the app's segments, see ShotAlignedStarts) or 'uniform'
+    cut_share: float = 0.5  # segment_starts 'shots': share of segment batches that start a shot
 
 
 class MemoryTrainingModule(nn.Module):
@@ -281,6 +284,8 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError(f"unknown stage {cfg.stage!r}; choose one of {', '.join(STAGES)}")
     if cfg.grad_accum < 1:
         raise ValueError("--grad-accum must be at least 1")
+    if cfg.segment_starts not in ("shots", "uniform"):
+        raise ValueError(f"--segment-starts must be 'shots' or 'uniform', not {cfg.segment_starts[:40]!r}")
     t_start = time.time()
     on_gpu = torch.cuda.is_available()
     # cpu=True without a GPU: under torchrun, accelerate then joins the ranks over gloo (MULTI_CPU)
@@ -315,7 +320,7 @@ def train(cfg: TrainConfig) -> dict:
                                      accelerator.process_index, accelerator.num_processes, cfg.workers, device,
                                      mix=parse_codec_mix(cfg.codec_mix))
         num_clips = codec_batches.num_clips
-        trainer_module = CodecTrainingModule(model.codec.vae)
+        trainer_module, starts = CodecTrainingModule(model.codec.vae), None
     else:
         text_encoder = _text_encoder(model, cfg)
         clips = _training_latents(model, cfg, accelerator, text_encoder)
@@ -326,6 +331,8 @@ def train(cfg: TrainConfig) -> dict:
             retrieval_clips = _training_latents(model, replace(cfg, data=cfg.retrieval_data), accelerator, text_encoder)
         num_clips = len(clips)
         trainer_module = MemoryTrainingModule(model)
+        starts = (ShotAlignedStarts(clips.prompts, model.video.segment_latent_frames, cfg.cut_share)
+                  if cfg.segment_starts == "shots" and cfg.stage != "pretrain" else None)
 
     params = _trainable(model, cfg)
     # fused AdamW on a GPU: one kernel for all parameters instead of a few per tensor (a 13M-parameter G has
@@ -368,7 +375,7 @@ def train(cfg: TrainConfig) -> dict:
                         kind = "codec"
                     else:
                         loss, kind = _memory_step(trainer_module, clips, text_encoder, cfg, gen, device, n, retrieval_clips,
-                                                  noise_gen)
+                                                  noise_gen, starts)
                         extra = {}
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -433,14 +440,19 @@ def _summarise(state: dict, losses: list[float], run_samples: int, run_seconds: 
 
 
 def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen, device, n: int,
-                 retrieval_clips: LatentClips | None = None, noise_gen: torch.Generator | None = None):
+                 retrieval_clips: LatentClips | None = None, noise_gen: torch.Generator | None = None,
+                 starts: ShotAlignedStarts | None = None):
     """One batch: stage-1 retrieval (always in pretrain; a share of batches in finetune), stage-2 next segment,
     or (stage `base`) a segment denoised by G alone, with no memory. `gen` (CPU) draws the batch's choices and t;
-    `noise_gen` (on `device`) draws the noise (default: `gen`, on the CPU)."""
+    `noise_gen` (on `device`) draws the noise (default: `gen`, on the CPU). `starts`: segments drawn where the
+    app starts them (within one shot, a share at a cut); None: a split drawn uniformly, cuts or not."""
     retrieval = cfg.stage == "pretrain" or (cfg.stage == "finetune"
                                             and torch.rand(1, generator=gen).item() < cfg.retrieval_share)
     source = retrieval_clips if retrieval and retrieval_clips is not None else clips
-    idx = torch.randint(0, len(source), (cfg.batch_size,), generator=gen)
+    if starts is not None and not retrieval:
+        split, idx, _ = starts.draw(cfg.batch_size, gen)
+    else:
+        split, idx = None, torch.randint(0, len(source), (cfg.batch_size,), generator=gen)
     lat = source.latents[idx.to(source.latents.device)]  # (B, C, T', H', W')
     b = lat.shape[0]
     if retrieval:
@@ -451,7 +463,7 @@ def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen
         text = text_encoder.null(b)
         kind = "retrieval"
     else:
-        batch = next_segment_batch(lat, n, gen, min_history=0)  # s = 0: the first segment, no memory
+        batch = next_segment_batch(lat, n, gen, min_history=0, split=split)  # s = 0: the first segment, no memory
         x0, positions = batch.target, batch.positions.to(device)
         history = batch.history if cfg.stage == "finetune" else None  # stage `base`: G alone
         prompts = [clips.prompts[i][batch.split] for i in idx.tolist()]
