@@ -315,13 +315,15 @@ def drift_scores(video: np.ndarray, gt, ch: Character, place: str) -> list[dict]
 
 # ---------------------------------------------------------------------------------------------- generation
 
-def generate(pipe, sb, seed: int, steps: int | None, guidance: float | None = None) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+def generate(pipe, sb, seed: int, steps: int | None, guidance: float | None = None, guidance_2: float | None = None,
+             boundary: float | None = None) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     """(T, H, W, 3) uint8 video of the storyboard, and (first frame, end frame, shot index) of each segment."""
     import torch
 
     from pfp_app.pipeline import GenerationSettings
 
-    results = pipe.generate(sb, GenerationSettings(seed=seed, steps=steps, guidance_scale=guidance))
+    results = pipe.generate(sb, GenerationSettings(seed=seed, steps=steps, guidance_scale=guidance,
+                                                   guidance_scale_2=guidance_2, boundary_ratio=boundary))
     ends = np.cumsum([r.frames.shape[1] for r in results]).tolist()  # film frames (3, n, H, W) per segment
     segments = [(e - r.frames.shape[1], e, r.segment.shot_index) for r, e in zip(results, ends)]
     frames = torch.cat([r.frames for r in results], dim=1)  # (3, T, H, W) in [-1, 1]
@@ -348,6 +350,8 @@ def run(args) -> dict:
                     "machine": f"{platform.machine()} CPU" if not _cuda() else "cuda", "argv": sys.argv[1:],
                     "model": args.model, "steps": args.steps or model.video.steps, "sampler": model.video.sampler,
                     "guidance_scale": args.guidance if args.guidance is not None else model.video.guidance_scale,
+                    "guidance_scale_2": args.guidance_2 if args.guidance_2 is not None else model.video.guidance_scale_2,
+                    "boundary_ratio": args.boundary if args.boundary is not None else model.video.boundary_ratio,
                     "segment_seconds": pipe.segment_seconds, "num_storyboards": args.num_storyboards,
                     "seconds": args.seconds, "seed": args.seed, "drift_seconds": args.drift_seconds,
                     "drift_period": args.drift_period},
@@ -356,7 +360,7 @@ def run(args) -> dict:
         t0 = time.time()
         sb, render_seed = heldout_storyboard(i, args.seed, args.seconds)
         gt = render_storyboard(sb, size, fps, seed=render_seed)
-        video, segments = generate(pipe, sb, args.seed + i, args.steps, args.guidance)
+        video, segments = generate(pipe, sb, args.seed + i, args.steps, args.guidance, args.guidance_2, args.boundary)
         if args.videos:  # for rescoring without generating again
             np.savez_compressed(Path(args.videos) / f"storyboard{i}.npz", video=video, segments=np.array(segments))
         starts = [a for a, _, _ in segments]
@@ -371,7 +375,7 @@ def run(args) -> dict:
         t0 = time.time()
         sb, ch, place = drift_storyboard(args.drift_seconds, args.drift_period, args.seed)
         gt = render_storyboard(sb, size, fps, seed=args.seed + 999)
-        video, _ = generate(pipe, sb, args.seed + 999, args.steps, args.guidance)
+        video, _ = generate(pipe, sb, args.seed + 999, args.steps, args.guidance, args.guidance_2, args.boundary)
         if args.videos:
             np.savez_compressed(Path(args.videos) / "drift.npz", video=video)
         res["drift"] = {"storyboard": [f"{float(s.start):g}s: {s.prompt}" for s in sb.shots],
@@ -444,11 +448,16 @@ def _num(x) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
+def _guidance(m: dict) -> str:
+    g, g2 = m.get("guidance_scale", 1.0), m.get("guidance_scale_2")
+    return f"{g:g}" if g2 is None else f"{g:g} above timestep ratio {m.get('boundary_ratio', 0.875):g}, {g2:g} below"
+
+
 def format_tables(res: dict) -> str:
     m, s = res["meta"], res["summary"]
     took = f"{m['total_s'] / 60:.1f} min" if "total_s" in m else "stopped part-way"
     lines = [f"### Prompt fidelity (issue 13): `{m['model']}`, {len(res['storyboards'])} of {m['num_storyboards']} "
-             f"held-out storyboards of {m['seconds']:g} s (seeds {m['seed']}+), {m['steps']} {m['sampler']} steps, guidance {m.get('guidance_scale', 1.0):g}, "
+             f"held-out storyboards of {m['seconds']:g} s (seeds {m['seed']}+), {m['steps']} {m['sampler']} steps, guidance {_guidance(m)}, "
              f"{m['machine']}, {took}", "",
              f"Command: `python benchmarks/fidelity.py {' '.join(m['argv'])}`", "",
              "| attribute (per shot / per character) | generated | ground-truth render (ceiling) | chance |",
@@ -479,6 +488,10 @@ def parse_args(argv=None):
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each held-out storyboard")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps per segment (default: the model's)")
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    ap.add_argument("--guidance-2", type=float, default=None,
+                    help="guidance below --boundary (1: none there; default: the model's, or --guidance throughout)")
+    ap.add_argument("--boundary", type=float, default=None,
+                    help="timestep ratio below which --guidance-2 applies (default: the model's)")
     ap.add_argument("--model", default="default")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",

@@ -111,6 +111,17 @@ class SamplerSettings:
     sampler: str = "unipc"
     shift: float = 3.0
     guidance_scale: float = 1.0
+    # Wan 2.2's two-scale guidance (diffusers' WanPipeline: guidance_scale_2 below boundary_ratio): the layout and
+    # colours are settled at high noise, where guidance_scale applies; below the boundary guidance_scale_2 (None:
+    # the same scale; 1: none, and one forward per step instead of two)
+    guidance_scale_2: float | None = None
+    boundary_ratio: float = 0.875
+
+    def guidance_at(self, timestep: float) -> float:
+        """The guidance scale at a timestep (0..1000)."""
+        if self.guidance_scale_2 is None or timestep >= self.boundary_ratio * NUM_TRAIN_TIMESTEPS:
+            return self.guidance_scale
+        return self.guidance_scale_2
 
 
 @torch.no_grad()
@@ -132,15 +143,15 @@ def sample(
     scheduler = make_scheduler(settings.sampler, settings.shift)
     scheduler.set_timesteps(settings.steps, device=device)
     x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
-    use_cfg = settings.guidance_scale != 1.0
-    if use_cfg and null_text is None:
+    scales = [settings.guidance_at(float(t)) for t in scheduler.timesteps]
+    if any(g != 1.0 for g in scales) and null_text is None:
         raise ValueError("guidance needs the unconditional text embedding")
-    for i, t in enumerate(scheduler.timesteps):
+    for i, (t, scale) in enumerate(zip(scheduler.timesteps, scales)):
         ts = t.expand(shape[0]).to(device)
         v = model(x.to(dtype), ts, text, memory, frame_positions).float()
-        if use_cfg:
+        if scale != 1.0:
             v_null = model(x.to(dtype), ts, null_text, memory, frame_positions).float()
-            v = v_null + settings.guidance_scale * (v - v_null)
+            v = v_null + scale * (v - v_null)
         x = scheduler.step(v, t, x, return_dict=False)[0]
         if on_step is not None:
             on_step(i + 1, settings.steps)

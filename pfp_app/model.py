@@ -43,6 +43,8 @@ class VideoSpec:
     sampler: str = "unipc"
     shift: float = 3.0
     guidance_scale: float = 1.0
+    guidance_scale_2: float | None = None  # below boundary_ratio (see flow.SamplerSettings); None: guidance_scale
+    boundary_ratio: float = 0.875
 
 
 @dataclass

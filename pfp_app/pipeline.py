@@ -43,6 +43,8 @@ class GenerationSettings:
     sampler: str | None = None
     shift: float | None = None
     guidance_scale: float | None = None
+    guidance_scale_2: float | None = None  # None: the model's (flow.SamplerSettings)
+    boundary_ratio: float | None = None
 
     def sampler_settings(self, model: PFPModel) -> SamplerSettings:
         v = model.video
@@ -50,6 +52,8 @@ class GenerationSettings:
             steps=self.steps or v.steps, sampler=self.sampler or v.sampler,
             shift=self.shift if self.shift is not None else v.shift,
             guidance_scale=self.guidance_scale if self.guidance_scale is not None else v.guidance_scale,
+            guidance_scale_2=self.guidance_scale_2 if self.guidance_scale_2 is not None else v.guidance_scale_2,
+            boundary_ratio=self.boundary_ratio if self.boundary_ratio is not None else v.boundary_ratio,
         )
 
 
@@ -181,7 +185,7 @@ class PFPPipeline:
             if history is not None:
                 memory, cache = self.model.memory_encoder.encode_incremental(history.to(self.dtype), cache)
             text = self._text([seg.prompt])
-            if sampler.guidance_scale != 1.0:
+            if sampler.guidance_scale != 1.0 or sampler.guidance_scale_2 not in (None, 1.0):
                 null_text = self.model.null_text(1).to(self.device, self.dtype)
             first = offset + seg.first_latent
             positions = torch.arange(first, first + n, dtype=torch.float32, device=self.device)
@@ -312,7 +316,7 @@ class PFPPipeline:
         first = max(0, j - window + 1)
         positions = torch.arange(first, j + 1, dtype=torch.float32, device=self.device)
         sampler = GenerationSettings(seed=seed, steps=steps).sampler_settings(self.model)
-        sampler.guidance_scale = 1.0
+        sampler.guidance_scale, sampler.guidance_scale_2 = 1.0, None  # recall: the memory alone
         shape = self.latent_shape(len(positions))
         latents = sample(self._velocity, shape, self._text([prompt]), memory, positions, sampler,
                          torch.Generator().manual_seed(seed), device=self.device, dtype=self.dtype)

@@ -88,6 +88,27 @@ def test_codec_stage_writes_a_loadable_model_with_latent_statistics(tmp_path):
     assert json.loads((out / "model" / "training.json").read_text())["config"]["stage"] == "codec"
 
 
+def test_codec_with_a_frozen_encoder_trains_the_decoder_and_keeps_every_latent(tmp_path):
+    """--codec-freeze-encoder: the decoder learns, the encoder and the latent statistics stay, so a clip encodes
+    to the same latents and G and φ trained on them stay valid."""
+    first = tmp_path / "a"
+    train(TrainConfig(stage="codec", out=str(first), max_steps=2, codec_window=9, **TINY_DATA))
+    out = tmp_path / "b"
+    train(TrainConfig(stage="codec", out=str(out), max_steps=6, codec_window=9, codec_freeze_encoder=True,
+                      **{**TINY_DATA, "init": str(first / "model")}))
+    a, b = load_model(first / "model").codec, load_model(out / "model").codec
+    sa, sb = a.vae.state_dict(), b.vae.state_dict()
+    side = [k for k in sa if k.startswith(("encoder.", "quant_conv."))]
+    assert side and all(torch.equal(sa[k], sb[k]) for k in side)
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.startswith("decoder."))
+    assert a.vae.config.latents_mean == b.vae.config.latents_mean and a.vae.config.latents_std == b.vae.config.latents_std
+    clip = torch.rand(1, 3, 9, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(a.encode(clip, sample=False), b.encode(clip, sample=False))
+    with pytest.raises(ValueError, match="--codec-freeze-encoder trains the codec's decoder alone"):
+        train(TrainConfig(stage="finetune", out=str(tmp_path / "c"), codec_freeze_encoder=True, **TINY_DATA))
+
+
 def test_pretrain_loss_decreases(tmp_path):
     out = tmp_path / "pre"
     t0 = time.time()

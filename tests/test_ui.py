@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pfp_app.project import Project
+from pfp_app.storyboard import parse_storyboard
 from pfp_app.ui import Studio
 from pfp_app.ui import project_state as ps
 from pfp_app.video_io import read_mp4_comment, read_video, write_mp4
@@ -250,6 +251,22 @@ def test_reopening_restores_the_last_project(studio, film):
     assert out[0]["value"] == "brand new" and out[4] is None and "New project" in out[7]
     assert ps.last_project(studio.root) is None  # the new project has no folder yet
     studio.open_project("film")
+
+
+def test_open_and_check_give_the_shot_table_of_the_text_the_editor_will_show(studio, film):
+    """Open and check are one event: the table is the opened project's, whatever the editor held before; a new
+    project keeps the editor's text, and the table is that text's."""
+    other = "0s: a red solid circle in front of the brick wall\ntotal: 3s\n"
+    out = studio.open_and_check("film", other)
+    opened, (rows, message, shots, export, prompt) = out[:8], out[8:]
+    assert opened[1] == ps.read_editor_text(film) and rows == studio.check(opened[1])[0]
+    assert len(rows) == len(parse_storyboard(opened[1]).shots) != 1
+    assert prompt == parse_storyboard(opened[1]).shots[0].prompt
+    out = studio.open_and_check("brand new", other)
+    assert out[1]["__type__"] == "update" and len(out[8]) == 1 and out[12] == "a red solid circle in front of the brick wall"
+    studio.open_project("film")
+    out = studio.restore_and_check(other)  # page load: the last project, checked in the same event
+    assert out[0]["value"] == "film" and out[8] == studio.check(ps.read_editor_text(film))[0]
 
 
 # ------------------------------------------------------------------ per-shot preview and export

@@ -43,6 +43,8 @@ TRAIN_OPTION_HELP = {
     "codec_mix": "video-mode codec batches: shares of world (or folder) clips, photo motion and real clips",
     "codec_decoder_width": "stage codec: widen the --init codec's decoder to this base width first, keeping what it "
                            "computes and every latent (0: keep its width)",
+    "codec_freeze_encoder": "stage codec: train the decoder alone; every latent stays as it is, so G and φ trained on "
+                            "the --init codec's latents need no new training",
     "segment_starts": "stage 2 / base: 'shots' draws only segments the app generates (within one shot, a share "
                       "starting a shot) or 'uniform' (any split, across cuts too: models before v6)",
     "cut_share": "with --segment-starts shots: share of segment batches that start a shot (or the film)",

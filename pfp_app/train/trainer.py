@@ -89,6 +89,7 @@ class TrainConfig:
     codec_temporal_init: str = "identity"  # a fresh codec's time taps: 'identity' (video mode = image mode) or 'random'
     codec_mix: str = "0.25,0.5,0.25"  # video-mode batch shares: world/folder clips, photo motion, real clips
     codec_decoder_width: int = 0  # stage codec: first widen the --init codec's decoder to this base width (0: keep)
+    codec_freeze_encoder: bool = False  # stage codec: train the decoder alone (every latent, and so G, stays valid)
     segment_starts: str = "shots"  # stage 2 / base: 'shots' (the app's segments, see ShotAlignedStarts) or 'uniform'
     cut_share: float = 0.5  # segment_starts 'shots': share of segment batches that start a shot
 
@@ -110,12 +111,13 @@ class MemoryTrainingModule(nn.Module):
 
 
 class CodecTrainingModule(nn.Module):
-    def __init__(self, vae):
+    def __init__(self, vae, freeze_encoder: bool = False):
         super().__init__()
-        self.vae = vae
+        self.vae, self.freeze_encoder = vae, freeze_encoder
 
     def forward(self, x):
-        dist = self.vae.encode(x).latent_dist
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            dist = self.vae.encode(x).latent_dist
         recon = self.vae.decode(dist.sample()).sample
         l1, mse = (recon.float() - x).abs().mean(), F.mse_loss(recon.float(), x)
         kl = dist.kl().mean() / x[0].numel()
@@ -162,6 +164,12 @@ def _init_model(cfg: TrainConfig) -> PFPModel:
     trained = {"codec": ("vae",), "base": ("transformer",)}.get(cfg.stage, ("transformer", "memory_encoder"))
     for name, m in model.modules().items():
         m.float().train(name in trained).requires_grad_(name in trained)
+    if cfg.codec_freeze_encoder:
+        if cfg.stage != "codec":
+            raise ValueError("--codec-freeze-encoder trains the codec's decoder alone: use it with --stage codec")
+        vae = model.codec.vae  # the encoder side: what makes a latent (its sampling noise comes from logvar)
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
     return model
 
 
@@ -234,7 +242,7 @@ def _save_state(accelerator, cfg, model: PFPModel, optimizer, ema, state: dict) 
 
 def _trainable(model: PFPModel, cfg: TrainConfig) -> list[nn.Parameter]:
     if cfg.stage == "codec":
-        return list(model.codec.vae.parameters())
+        return [p for p in model.codec.vae.parameters() if p.requires_grad]
     params = [] if cfg.stage == "base" else list(model.memory_encoder.parameters())
     params += [p for p in model.transformer.parameters() if p.requires_grad]
     return params
@@ -320,7 +328,7 @@ def train(cfg: TrainConfig) -> dict:
                                      accelerator.process_index, accelerator.num_processes, cfg.workers, device,
                                      mix=parse_codec_mix(cfg.codec_mix))
         num_clips = codec_batches.num_clips
-        trainer_module, starts = CodecTrainingModule(model.codec.vae), None
+        trainer_module, starts = CodecTrainingModule(model.codec.vae, cfg.codec_freeze_encoder), None
     else:
         text_encoder = _text_encoder(model, cfg)
         clips = _training_latents(model, cfg, accelerator, text_encoder)
@@ -414,8 +422,8 @@ def train(cfg: TrainConfig) -> dict:
         accelerator.print(f"nothing to do: {cfg.out} is at step {state['step']} (max {cfg.max_steps})")
         return {**state, **result}
     _summarise(state, losses, state["samples"] - run_samples0, time.time() - run_t0)
-    if cfg.stage == "codec" and accelerator.is_main_process:  # the shipped codec is the EMA one: its latent
-        ema.copy_to(params)                                   # statistics are measured on it
+    if cfg.stage == "codec" and accelerator.is_main_process and not cfg.codec_freeze_encoder:
+        ema.copy_to(params)  # the shipped codec is the EMA one: its latent statistics are measured on it
         stats_gen = torch.Generator().manual_seed(cfg.seed)
         windows = torch.cat([codec_batches(16, 17, stats_gen) for _ in range(4)])  # 64 video windows
         _set_latent_statistics(model, windows.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu(), device)

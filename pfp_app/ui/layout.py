@@ -154,16 +154,17 @@ def build_demo(studio: Studio) -> gr.Blocks:
         sb_outputs = [shot_table, sb_status, shot, which, regen_prompt]
         storyboard.change(studio.check, storyboard, sb_outputs, queue=False, show_progress="hidden")
         footage_outputs = [footage_preview, footage_info]
-        # open, then check again: an unchanged editor text fires no change event, and the shot controls must
-        # still show the open storyboard; then show the open project's footage. On page load the editor stays
-        # read-only until the project's text and its check are in: text typed earlier was checked, then the load's
-        # check (of the text as it was) landed last and emptied the shot table under a valid storyboard
-        demo.load(studio.restore, None, open_outputs).then(studio.check, storyboard, sb_outputs).then(
+        # open and check in one event (an unchanged editor text fires no change event, and the shot controls must
+        # still show the open storyboard; checked in a second event, they could show a text no longer in the
+        # editor); then show the open project's footage. On page load the editor stays read-only until the
+        # project's text and its check are in: text typed earlier was checked, then the load's check (of the text
+        # as it was) landed last and emptied the shot table under a valid storyboard
+        demo.load(studio.restore_and_check, storyboard, open_outputs + sb_outputs).then(
             lambda: gr.update(interactive=True), None, storyboard, queue=False).then(
             studio.footage.show, project, footage_outputs)
-        open_btn.click(studio.open_project, project, open_outputs).then(studio.check, storyboard, sb_outputs).then(
+        open_btn.click(studio.open_and_check, [project, storyboard], open_outputs + sb_outputs).then(
             studio.footage.show, project, footage_outputs)
-        project.select(studio.open_project, project, open_outputs).then(studio.check, storyboard, sb_outputs).then(
+        project.select(studio.open_and_check, [project, storyboard], open_outputs + sb_outputs).then(
             studio.footage.show, project, footage_outputs)
         preset_btn.click(studio.load_preset, preset, storyboard).then(studio.check, storyboard, sb_outputs)
         save_btn.click(studio.save_storyboard, [project, storyboard], project_msg)

@@ -222,6 +222,19 @@ class Studio:
         """On page load: reopen the last project (projects/.last), or the default one."""
         return self.open_project(ps.last_project(self.root) or DEFAULT_PROJECT)
 
+    def open_and_check(self, name: str, editor_text: str):
+        """open_project's outputs, then check's for the text the editor will show (the project's, or the editor's
+        own where the project has none), from one event. Checked in a second event, the shot table could show a
+        text that was no longer in the editor: that event read the editor when it ran, and an open or a typed
+        edit landing in between left the table and the editor disagreeing."""
+        opened = self.open_project(name)
+        text = opened[1] if isinstance(opened[1], str) else editor_text
+        return (*opened, *self.check(text))
+
+    def restore_and_check(self, editor_text: str):
+        """restore's outputs and check's, from one event (see open_and_check)."""
+        return self.open_and_check(ps.last_project(self.root) or DEFAULT_PROJECT, editor_text)
+
     def project_summary(self, name: str) -> str:
         try:
             folder = ps.project_folder(self.root, name)
