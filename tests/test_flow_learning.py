@@ -94,6 +94,32 @@ def test_guidance_needs_the_null_text():
         sample(lambda *a: a[0], (1, 4, 1, 4, 4), None, None, None, SamplerSettings(steps=2, guidance_scale=5.0))
 
 
+def test_two_scale_guidance_applies_each_scale_on_its_side_of_the_boundary():
+    """Wan 2.2-style guidance: guidance_scale at timesteps >= boundary_ratio * 1000, guidance_scale_2 below, and
+    no unconditional forward where the scale is 1. A velocity of 1 with the prompt and 0 without makes the
+    guided velocity the scale itself, so Euler's end point is x_T - sum(scale_i * dsigma_i)."""
+    calls = []
+
+    def velocity(x, t, text, memory, positions):
+        calls.append(float(t[0]))
+        return torch.full_like(x, float(text.sum() > 0))
+
+    settings = SamplerSettings(steps=8, sampler="euler", shift=3.0, guidance_scale=6.0, guidance_scale_2=1.0,
+                               boundary_ratio=0.6)
+    text, null = torch.ones(1, 2, 3), torch.zeros(1, 2, 3)
+    out = sample(velocity, (1, 2, 1, 2, 2), text, None, None, settings, torch.Generator().manual_seed(0), null_text=null)
+    sched = make_scheduler("euler", 3.0)
+    sched.set_timesteps(8)
+    scales = [6.0 if t >= 600 else 1.0 for t in sched.timesteps.tolist()]
+    assert 1.0 in scales and 6.0 in scales  # both sides of the boundary occur
+    assert len(calls) == 8 + scales.count(6.0)  # one forward per step, two where guided
+    x_t = torch.randn((1, 2, 1, 2, 2), generator=torch.Generator().manual_seed(0))
+    expected = x_t + sum(g * float(b - a) for g, a, b in zip(scales, sched.sigmas[:-1], sched.sigmas[1:]))
+    torch.testing.assert_close(out, expected)
+    one_scale = SamplerSettings(steps=8, sampler="euler", shift=3.0, guidance_scale=6.0)
+    assert [one_scale.guidance_at(t) for t in (999.0, 10.0)] == [6.0, 6.0]  # guidance_scale_2 None: one scale
+
+
 def test_flow_loss_of_the_perfect_model_is_zero():
     x0 = torch.randn(3, 4, 2, 4, 4, generator=torch.Generator().manual_seed(5))
     loss = flow_loss(_oracle(x0), x0, None, None, None, shift=3.0, generator=torch.Generator().manual_seed(6))
