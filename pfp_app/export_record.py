@@ -27,6 +27,17 @@ class ExportRecord:
     footage_excluded: bool = False  # the project had footage; the file holds the generated part only
     fields: dict[str, str] = field(default_factory=dict)
     guidance: float | None = None  # classifier-free guidance; None: not recorded (exports before it was)
+    guidance_2: float | None = None  # guidance below `boundary` (two-scale guidance); None: one scale throughout
+    boundary: float | None = None
+
+    def generation_settings(self, seed: int):
+        """The settings that made the export's segments (with `seed`). A record with one guidance scale keeps one
+        (guidance_scale_2 = guidance_scale), whatever the model's default is now."""
+        from .pipeline import GenerationSettings
+
+        g2 = self.guidance_2 if self.guidance_2 is not None else self.guidance
+        return GenerationSettings(seed=seed, steps=self.steps, guidance_scale=self.guidance, guidance_scale_2=g2,
+                                  boundary_ratio=self.boundary)
 
     @property
     def seed(self) -> int:
@@ -46,6 +57,8 @@ class ExportRecord:
         foot = (f", starting with {self.footage_frames} frames of footage" if self.footage_frames else
                 ", exported without its footage" if self.footage_excluded else "")
         guidance = f", guidance {self.guidance:g}" if self.guidance is not None else ""
+        if self.guidance_2 is not None:
+            guidance += f" (then {self.guidance_2:g} below timestep ratio {self.boundary:g})"
         return f"model {self.model}, {seeds}, {self.steps or 'default'} steps{guidance}, {shots} shots{foot}"
 
 
@@ -72,10 +85,14 @@ def parse_export_comment(comment: str | None, path: str | Path = "") -> ExportRe
         steps = None if steps_field in (None, "None") else next(iter(_per_segment(steps_field).values()))
         frames = int(fields.get("footage_frames", 0))
         guidance = float(fields["guidance"]) if fields.get("guidance") not in (None, "None") else None
+        guidance_2 = float(fields["guidance2"]) if "guidance2" in fields else None
+        boundary = float(fields["boundary"]) if "boundary" in fields else None
+        if (guidance_2 is None) != (boundary is None):
+            raise KeyError("guidance2 and boundary go together")
     except (ValueError, KeyError):
         raise ValueError(f"'{Path(path).name}' has a PFP Studio comment that cannot be read: {head!r}") from None
     return ExportRecord(Path(path), fields.get("model"), seeds, steps, storyboard, frames,
-                        fields.get("footage") == "excluded", fields, guidance)
+                        fields.get("footage") == "excluded", fields, guidance, guidance_2, boundary)
 
 
 def read_export_record(path: str | Path) -> ExportRecord | None:
@@ -111,7 +128,7 @@ def generate_with_seeds(pipe, storyboard, record: ExportRecord, project, start: 
     """Generate the storyboard into `project` with each segment's recorded seed: the seed changes only where
     a shot was regenerated with a new one (every later segment has it), so runs of one seed are generated in
     turn, each stopped where the next seed begins."""
-    from .pipeline import GenerationSettings, GenerationStopped
+    from .pipeline import GenerationStopped
 
     from .footage import has_footage
 
@@ -128,7 +145,7 @@ def generate_with_seeds(pipe, storyboard, record: ExportRecord, project, start: 
             return project.finished_segments() >= stop_at
 
         try:
-            pipe.generate(storyboard, GenerationSettings(seed=seed, steps=record.steps, guidance_scale=record.guidance), project, start_segment=k,
+            pipe.generate(storyboard, record.generation_settings(seed), project, start_segment=k,
                           should_stop=should_stop, **callbacks)
         except GenerationStopped:
             pass

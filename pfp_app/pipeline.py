@@ -271,9 +271,11 @@ class PFPPipeline:
         settings = project.read_settings()
         sampler = settings.get("sampler_settings") or {}
         steps, guidance = sampler.get("steps"), sampler.get("guidance_scale")
+        g2, boundary = sampler.get("guidance_scale_2"), sampler.get("boundary_ratio", 0.875)
         n_lead = int(footage_meta(project)["frames"]) if lead else None
         comment = (f"PFP Studio | model={settings.get('model')} seed={settings.get('seed')} steps={steps}"
                    f"{f' guidance={guidance:g}' if guidance is not None else ''}"
+                   f"{f' guidance2={g2:g} boundary={boundary:g}' if g2 is not None else ''}"
                    f"{footage_comment(project, n_lead)}\n{project.read_storyboard()}")
         return write_mp4(out_path or project.film_path, frames, fps, crf=crf, comment=comment)
 

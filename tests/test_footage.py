@@ -189,6 +189,19 @@ def test_export_comment_parses_back_to_storyboard_seeds_and_steps():
         parse_export_comment("PFP Studio | seed=x\n0s: a", "bad.mp4")
 
 
+def test_export_records_two_scale_guidance_and_a_one_scale_record_stays_one_scale():
+    """Restoring regenerates with the recorded sampler: two scales where recorded, else one scale throughout
+    (guidance_scale_2 = guidance), even when the model's default has two."""
+    rec = parse_export_comment("PFP Studio | model=default seed=1 steps=8 guidance=6 guidance2=1 boundary=0.6\n0s: a", "g.mp4")
+    s = rec.generation_settings(4)
+    assert (s.seed, s.steps, s.guidance_scale, s.guidance_scale_2, s.boundary_ratio) == (4, 8, 6.0, 1.0, 0.6)
+    assert "guidance 6 (then 1 below timestep ratio 0.6)" in rec.describe()
+    old = parse_export_comment("PFP Studio | model=default seed=1 steps=8 guidance=3\n0s: a", "g.mp4").generation_settings(1)
+    assert (old.guidance_scale, old.guidance_scale_2) == (3.0, 3.0)
+    with pytest.raises(ValueError, match="cannot be read"):
+        parse_export_comment("PFP Studio | seed=1 guidance=6 guidance2=1\n0s: a", "half.mp4")
+
+
 def _cli(capsys, *argv):
     rc = main(list(argv))
     c = capsys.readouterr()
@@ -253,4 +266,5 @@ def test_cli_guidance_is_used_recorded_in_the_export_and_restored(tmp_path, caps
     rc, out, err = _cli(capsys, "generate", "--restore", "--from", str(tmp_path / "film.mp4"),
                         "--out", str(tmp_path / "restored.mp4"), "--model", "tiny-random", "--device", "cpu")
     assert rc == 0, err
-    assert Project(tmp_path / "restored_project").read_settings()["sampler_settings"]["guidance_scale"] == 2.5
+    restored = Project(tmp_path / "restored_project").read_settings()["sampler_settings"]
+    assert restored["guidance_scale"] == restored["guidance_scale_2"] == 2.5  # one scale, as recorded
