@@ -11,6 +11,12 @@ writes
   for training calls (`BANK=data/bank-lite benchmarks/train_default_gpu.sh ...`);
 - `data/bank-eval`: the bank's held-out clips and photographs only (1.5 MiB), for `evaluate --bank`.
 
+And with `--encoder-only-vae DIR`: `.carry/vae-encoder` (6 MB), the codec of model folder DIR with its encoder and
+latent statistics and a 4-channel placeholder decoder: all that G's training needs (it only encodes clips), for a
+call that trains G and must carry the 7.3-MB caption table beside the 59-MB default model. Put it in the model's
+place for that call (`mv assets/pfp-default/vae /tmp/vae-full && cp -r .carry/vae-encoder assets/pfp-default/vae`,
+then `git checkout -- assets/pfp-default/vae` after the call); keep `EVAL_TIMEOUT=0`, since it cannot decode.
+
 Device calls then carry e.g. `[".whl", ".carry", "data/bank-lite"]`. Written by hand (no library repacks a
 wheel without some of its files); the RECORD is rewritten so pip's install check passes.
 """
@@ -66,12 +72,33 @@ def subset_bank(bank: Path, out: Path, split: str, max_crop: int | None) -> int:
     return total
 
 
+def encoder_only_vae(vae_dir: Path, out: Path) -> int:
+    """Write the codec of `vae_dir` with a placeholder decoder (base width 4, random) to `out`; returns bytes.
+    Latents are unchanged: the encoder, quant_conv and the latent statistics are copied."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(str(vae_dir), torch_dtype=torch.float32, local_files_only=True)
+    config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    small = AutoencoderKLWan.from_config({**config, "decoder_base_dim": 4})
+    encoder_side = {k: v for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
+    missing, unexpected = small.load_state_dict(encoder_side, strict=False)
+    assert not unexpected and all(not k.startswith(("encoder.", "quant_conv.")) for k in missing)
+    small.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
+    return sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--wheel", default=None, help="the full diffusers wheel (pip download, see the device README)")
     ap.add_argument("--bank", default="data/bank")
     ap.add_argument("--lite-crops", type=int, default=2, help="photo crops kept per picture in data/bank-lite")
+    ap.add_argument("--encoder-only-vae", default=None, metavar="MODEL_DIR",
+                    help="also write .carry/vae-encoder: MODEL_DIR's codec with a placeholder decoder (G's training)")
     args = ap.parse_args(argv)
+    if args.encoder_only_vae:
+        out = Path(".carry/vae-encoder")
+        print(f"{out}: {encoder_only_vae(Path(args.encoder_only_vae) / 'vae', out) / 1e6:.1f} MB")
     if args.wheel:
         src = Path(args.wheel)
         dst = Path(".whl") / src.name

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -201,3 +203,27 @@ def test_codec_frames_marks_the_latent_chunk_that_holds_a_cut():
     assert not cut_chunk_mask(x[:, :, :16], 4).any()
     p = frame_psnrs(x + 0.02, x)
     assert p.shape == (21,) and torch.allclose(p, torch.full((21,), 10 * torch.log10(torch.tensor(4 / 0.0004))))
+
+
+def test_device_carry_encoder_only_vae_encodes_exactly_as_the_full_codec(tmp_path):
+    """The stand-in a G-training call carries: same latents and latent statistics, a far smaller file."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import device_carry
+    from diffusers import AutoencoderKLWan
+
+    from pfp_app.codec import WanLatentCodec
+    from pfp_app.model import MODEL_CONFIGS
+
+    torch.manual_seed(0)
+    full = AutoencoderKLWan(**MODEL_CONFIGS["default"].vae)
+    full.register_to_config(latents_mean=[0.1] * 32, latents_std=[2.0] * 32)
+    full.save_pretrained(tmp_path / "vae")
+    size = device_carry.encoder_only_vae(tmp_path / "vae", tmp_path / "enc")
+    small = AutoencoderKLWan.from_pretrained(tmp_path / "enc", torch_dtype=torch.float32)
+    assert small.config.latents_mean == [0.1] * 32 and small.config.decoder_base_dim == 4
+    clip = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a, b = WanLatentCodec(full.half().float()).encode(clip), WanLatentCodec(small).encode(clip)
+    assert torch.equal(a, b)
+    full_size = sum(f.stat().st_size for f in (tmp_path / "vae").iterdir())
+    assert size < 0.5 * full_size / 2  # fp16 and without the decoder: under half of the fp32 full codec's half
