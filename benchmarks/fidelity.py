@@ -315,24 +315,31 @@ def drift_scores(video: np.ndarray, gt, ch: Character, place: str) -> list[dict]
 
 # ---------------------------------------------------------------------------------------------- generation
 
-def generate(pipe, sb, seed: int, steps: int | None, guidance: float | None = None, guidance_2: float | None = None,
-             boundary: float | None = None) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+def generate(pipe, sb, seed: int, steps: int | None, guidance: float | None = None,
+             **scales) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     """(T, H, W, 3) uint8 video of the storyboard, and (first frame, end frame, shot index) of each segment."""
     import torch
 
     from pfp_app.pipeline import GenerationSettings
 
-    results = pipe.generate(sb, GenerationSettings(seed=seed, steps=steps, guidance_scale=guidance,
-                                                   guidance_scale_2=guidance_2, boundary_ratio=boundary))
+    results = pipe.generate(sb, GenerationSettings(seed=seed, steps=steps, guidance_scale=guidance, **scales))
     ends = np.cumsum([r.frames.shape[1] for r in results]).tolist()  # film frames (3, n, H, W) per segment
     segments = [(e - r.frames.shape[1], e, r.segment.shot_index) for r, e in zip(results, ends)]
     frames = torch.cat([r.frames for r in results], dim=1)  # (3, T, H, W) in [-1, 1]
     return frames.permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy(), segments
 
 
+def _scales(args) -> dict:
+    """GenerationSettings' guidance fields from the command line (None: the model's; --guidance alone: one scale)."""
+    return dict(guidance_scale_2=args.guidance_2, boundary_ratio=args.boundary,
+                shot_start_guidance_scale=args.start_guidance, shot_start_guidance_scale_2=args.start_guidance_2)
+
+
 def run(args) -> dict:
+    from dataclasses import asdict
+
     from pfp_app.model import load_model
-    from pfp_app.pipeline import PFPPipeline
+    from pfp_app.pipeline import GenerationSettings, PFPPipeline
 
     t_start = time.time()
     device = "cuda" if _cuda() else "cpu"
@@ -349,9 +356,9 @@ def run(args) -> dict:
     res = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": f"{platform.machine()} CPU" if not _cuda() else "cuda", "argv": sys.argv[1:],
                     "model": args.model, "steps": args.steps or model.video.steps, "sampler": model.video.sampler,
-                    "guidance_scale": args.guidance if args.guidance is not None else model.video.guidance_scale,
-                    "guidance_scale_2": args.guidance_2 if args.guidance_2 is not None else model.video.guidance_scale_2,
-                    "boundary_ratio": args.boundary if args.boundary is not None else model.video.boundary_ratio,
+                    **{k: v for k, v in asdict(GenerationSettings(steps=args.steps, guidance_scale=args.guidance,
+                                                                   **_scales(args)).sampler_settings(model)).items()
+                       if "guidance" in k or k == "boundary_ratio"},
                     "segment_seconds": pipe.segment_seconds, "num_storyboards": args.num_storyboards,
                     "seconds": args.seconds, "seed": args.seed, "drift_seconds": args.drift_seconds,
                     "drift_period": args.drift_period},
@@ -360,7 +367,7 @@ def run(args) -> dict:
         t0 = time.time()
         sb, render_seed = heldout_storyboard(i, args.seed, args.seconds)
         gt = render_storyboard(sb, size, fps, seed=render_seed)
-        video, segments = generate(pipe, sb, args.seed + i, args.steps, args.guidance, args.guidance_2, args.boundary)
+        video, segments = generate(pipe, sb, args.seed + i, args.steps, args.guidance, **_scales(args))
         if args.videos:  # for rescoring without generating again
             np.savez_compressed(Path(args.videos) / f"storyboard{i}.npz", video=video, segments=np.array(segments))
         starts = [a for a, _, _ in segments]
@@ -375,7 +382,7 @@ def run(args) -> dict:
         t0 = time.time()
         sb, ch, place = drift_storyboard(args.drift_seconds, args.drift_period, args.seed)
         gt = render_storyboard(sb, size, fps, seed=args.seed + 999)
-        video, _ = generate(pipe, sb, args.seed + 999, args.steps, args.guidance, args.guidance_2, args.boundary)
+        video, _ = generate(pipe, sb, args.seed + 999, args.steps, args.guidance, **_scales(args))
         if args.videos:
             np.savez_compressed(Path(args.videos) / "drift.npz", video=video)
         res["drift"] = {"storyboard": [f"{float(s.start):g}s: {s.prompt}" for s in sb.shots],
@@ -449,8 +456,12 @@ def _num(x) -> str:
 
 
 def _guidance(m: dict) -> str:
-    g, g2 = m.get("guidance_scale", 1.0), m.get("guidance_scale_2")
-    return f"{g:g}" if g2 is None else f"{g:g} above timestep ratio {m.get('boundary_ratio', 0.875):g}, {g2:g} below"
+    g, g2, b = m.get("guidance_scale", 1.0), m.get("guidance_scale_2"), m.get("boundary_ratio", 0.875)
+    s, s2 = m.get("shot_start_guidance_scale"), m.get("shot_start_guidance_scale_2")
+    text = f"{g:g}" if g2 is None else f"{g:g} above timestep ratio {b:g}, {g2:g} below"
+    if s is not None:
+        text += f" ({s:g} on a shot's first segment{f', {s2:g} below {b:g}' if s2 is not None else ''})"
+    return text
 
 
 def format_tables(res: dict) -> str:
@@ -492,6 +503,10 @@ def parse_args(argv=None):
                     help="guidance below --boundary (1: none there; default: the model's, or --guidance throughout)")
     ap.add_argument("--boundary", type=float, default=None,
                     help="timestep ratio below which --guidance-2 applies (default: the model's)")
+    ap.add_argument("--start-guidance", type=float, default=None,
+                    help="guidance on each shot's first segment above --boundary (default: the model's)")
+    ap.add_argument("--start-guidance-2", type=float, default=None,
+                    help="guidance on each shot's first segment below --boundary (default: the model's)")
     ap.add_argument("--model", default="default")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",

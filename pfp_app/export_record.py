@@ -29,15 +29,18 @@ class ExportRecord:
     guidance: float | None = None  # classifier-free guidance; None: not recorded (exports before it was)
     guidance_2: float | None = None  # guidance below `boundary` (two-scale guidance); None: one scale throughout
     boundary: float | None = None
+    start_guidance: float | None = None  # a shot's first segment (flow.SamplerSettings); None: as elsewhere
+    start_guidance_2: float | None = None
 
     def generation_settings(self, seed: int):
         """The settings that made the export's segments (with `seed`). A record with one guidance scale keeps one
-        (guidance_scale_2 = guidance_scale), whatever the model's default is now."""
+        (GenerationSettings: a guidance scale given alone), whatever the model's default is now."""
         from .pipeline import GenerationSettings
 
-        g2 = self.guidance_2 if self.guidance_2 is not None else self.guidance
-        return GenerationSettings(seed=seed, steps=self.steps, guidance_scale=self.guidance, guidance_scale_2=g2,
-                                  boundary_ratio=self.boundary)
+        return GenerationSettings(seed=seed, steps=self.steps, guidance_scale=self.guidance,
+                                  guidance_scale_2=self.guidance_2, boundary_ratio=self.boundary,
+                                  shot_start_guidance_scale=self.start_guidance,
+                                  shot_start_guidance_scale_2=self.start_guidance_2)
 
     @property
     def seed(self) -> int:
@@ -59,6 +62,9 @@ class ExportRecord:
         guidance = f", guidance {self.guidance:g}" if self.guidance is not None else ""
         if self.guidance_2 is not None:
             guidance += f" (then {self.guidance_2:g} below timestep ratio {self.boundary:g})"
+        if self.start_guidance is not None:
+            then = f", then {self.start_guidance_2:g} below {self.boundary:g}" if self.start_guidance_2 is not None else ""
+            guidance += f" ({self.start_guidance:g} on a shot's first segment{then})"
         return f"model {self.model}, {seeds}, {self.steps or 'default'} steps{guidance}, {shots} shots{foot}"
 
 
@@ -85,14 +91,15 @@ def parse_export_comment(comment: str | None, path: str | Path = "") -> ExportRe
         steps = None if steps_field in (None, "None") else next(iter(_per_segment(steps_field).values()))
         frames = int(fields.get("footage_frames", 0))
         guidance = float(fields["guidance"]) if fields.get("guidance") not in (None, "None") else None
-        guidance_2 = float(fields["guidance2"]) if "guidance2" in fields else None
-        boundary = float(fields["boundary"]) if "boundary" in fields else None
-        if (guidance_2 is None) != (boundary is None):
-            raise KeyError("guidance2 and boundary go together")
+        scales = {k: float(fields[k]) if k in fields else None
+                  for k in ("guidance2", "boundary", "start_guidance", "start_guidance2")}
+        if (scales["guidance2"] is not None or scales["start_guidance"] is not None) != (scales["boundary"] is not None):
+            raise KeyError("guidance2 / start_guidance and boundary go together")
     except (ValueError, KeyError):
         raise ValueError(f"'{Path(path).name}' has a PFP Studio comment that cannot be read: {head!r}") from None
     return ExportRecord(Path(path), fields.get("model"), seeds, steps, storyboard, frames,
-                        fields.get("footage") == "excluded", fields, guidance, guidance_2, boundary)
+                        fields.get("footage") == "excluded", fields, guidance, scales["guidance2"], scales["boundary"],
+                        scales["start_guidance"], scales["start_guidance2"])
 
 
 def read_export_record(path: str | Path) -> ExportRecord | None:

@@ -9,7 +9,7 @@ Sampling goes through diffusers' flow-matching schedulers (Euler, UniPC) with ti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -116,6 +116,17 @@ class SamplerSettings:
     # the same scale; 1: none, and one forward per step instead of two)
     guidance_scale_2: float | None = None
     boundary_ratio: float = 0.875
+    # a shot's first segment, where the text alone must set the new place (within a shot the memory holds it):
+    # these replace guidance_scale / guidance_scale_2 there (None: the same as elsewhere)
+    shot_start_guidance_scale: float | None = None
+    shot_start_guidance_scale_2: float | None = None
+
+    def for_segment(self, shot_start: bool) -> "SamplerSettings":
+        """The settings of one segment: a shot's first segment takes the shot-start scales, if any."""
+        if shot_start and self.shot_start_guidance_scale is not None:
+            return replace(self, guidance_scale=self.shot_start_guidance_scale,
+                           guidance_scale_2=self.shot_start_guidance_scale_2)
+        return self
 
     def guidance_at(self, timestep: float) -> float:
         """The guidance scale at a timestep (0..1000)."""

@@ -45,6 +45,8 @@ class VideoSpec:
     guidance_scale: float = 1.0
     guidance_scale_2: float | None = None  # below boundary_ratio (see flow.SamplerSettings); None: guidance_scale
     boundary_ratio: float = 0.875
+    shot_start_guidance_scale: float | None = None  # a shot's first segment (flow.SamplerSettings); None: as elsewhere
+    shot_start_guidance_scale_2: float | None = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -43,17 +43,27 @@ class GenerationSettings:
     sampler: str | None = None
     shift: float | None = None
     guidance_scale: float | None = None
-    guidance_scale_2: float | None = None  # None: the model's (flow.SamplerSettings)
+    # None: the model's (flow.SamplerSettings). A guidance_scale given alone is one scale throughout, for every
+    # segment (the CLI's --guidance, and exports that record one scale)
+    guidance_scale_2: float | None = None
     boundary_ratio: float | None = None
+    shot_start_guidance_scale: float | None = None
+    shot_start_guidance_scale_2: float | None = None
 
     def sampler_settings(self, model: PFPModel) -> SamplerSettings:
         v = model.video
+        alone = self.guidance_scale is not None and all(
+            x is None for x in (self.guidance_scale_2, self.boundary_ratio, self.shot_start_guidance_scale,
+                                self.shot_start_guidance_scale_2))
+        pick = lambda mine, model_default: None if alone else mine if mine is not None else model_default  # noqa: E731
         return SamplerSettings(
             steps=self.steps or v.steps, sampler=self.sampler or v.sampler,
             shift=self.shift if self.shift is not None else v.shift,
             guidance_scale=self.guidance_scale if self.guidance_scale is not None else v.guidance_scale,
-            guidance_scale_2=self.guidance_scale_2 if self.guidance_scale_2 is not None else v.guidance_scale_2,
+            guidance_scale_2=pick(self.guidance_scale_2, v.guidance_scale_2),
             boundary_ratio=self.boundary_ratio if self.boundary_ratio is not None else v.boundary_ratio,
+            shot_start_guidance_scale=pick(self.shot_start_guidance_scale, v.shot_start_guidance_scale),
+            shot_start_guidance_scale_2=pick(self.shot_start_guidance_scale_2, v.shot_start_guidance_scale_2),
         )
 
 
@@ -185,7 +195,8 @@ class PFPPipeline:
             if history is not None:
                 memory, cache = self.model.memory_encoder.encode_incremental(history.to(self.dtype), cache)
             text = self._text([seg.prompt])
-            if sampler.guidance_scale != 1.0 or sampler.guidance_scale_2 not in (None, 1.0):
+            seg_sampler = sampler.for_segment(seg.index == 0 or segments[seg.index - 1].shot_index != seg.shot_index)
+            if seg_sampler.guidance_scale != 1.0 or seg_sampler.guidance_scale_2 not in (None, 1.0):
                 null_text = self.model.null_text(1).to(self.device, self.dtype)
             first = offset + seg.first_latent
             positions = torch.arange(first, first + n, dtype=torch.float32, device=self.device)
@@ -197,7 +208,7 @@ class PFPPipeline:
                     on_step(k, len(segments), i, steps)
 
             gen = torch.Generator().manual_seed(segment_seed(settings.seed, seg.index))
-            latents = sample(self._velocity, self.latent_shape(n), text, memory, positions, sampler, gen,
+            latents = sample(self._velocity, self.latent_shape(n), text, memory, positions, seg_sampler, gen,
                              null_text=null_text, on_step=step_cb, device=self.device, dtype=self.dtype)
             t1 = time.perf_counter()
             frames = self._film_frames(seg, decoder.decode(latents)[0], footage is not None)  # (3, seg.num_frames, H, W)
@@ -272,10 +283,15 @@ class PFPPipeline:
         sampler = settings.get("sampler_settings") or {}
         steps, guidance = sampler.get("steps"), sampler.get("guidance_scale")
         g2, boundary = sampler.get("guidance_scale_2"), sampler.get("boundary_ratio", 0.875)
+        start, start2 = sampler.get("shot_start_guidance_scale"), sampler.get("shot_start_guidance_scale_2")
+        two = [f"guidance2={g2:g}"] if g2 is not None else []
+        two += [f"start_guidance={start:g}"] if start is not None else []
+        two += [f"start_guidance2={start2:g}"] if start is not None and start2 is not None else []
+        two += [f"boundary={boundary:g}"] if two else []
         n_lead = int(footage_meta(project)["frames"]) if lead else None
         comment = (f"PFP Studio | model={settings.get('model')} seed={settings.get('seed')} steps={steps}"
                    f"{f' guidance={guidance:g}' if guidance is not None else ''}"
-                   f"{f' guidance2={g2:g} boundary={boundary:g}' if g2 is not None else ''}"
+                   f"{''.join(' ' + t for t in two)}"
                    f"{footage_comment(project, n_lead)}\n{project.read_storyboard()}")
         return write_mp4(out_path or project.film_path, frames, fps, crf=crf, comment=comment)
 
@@ -318,7 +334,7 @@ class PFPPipeline:
         first = max(0, j - window + 1)
         positions = torch.arange(first, j + 1, dtype=torch.float32, device=self.device)
         sampler = GenerationSettings(seed=seed, steps=steps).sampler_settings(self.model)
-        sampler.guidance_scale, sampler.guidance_scale_2 = 1.0, None  # recall: the memory alone
+        sampler = replace(sampler, guidance_scale=1.0, guidance_scale_2=None)  # recall: the memory alone
         shape = self.latent_shape(len(positions))
         latents = sample(self._velocity, shape, self._text([prompt]), memory, positions, sampler,
                          torch.Generator().manual_seed(seed), device=self.device, dtype=self.dtype)

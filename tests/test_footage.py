@@ -196,8 +196,13 @@ def test_export_records_two_scale_guidance_and_a_one_scale_record_stays_one_scal
     s = rec.generation_settings(4)
     assert (s.seed, s.steps, s.guidance_scale, s.guidance_scale_2, s.boundary_ratio) == (4, 8, 6.0, 1.0, 0.6)
     assert "guidance 6 (then 1 below timestep ratio 0.6)" in rec.describe()
+    starts = parse_export_comment("PFP Studio | seed=1 guidance=3 start_guidance=6 start_guidance2=1 boundary=0.6\n0s: a",
+                                  "s.mp4")
+    s = starts.generation_settings(1)
+    assert (s.guidance_scale, s.shot_start_guidance_scale, s.shot_start_guidance_scale_2) == (3.0, 6.0, 1.0)
+    assert "guidance 3 (6 on a shot's first segment, then 1 below 0.6)" in starts.describe()
     old = parse_export_comment("PFP Studio | model=default seed=1 steps=8 guidance=3\n0s: a", "g.mp4").generation_settings(1)
-    assert (old.guidance_scale, old.guidance_scale_2) == (3.0, 3.0)
+    assert old.guidance_scale == 3.0 and old.guidance_scale_2 is old.shot_start_guidance_scale is None  # 3 alone
     with pytest.raises(ValueError, match="cannot be read"):
         parse_export_comment("PFP Studio | seed=1 guidance=6 guidance2=1\n0s: a", "half.mp4")
 
@@ -267,4 +272,4 @@ def test_cli_guidance_is_used_recorded_in_the_export_and_restored(tmp_path, caps
                         "--out", str(tmp_path / "restored.mp4"), "--model", "tiny-random", "--device", "cpu")
     assert rc == 0, err
     restored = Project(tmp_path / "restored_project").read_settings()["sampler_settings"]
-    assert restored["guidance_scale"] == restored["guidance_scale_2"] == 2.5  # one scale, as recorded
+    assert restored["guidance_scale"] == 2.5 and restored["shot_start_guidance_scale"] is None  # one scale, as recorded

@@ -135,6 +135,31 @@ def test_sampler_settings_reach_the_sampler(tiny_pipeline, storyboard, generated
     assert not torch.allclose(custom[1].latents, results[1].latents)  # a different sampler, same seed
 
 
+def test_shot_start_guidance_applies_to_each_shots_first_segment_only(tiny_pipeline, storyboard, monkeypatch):
+    """Segments 0 and 1 start shots 0 and 1 and take the shot-start scales; segment 2 continues shot 1 with the
+    model's scales. A guidance scale given alone (the CLI's --guidance, a one-scale export) is one scale everywhere."""
+    import pfp_app.pipeline as pipeline_module
+
+    seen = []
+    real_sample = pipeline_module.sample
+
+    def spy(model, shape, text, memory, positions, s, *args, **kwargs):
+        seen.append((s.guidance_scale, s.guidance_scale_2, s.boundary_ratio))
+        return real_sample(model, shape, text, memory, positions, s, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "sample", spy)
+    tiny_pipeline.generate(storyboard, GenerationSettings(seed=0, steps=STEPS, guidance_scale=2.0, boundary_ratio=0.6,
+                                                          shot_start_guidance_scale=6.0, shot_start_guidance_scale_2=1.0))
+    assert seen == [(6.0, 1.0, 0.6), (6.0, 1.0, 0.6), (2.0, None, 0.6)]
+    seen.clear()
+    monkeypatch.setattr(tiny_pipeline.model.video, "shot_start_guidance_scale", 6.0)
+    tiny_pipeline.generate(storyboard, GenerationSettings(seed=0, steps=STEPS, guidance_scale=2.0))
+    assert [g for g, _, _ in seen] == [2.0, 2.0, 2.0]  # given alone: the model's shot-start scale is not used
+    seen.clear()
+    tiny_pipeline.generate(storyboard, GenerationSettings(seed=0, steps=STEPS))
+    assert [g for g, _, _ in seen] == [6.0, 6.0, tiny_pipeline.model.video.guidance_scale]  # the model's defaults
+
+
 def test_stop_after_the_first_segment_keeps_it_on_disk(tiny_pipeline, storyboard, generated, tmp_path):
     project = Project(tmp_path / "stopped")
     done = []
