@@ -59,8 +59,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     g.add_argument("--fps", default=None, help="frame rate of the MP4 (default: the model's; frames are resampled, duration kept)")
     g.add_argument("--crf", default=18, help="H.264 quality, lower is better (0-51)")
     g.add_argument("--guidance", default=None,
-                   help="classifier-free guidance, 1-20; 1 = none, higher follows the prompts more closely at the "
-                        "cost of sharper cuts between segments (default: the model's; the embedded model's is 3)")
+                   help="classifier-free guidance for every segment, 1-20; 1 = none, higher follows the prompts more "
+                        "closely at the cost of sharper cuts between segments (default: the model's; the embedded "
+                        "model's is 3, and 6 on each shot's first segment, none in its last 2 of 8 steps)")
     _add_model_args(g)
 
     r = sub.add_parser("recall", help="compress a video's history and reconstruct one of its frames from memory alone")
