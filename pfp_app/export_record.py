@@ -79,6 +79,19 @@ def _per_segment(value: str) -> dict[int, int]:
     return out
 
 
+def guidance_comment(sampler: dict) -> str:
+    """The guidance fields of an export's first comment line (read back by parse_export_comment), from a project's
+    recorded sampler settings (asdict of flow.SamplerSettings): ' guidance=3 start_guidance=6 start_guidance2=1
+    boundary=0.6'; '' where none was recorded."""
+    values = {"guidance": sampler.get("guidance_scale"), "guidance2": sampler.get("guidance_scale_2"),
+              "start_guidance": sampler.get("shot_start_guidance_scale")}
+    if values["start_guidance"] is not None:
+        values["start_guidance2"] = sampler.get("shot_start_guidance_scale_2")
+    if values["guidance2"] is not None or values["start_guidance"] is not None:
+        values["boundary"] = sampler.get("boundary_ratio", 0.875)  # flow.SamplerSettings' default
+    return "".join(f" {k}={v:g}" for k, v in values.items() if v is not None)
+
+
 def parse_export_comment(comment: str | None, path: str | Path = "") -> ExportRecord | None:
     """The record in an export's comment, or None when the comment is not PFP Studio's."""
     if not comment or not comment.startswith(MARK):

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from .causal_decode import StreamingDecoder
+from .export_record import guidance_comment
 from .fast_conv import use_onednn_conv3d
 from .flow import SamplerSettings, sample
 from .footage import (footage_comment, footage_meta, footage_record, footage_video_path, has_footage,
@@ -184,7 +185,7 @@ class PFPPipeline:
         decoder = StreamingDecoder(self.model.codec)  # each segment decoded once, continuing the previous one
         decoder.warm_up(history)
         cache: MemoryCache | None = None
-        null_text = None
+        null_text = self.model.null_text(1).to(self.device, self.dtype)  # zeros: for the segments that are guided
         results = []
         for seg in segments[start_segment:]:
             if should_stop is not None and should_stop():
@@ -196,8 +197,6 @@ class PFPPipeline:
                 memory, cache = self.model.memory_encoder.encode_incremental(history.to(self.dtype), cache)
             text = self._text([seg.prompt])
             seg_sampler = sampler.for_segment(seg.index == 0 or segments[seg.index - 1].shot_index != seg.shot_index)
-            if seg_sampler.guidance_scale != 1.0 or seg_sampler.guidance_scale_2 not in (None, 1.0):
-                null_text = self.model.null_text(1).to(self.device, self.dtype)
             first = offset + seg.first_latent
             positions = torch.arange(first, first + n, dtype=torch.float32, device=self.device)
 
@@ -281,18 +280,9 @@ class PFPPipeline:
         frames = stream_segment_frames(([lead] if lead else []) + paths, src_fps, fps)  # the footage first
         settings = project.read_settings()
         sampler = settings.get("sampler_settings") or {}
-        steps, guidance = sampler.get("steps"), sampler.get("guidance_scale")
-        g2, boundary = sampler.get("guidance_scale_2"), sampler.get("boundary_ratio", 0.875)
-        start, start2 = sampler.get("shot_start_guidance_scale"), sampler.get("shot_start_guidance_scale_2")
-        two = [f"guidance2={g2:g}"] if g2 is not None else []
-        two += [f"start_guidance={start:g}"] if start is not None else []
-        two += [f"start_guidance2={start2:g}"] if start is not None and start2 is not None else []
-        two += [f"boundary={boundary:g}"] if two else []
         n_lead = int(footage_meta(project)["frames"]) if lead else None
-        comment = (f"PFP Studio | model={settings.get('model')} seed={settings.get('seed')} steps={steps}"
-                   f"{f' guidance={guidance:g}' if guidance is not None else ''}"
-                   f"{''.join(' ' + t for t in two)}"
-                   f"{footage_comment(project, n_lead)}\n{project.read_storyboard()}")
+        comment = (f"PFP Studio | model={settings.get('model')} seed={settings.get('seed')} steps={sampler.get('steps')}"
+                   f"{guidance_comment(sampler)}{footage_comment(project, n_lead)}\n{project.read_storyboard()}")
         return write_mp4(out_path or project.film_path, frames, fps, crf=crf, comment=comment)
 
     # memory inspection ---------------------------------------------------------------------------

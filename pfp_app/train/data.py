@@ -294,15 +294,16 @@ class ShotAlignedStarts:
                 self.inside[s] = torch.tensor(inside)
         if not self.at_cut and not self.inside:
             raise ValueError(f"no {segment_frames}-latent-frame segment of these clips lies within one shot")
+        # s weighted by its clips: uniform over the (clip, start) pairs, so the first segment (a start in every
+        # clip) is about a quarter of the shot starts of 20-s clips, as the first shot is of their shots
+        self._tables = {at_cut: (table, sorted(table), torch.tensor([len(table[k]) for k in sorted(table)],
+                                                                   dtype=torch.float64))
+                        for at_cut, table in ((True, self.at_cut), (False, self.inside)) if table}
 
     def draw(self, batch: int, generator: torch.Generator) -> tuple[int, torch.Tensor, bool]:
         """(s, clip indices (batch,) drawn with replacement, whether s starts a shot in every one of them)."""
         at_cut = (torch.rand(1, generator=generator).item() < self.cut_share or not self.inside) and bool(self.at_cut)
-        table = self.at_cut if at_cut else self.inside
-        # s weighted by its clips: uniform over the (clip, start) pairs, so the first segment (a start in every
-        # clip) is about a quarter of the shot starts of 20-s clips, as the first shot is of their shots
-        splits = sorted(table)
-        weights = torch.tensor([len(table[k]) for k in splits], dtype=torch.float64)
+        table, splits, weights = self._tables[at_cut]
         s = splits[int(torch.multinomial(weights, 1, generator=generator))]
         clips = table[s]
         return s, clips[torch.randint(len(clips), (batch,), generator=generator)], at_cut
