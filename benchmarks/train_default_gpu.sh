@@ -35,7 +35,7 @@ smi
 codec_video() {
   $py -m pfp_app train --stage codec --init "$1" --out "$2" --data "world+bank:$bank" --num-clips 96 --batch-size 48 \
     --codec-window "$4" --lr "$5" --warmup-steps "$6" --time-budget-min "$3" --workers "$7" --codec-mix "$8" --log-every 50 \
-    ${WIDTH:+--codec-decoder-width "$WIDTH"} ${FREEZE:+--codec-freeze-encoder}
+    ${WIDTH:+--codec-decoder-width "$WIDTH"} ${FREEZE:+--codec-freeze-encoder} ${VAE:+--vae "$VAE"}
 }
 case "$phase" in
   codec)
@@ -64,7 +64,8 @@ case "$phase" in
       --segment-starts "${STARTS:-shots}" --cut-share "${CUTS:-0.5}"
     final=$runs/ft2/model ;;
   codec-video)  # WINDOW, LR, WARMUP, MIX (world, photo motion, real clips); v4's settings; WIDTH widens the decoder;
-                # FREEZE=1 trains the decoder alone (the latents, and so G and φ, stay valid)
+                # FREEZE=1 trains the decoder alone (the latents, and so G and φ, stay valid); VAE=DIR with INIT=default
+                # trains the codec folder DIR on a fresh G (a call that carries no G: only the exported vae/ is kept)
     a=${4:-7.0}
     codec_video "$init" $runs/codec_more "$a" "${WINDOW:-13}" "${LR:-2e-4}" "${WARMUP:-50}" "${WORKERS:-12}" \
       "${MIX:-0.4,0.35,0.25}"
