@@ -493,6 +493,51 @@ def format_tables(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _attribute_hits(res: dict) -> dict[str, dict[tuple, bool]]:
+    """Per attribute: {(storyboard, shot[, character]): hit} of the generated video."""
+    hits: dict[str, dict[tuple, bool]] = {a: {} for a, _ in ATTRIBUTES}
+    for sb in res["storyboards"]:
+        for s in sb["gen"]:
+            hits["place"][(sb["index"], s["shot"])] = s["place_drawn"] == s["place"]
+            for j, c in enumerate(s["characters"]):
+                for a in ("colour", "pattern", "shape"):
+                    hits[a][(sb["index"], s["shot"], j)] = bool(c[f"{a}_ok"])
+    return hits
+
+
+def mcnemar_exact(won: int, lost: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant pairs against a fair coin (a binomial test, written out
+    because scipy is not a dependency)."""
+    n, k = won + lost, min(won, lost)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired_comparison(base: dict, new: dict) -> list[dict]:
+    """The same held-out shots (same seeds, same storyboards) scored in two runs: per attribute, the hits of
+    each, the shots won and lost by `new`, and the exact McNemar p-value. Only shots present in both count."""
+    a, b = _attribute_hits(base), _attribute_hits(new)
+    rows = []
+    for attr, title in ATTRIBUTES:
+        keys = sorted(set(a[attr]) & set(b[attr]))
+        won = sum(b[attr][k] and not a[attr][k] for k in keys)
+        lost = sum(a[attr][k] and not b[attr][k] for k in keys)
+        rows.append(dict(attribute=title, n=len(keys), base=sum(a[attr][k] for k in keys),
+                         new=sum(b[attr][k] for k in keys), won=won, lost=lost, p=mcnemar_exact(won, lost)))
+    return rows
+
+
+def format_comparison(rows: list[dict], base_name: str, new_name: str) -> str:
+    lines = [f"Paired on the same held-out shots: `{new_name}` against `{base_name}`", "",
+             "| attribute | n | base | new | won | lost | exact McNemar p |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pct = (lambda h: f"{h} ({100 * h / r['n']:.0f}%)") if r["n"] else str
+        lines.append(f"| {r['attribute']} | {r['n']} | {pct(r['base'])} | {pct(r['new'])} | {r['won']} | {r['lost']} "
+                     f"| {r['p']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num-storyboards", type=int, default=32, help="0: only the drift storyboard")
@@ -519,6 +564,8 @@ def parse_args(argv=None):
     ap.add_argument("--videos", default=None, help="also save each generated video (npz) in this folder")
     ap.add_argument("--tiny", action="store_true", help="smoke test: tiny-random model, one 3-s storyboard")
     ap.add_argument("--report", action="store_true", help="only print the tables of an existing --out JSON")
+    ap.add_argument("--compare", default=None, metavar="BASE_JSON",
+                    help="with --report: also compare --out shot by shot with an earlier run of the same storyboards")
     args = ap.parse_args(argv)
     if args.tiny:
         args.model, args.num_storyboards, args.seconds = "tiny-random", 1, 3.0
@@ -547,7 +594,12 @@ def main(argv=None) -> int:
     res = json.loads(Path(args.out).read_text()) if args.report else run(args)
     res["summary"] = summarise(res)  # also for a run stopped part-way (the JSON is saved after each storyboard)
     table = format_tables(res)
-    if args.out:
+    if args.compare:
+        if not args.report:
+            raise SystemExit("--compare reads two finished runs: give it with --report and --out")
+        table += "\n" + format_comparison(paired_comparison(json.loads(Path(args.compare).read_text()), res),
+                                          Path(args.compare).name, Path(args.out).name)
+    if args.out and not args.compare:
         Path(args.out).with_suffix(".md").write_text(table)
     print(table)
     return 0

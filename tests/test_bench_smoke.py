@@ -89,6 +89,30 @@ def test_fidelity_scoring_reads_the_ground_truth_back_and_finds_a_seam():
     assert F.classify_place([grey], refs) in F.PLACES
 
 
+def test_fidelity_paired_comparison_counts_shots_won_and_lost():
+    """Two runs of the same storyboards compared shot by shot: the discordant shots and an exact McNemar p
+    (checked against values worked by hand), shots missing from one run left out."""
+    F = _fidelity()
+
+    def run(places_ok: list[bool], colour_ok: list[bool]) -> dict:
+        gen = [{"shot": i, "place": "brick wall", "place_drawn": "brick wall" if ok else "cat portrait",
+                "characters": [{"colour_ok": c, "pattern_ok": False, "shape_ok": False}]}
+               for i, (ok, c) in enumerate(zip(places_ok, colour_ok))]
+        return {"storyboards": [{"index": 0, "gen": gen}]}
+
+    base = run([False] * 8 + [True] * 2, [True] * 10)
+    new = run([True] * 7 + [False] + [False, True], [True] * 10)
+    rows = {r["attribute"]: r for r in F.paired_comparison(base, new)}
+    assert (rows["Place"]["base"], rows["Place"]["new"], rows["Place"]["won"], rows["Place"]["lost"]) == (2, 8, 7, 1)
+    assert abs(rows["Place"]["p"] - 18 / 256) < 1e-12  # 2 * (C(8,0) + C(8,1)) / 2^8
+    assert rows["Character colour"]["won"] == rows["Character colour"]["lost"] == 0
+    assert rows["Character colour"]["p"] == 1.0
+    assert F.mcnemar_exact(0, 5) == 2 / 32 and F.mcnemar_exact(3, 3) == 1.0
+    new["storyboards"][0]["gen"] = new["storyboards"][0]["gen"][:5]  # a run stopped part-way
+    assert F.paired_comparison(base, new)[0]["n"] == 5
+    assert "| Place | 5 |" in F.format_comparison(F.paired_comparison(base, new), "a.json", "b.json")
+
+
 def test_fidelity_bench_tiny_on_cpu(tmp_path):
     """The tiny run end to end, with its prompts' embeddings precomputed (as a GPU machine without MiniLM runs
     it) and guidance on."""
