@@ -105,6 +105,13 @@ def test_codec_with_a_frozen_encoder_trains_the_decoder_and_keeps_every_latent(t
     clip = torch.rand(1, 3, 9, 64, 64) * 2 - 1
     with torch.no_grad():
         assert torch.equal(a.encode(clip, sample=False), b.encode(clip, sample=False))
+    # the same through --vae on a fresh G of a config (a device call that carries no G): the trained codec's
+    # time taps must not be re-initialised as a fresh codec's are (that changed every latent once)
+    via_vae = tmp_path / "d"
+    train(TrainConfig(stage="codec", out=str(via_vae), max_steps=2, codec_window=9, codec_freeze_encoder=True,
+                      vae=str(first / "model" / "vae"), **TINY_DATA))
+    sd = load_model(via_vae / "model").codec.vae.state_dict()
+    assert all(torch.equal(sa[k], sd[k]) for k in side)
     with pytest.raises(ValueError, match="--codec-freeze-encoder trains the codec's decoder alone"):
         train(TrainConfig(stage="finetune", out=str(tmp_path / "c"), codec_freeze_encoder=True, **TINY_DATA))
 

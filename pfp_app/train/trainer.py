@@ -147,7 +147,8 @@ def _init_model(cfg: TrainConfig) -> PFPModel:
         if vae.config.z_dim != model.transformer.config.in_channels:
             raise ValueError(f"--vae has {vae.config.z_dim} latent channels, G takes {model.transformer.config.in_channels}")
         model.codec = WanLatentCodec(vae)
-    if cfg.stage == "codec" and cfg.init in MODEL_CONFIGS and cfg.codec_temporal_init == "identity":
+    # a fresh codec only: a --vae folder is trained already (re-initialising its time taps changes every latent)
+    if cfg.stage == "codec" and cfg.init in MODEL_CONFIGS and not cfg.vae and cfg.codec_temporal_init == "identity":
         from ..codec import init_temporal_identity
 
         init_temporal_identity(model.codec.vae)
