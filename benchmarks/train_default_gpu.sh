@@ -18,6 +18,9 @@
 #   (v3 in assets/); call 2, with that codec in assets/: `... WINDOW=17 LR=1.5e-4 WARMUP=30 ... codec-video OUT
 #   assets/pfp-default 7.0` beside `BANK=data/bank-lite BATCH=192 LR=3e-4 DATA_SEED=6 WARMUP=50 RSHARE=0.4
 #   EVAL_TIMEOUT=0 ... finetune OUT assets/pfp-default 7.2`; shipped: the second's G and φ with the first's codec.
+# v6 (2026-12-05, one call): `RUNS=/tmp/r BANK=data/bank-lite BATCH=192 LR=3e-4 DATA_SEED=8 WARMUP=50 RSHARE=0.5
+#   STARTS=shots CUTS=0.5 EVAL_TIMEOUT=0 ... finetune OUT assets/pfp-default 8.0` (v5 in assets/, its vae/ replaced
+#   by the encoder-only stand-in of `device_carry.py --encoder-only-vae`); v5's codec kept.
 # Each phase then evaluates on held-out data (world clips, the bank's held-out real clips and photographs).
 # Usage: bash benchmarks/train_default_gpu.sh PHASE OUT [INIT] [MINUTES...]
 # Needs: data/bank (`python -m pfp_app bank`) and .carry/captions.safetensors (`python -m pfp_app captions
@@ -29,8 +32,14 @@ runs=${RUNS:-runs}  # RUNS=runs-gpu1: a second phase beside this one in the same
 bank=${BANK:-data/bank}  # BANK=data/bank-lite: a smaller copy when the carried tree is near its 64 MiB
 caps=.carry/captions.safetensors
 mkdir -p "$out"
-smi() { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader -l 2 >> "$out/smi.csv" & }
-smi
+# nvidia-smi itself in the background (its pid, not a subshell's: killing a subshell left it running, and its
+# open stderr kept a `| tail` on this script waiting until the device call's time limit)
+smi_pid=
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader -l 2 >> "$out/smi.csv" 2>/dev/null &
+  smi_pid=$!
+  trap 'kill "$smi_pid" 2>/dev/null || true' EXIT  # also when a phase fails (set -e)
+fi
 # codec_video INIT OUT MINUTES WINDOW LR WARMUP WORKERS MIX: the codec of INIT trained further in video mode
 codec_video() {
   $py -m pfp_app train --stage codec --init "$1" --out "$2" --data "world+bank:$bank" --num-clips 96 --batch-size 48 \
@@ -76,4 +85,3 @@ $py -m pfp_app export --model "$final" --out "$out/model"
 cat $runs/*/metrics.jsonl > "$out/metrics.jsonl" 2>/dev/null || true
 [ "${EVAL_TIMEOUT:-90}" = 0 ] || timeout "${EVAL_TIMEOUT:-90}" $py -m pfp_app evaluate --model "$out/model" --num-clips 8 --bank "$bank" --photo-clips 4 \
   --out "$out/eval.json" | tee "$out/eval.txt" || echo "evaluation stopped (time)"
-kill %1 2>/dev/null || true
