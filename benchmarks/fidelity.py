@@ -415,14 +415,10 @@ ATTRIBUTES = (("place", "Place"), ("colour", "Character colour"), ("pattern", "C
 def summarise(res: dict) -> dict:
     summary: dict = {"fidelity": {}, "seams": {}}
     for src in ("gen", "gt"):
-        shots = [s for sb in res["storyboards"] for s in sb[src]]
-        chars = [c for s in shots for c in s["characters"]]
-        hits = {"place": sum(s["place_drawn"] == s["place"] for s in shots)}
-        for a in ("colour", "pattern", "shape"):
-            hits[a] = sum(c[f"{a}_ok"] for c in chars)
-        for a, _ in ATTRIBUTES:
-            n = len(shots) if a == "place" else len(chars)
-            summary["fidelity"].setdefault(a, {})[src] = dict(zip(("p", "low", "high"), wilson_ci95(hits[a], n)), n=n)
+        for a, hits in _attribute_hits(res, src).items():
+            summary["fidelity"].setdefault(a, {})[src] = dict(zip(("p", "low", "high"),
+                                                                  wilson_ci95(sum(hits.values()), len(hits))), n=len(hits))
+        chars = [c for sb in res["storyboards"] for s in sb[src] for c in s["characters"]]
         summary["fidelity"]["colour"]["chance"] = float(np.mean([c["k"] / len(COLOURS) for c in chars])) if chars else None
     summary["fidelity"]["place"]["chance"] = 1 / len(PLACES)
     summary["fidelity"]["pattern"]["chance"] = 1 / len(PATTERNS)
@@ -493,11 +489,11 @@ def format_tables(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _attribute_hits(res: dict) -> dict[str, dict[tuple, bool]]:
-    """Per attribute: {(storyboard, shot[, character]): hit} of the generated video."""
+def _attribute_hits(res: dict, src: str = "gen") -> dict[str, dict[tuple, bool]]:
+    """Per attribute: {(storyboard, shot[, character]): hit} of the generated video ("gen") or the ground truth."""
     hits: dict[str, dict[tuple, bool]] = {a: {} for a, _ in ATTRIBUTES}
     for sb in res["storyboards"]:
-        for s in sb["gen"]:
+        for s in sb[src]:
             hits["place"][(sb["index"], s["shot"])] = s["place_drawn"] == s["place"]
             for j, c in enumerate(s["characters"]):
                 for a in ("colour", "pattern", "shape"):
@@ -570,6 +566,8 @@ def parse_args(argv=None):
     if args.tiny:
         args.model, args.num_storyboards, args.seconds = "tiny-random", 1, 3.0
         args.steps, args.drift_seconds, args.drift_period = args.steps or 1, 4.0, 2.0
+    if args.compare and not (args.report and args.out):
+        ap.error("--compare reads two finished runs: give it with --report and --out")
     if args.num_storyboards < 0 or args.seconds < 2:
         ap.error("--num-storyboards must be >= 0 (0: the drift storyboard alone) and --seconds >= 2")
     return args
@@ -595,8 +593,6 @@ def main(argv=None) -> int:
     res["summary"] = summarise(res)  # also for a run stopped part-way (the JSON is saved after each storyboard)
     table = format_tables(res)
     if args.compare:
-        if not args.report:
-            raise SystemExit("--compare reads two finished runs: give it with --report and --out")
         table += "\n" + format_comparison(paired_comparison(json.loads(Path(args.compare).read_text()), res),
                                           Path(args.compare).name, Path(args.out).name)
     if args.out and not args.compare:
