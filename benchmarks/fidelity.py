@@ -332,7 +332,8 @@ def generate(pipe, sb, seed: int, steps: int | None, guidance: float | None = No
 def _scales(args) -> dict:
     """GenerationSettings' guidance fields from the command line (None: the model's; --guidance alone: one scale)."""
     return dict(guidance_scale_2=args.guidance_2, boundary_ratio=args.boundary,
-                shot_start_guidance_scale=args.start_guidance, shot_start_guidance_scale_2=args.start_guidance_2)
+                shot_start_guidance_scale=args.start_guidance, shot_start_guidance_scale_2=args.start_guidance_2,
+                context_latents=args.context_latents)
 
 
 def run(args) -> dict:
@@ -358,7 +359,7 @@ def run(args) -> dict:
                     "model": args.model, "steps": args.steps or model.video.steps, "sampler": model.video.sampler,
                     **{k: v for k, v in asdict(GenerationSettings(steps=args.steps, guidance_scale=args.guidance,
                                                                    **_scales(args)).sampler_settings(model)).items()
-                       if "guidance" in k or k == "boundary_ratio"},
+                       if "guidance" in k or k in ("boundary_ratio", "context_latents")},
                     "segment_seconds": pipe.segment_seconds, "num_storyboards": args.num_storyboards,
                     "seconds": args.seconds, "seed": args.seed, "drift_seconds": args.drift_seconds,
                     "drift_period": args.drift_period},
@@ -457,6 +458,8 @@ def _guidance(m: dict) -> str:
     text = f"{g:g}" if g2 is None else f"{g:g} above timestep ratio {b:g}, {g2:g} below"
     if s is not None:
         text += f" ({s:g} on a shot's first segment{f', {s2:g} below {b:g}' if s2 is not None else ''})"
+    if m.get("context_latents"):
+        text += f"; {m['context_latents']} context latent(s) within a shot"
     return text
 
 
@@ -548,6 +551,8 @@ def parse_args(argv=None):
                     help="guidance on each shot's first segment above --boundary (default: the model's)")
     ap.add_argument("--start-guidance-2", type=float, default=None,
                     help="guidance on each shot's first segment below --boundary (default: the model's)")
+    ap.add_argument("--context-latents", type=int, default=None,
+                    help="history latents re-denoised beside each segment within a shot (default: the model's)")
     ap.add_argument("--model", default="default")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",

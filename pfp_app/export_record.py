@@ -31,6 +31,7 @@ class ExportRecord:
     boundary: float | None = None
     start_guidance: float | None = None  # a shot's first segment (flow.SamplerSettings); None: as elsewhere
     start_guidance_2: float | None = None
+    context_latents: int = 0  # within a shot (flow.SamplerSettings); exports from before it was recorded used none
 
     def generation_settings(self, seed: int):
         """The settings that made the export's segments (with `seed`). A record with one guidance scale keeps one
@@ -40,7 +41,8 @@ class ExportRecord:
         return GenerationSettings(seed=seed, steps=self.steps, guidance_scale=self.guidance,
                                   guidance_scale_2=self.guidance_2, boundary_ratio=self.boundary,
                                   shot_start_guidance_scale=self.start_guidance,
-                                  shot_start_guidance_scale_2=self.start_guidance_2)
+                                  shot_start_guidance_scale_2=self.start_guidance_2,
+                                  context_latents=self.context_latents)
 
     @property
     def seed(self) -> int:
@@ -65,7 +67,8 @@ class ExportRecord:
         if self.start_guidance is not None:
             then = f", then {self.start_guidance_2:g} below {self.boundary:g}" if self.start_guidance_2 is not None else ""
             guidance += f" ({self.start_guidance:g} on a shot's first segment{then})"
-        return f"model {self.model}, {seeds}, {self.steps or 'default'} steps{guidance}, {shots} shots{foot}"
+        context = f", {self.context_latents} context latent(s) within a shot" if self.context_latents else ""
+        return f"model {self.model}, {seeds}, {self.steps or 'default'} steps{guidance}{context}, {shots} shots{foot}"
 
 
 def _per_segment(value: str) -> dict[int, int]:
@@ -82,13 +85,15 @@ def _per_segment(value: str) -> dict[int, int]:
 def guidance_comment(sampler: dict) -> str:
     """The guidance fields of an export's first comment line (read back by parse_export_comment), from a project's
     recorded sampler settings (asdict of flow.SamplerSettings): ' guidance=3 start_guidance=6 start_guidance2=1
-    boundary=0.6'; '' where none was recorded."""
+    boundary=0.6 context=1'; '' where none was recorded."""
     values = {"guidance": sampler.get("guidance_scale"), "guidance2": sampler.get("guidance_scale_2"),
               "start_guidance": sampler.get("shot_start_guidance_scale")}
     if values["start_guidance"] is not None:
         values["start_guidance2"] = sampler.get("shot_start_guidance_scale_2")
     if values["guidance2"] is not None or values["start_guidance"] is not None:
         values["boundary"] = sampler.get("boundary_ratio", 0.875)  # flow.SamplerSettings' default
+    if sampler.get("context_latents"):
+        values["context"] = sampler["context_latents"]
     return "".join(f" {k}={v:g}" for k, v in values.items() if v is not None)
 
 
@@ -108,11 +113,14 @@ def parse_export_comment(comment: str | None, path: str | Path = "") -> ExportRe
                   for k in ("guidance2", "boundary", "start_guidance", "start_guidance2")}
         if (scales["guidance2"] is not None or scales["start_guidance"] is not None) != (scales["boundary"] is not None):
             raise KeyError("guidance2 / start_guidance and boundary go together")
+        context = int(fields.get("context", 0))
+        if context < 0:
+            raise ValueError("negative context")
     except (ValueError, KeyError):
         raise ValueError(f"'{Path(path).name}' has a PFP Studio comment that cannot be read: {head!r}") from None
     return ExportRecord(Path(path), fields.get("model"), seeds, steps, storyboard, frames,
                         fields.get("footage") == "excluded", fields, guidance, scales["guidance2"], scales["boundary"],
-                        scales["start_guidance"], scales["start_guidance2"])
+                        scales["start_guidance"], scales["start_guidance2"], context)
 
 
 def read_export_record(path: str | Path) -> ExportRecord | None:

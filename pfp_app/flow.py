@@ -120,13 +120,20 @@ class SamplerSettings:
     # these replace guidance_scale / guidance_scale_2 there (None: the same as elsewhere)
     shot_start_guidance_scale: float | None = None
     shot_start_guidance_scale_2: float | None = None
+    # within a shot, the last `context_latents` latent frames of the history are denoised again beside the new
+    # segment, pinned to their known values (`sample`'s context): the join is drawn as one piece, not as two
+    # (a shot's first segment takes none: a cut is meant to change the picture)
+    context_latents: int = 0
 
     def for_segment(self, shot_start: bool) -> "SamplerSettings":
-        """The settings of one segment: a shot's first segment takes the shot-start scales, if any."""
-        if shot_start and self.shot_start_guidance_scale is not None:
-            return replace(self, guidance_scale=self.shot_start_guidance_scale,
-                           guidance_scale_2=self.shot_start_guidance_scale_2)
-        return self
+        """The settings of one segment: a shot's first segment takes the shot-start scales, if any, and no
+        context."""
+        if not shot_start:
+            return self
+        s = replace(self, context_latents=0)
+        if self.shot_start_guidance_scale is not None:
+            s = replace(s, guidance_scale=self.shot_start_guidance_scale, guidance_scale_2=self.shot_start_guidance_scale_2)
+        return s
 
     def guidance_at(self, timestep: float) -> float:
         """The guidance scale at a timestep (0..1000)."""
@@ -148,22 +155,41 @@ def sample(
     on_step: Callable[[int, int], None] | None = None,
     device="cpu",
     dtype=torch.float32,
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from noise to latents of `shape` (B, C, T, H, W). Classifier-free guidance
-    when guidance_scale != 1 (needs null_text). on_step(i, n) is called after every step."""
+    when guidance_scale != 1 (needs null_text). on_step(i, n) is called after every step.
+
+    context: known latents (B, C, k, H, W) just before the segment (positions frame_positions[0] - k ..). They
+    are denoised beside it, held on their own exact path x_t = (1 - t) context + t ε_c with velocity ε_c - context
+    (the replacement method of Ho et al., "Video Diffusion Models", 2022): the new frames are drawn to continue
+    them, with no retraining, since G was trained on segments that start anywhere in a clip. The segment's own
+    noise is drawn first, so a segment with context starts from the same noise as one without."""
     scheduler = make_scheduler(settings.sampler, settings.shift)
     scheduler.set_timesteps(settings.steps, device=device)
     x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+    k = 0 if context is None else context.shape[2]
+    if k:
+        ctx = context.float().to(device)  # (B, C, k, H, W)
+        ctx_noise = torch.randn(ctx.shape, generator=generator, dtype=torch.float32).to(device)
+        back = torch.arange(k, 0, -1, dtype=frame_positions.dtype, device=frame_positions.device)
+        frame_positions = torch.cat([frame_positions[:1] - back, frame_positions])  # (k + T,)
+        x = torch.cat([ctx_noise, x], dim=2)  # (B, C, k + T, H, W)
     scales = [settings.guidance_at(float(t)) for t in scheduler.timesteps]
     if any(g != 1.0 for g in scales) and null_text is None:
         raise ValueError("guidance needs the unconditional text embedding")
     for i, (t, scale) in enumerate(zip(scheduler.timesteps, scales)):
+        if k:  # the context on its exact path at this step's noise level
+            sigma = float(scheduler.sigmas[i])
+            x[:, :, :k] = (1 - sigma) * ctx + sigma * ctx_noise
         ts = t.expand(shape[0]).to(device)
         v = model(x.to(dtype), ts, text, memory, frame_positions).float()
         if scale != 1.0:
             v_null = model(x.to(dtype), ts, null_text, memory, frame_positions).float()
             v = v_null + scale * (v - v_null)
+        if k:
+            v[:, :, :k] = ctx_noise - ctx  # its true velocity: the solver's history stays consistent
         x = scheduler.step(v, t, x, return_dict=False)[0]
         if on_step is not None:
             on_step(i + 1, settings.steps)
-    return x
+    return x[:, :, k:]

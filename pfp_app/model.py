@@ -47,6 +47,7 @@ class VideoSpec:
     boundary_ratio: float = 0.875
     shot_start_guidance_scale: float | None = None  # a shot's first segment (flow.SamplerSettings); None: as elsewhere
     shot_start_guidance_scale_2: float | None = None
+    context_latents: int = 0  # within a shot, history latents re-denoised beside each segment (flow.SamplerSettings)
 
 
 @dataclass

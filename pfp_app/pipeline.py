@@ -50,6 +50,7 @@ class GenerationSettings:
     boundary_ratio: float | None = None
     shot_start_guidance_scale: float | None = None
     shot_start_guidance_scale_2: float | None = None
+    context_latents: int | None = None  # None: the model's (flow.SamplerSettings.context_latents)
 
     def sampler_settings(self, model: PFPModel) -> SamplerSettings:
         v = model.video
@@ -65,6 +66,7 @@ class GenerationSettings:
             boundary_ratio=self.boundary_ratio if self.boundary_ratio is not None else v.boundary_ratio,
             shot_start_guidance_scale=pick(self.shot_start_guidance_scale, v.shot_start_guidance_scale),
             shot_start_guidance_scale_2=pick(self.shot_start_guidance_scale_2, v.shot_start_guidance_scale_2),
+            context_latents=self.context_latents if self.context_latents is not None else v.context_latents,
         )
 
 
@@ -207,8 +209,11 @@ class PFPPipeline:
                     on_step(k, len(segments), i, steps)
 
             gen = torch.Generator().manual_seed(segment_seed(settings.seed, seg.index))
+            k = min(seg_sampler.context_latents, 0 if history is None else history.shape[2])
+            context = history[:, :, history.shape[2] - k:].to(self.dtype) if k else None  # (1, C, k, H', W')
             latents = sample(self._velocity, self.latent_shape(n), text, memory, positions, seg_sampler, gen,
-                             null_text=null_text, on_step=step_cb, device=self.device, dtype=self.dtype)
+                             null_text=null_text, on_step=step_cb, device=self.device, dtype=self.dtype,
+                             context=context)
             t1 = time.perf_counter()
             frames = self._film_frames(seg, decoder.decode(latents)[0], footage is not None)  # (3, seg.num_frames, H, W)
             history = latents if history is None else torch.cat([history, latents], dim=2)

@@ -251,3 +251,35 @@ def test_device_carry_encoder_only_vae_encodes_exactly_as_the_full_codec(tmp_pat
     assert torch.equal(a, b)
     full_size = sum(f.stat().st_size for f in (tmp_path / "vae").iterdir())
     assert size < 0.5 * full_size / 2  # fp16 and without the decoder: under half of the fp32 full codec's half
+
+
+def test_return_consistency_zeroes_phi_only_inside_its_block_and_pairs_the_arms(tmp_path):
+    """`zeroed_memory` empties φ's tokens (positions kept) and restores φ after; the tiny run scores both arms on
+    the same storyboards and writes the paired table."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from return_consistency import zeroed_memory
+
+    from pfp_app.model import load_model
+
+    model = load_model("tiny-random", torch_dtype=torch.float32)
+    c = model.codec.latent_channels
+    history = torch.randn(1, c, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    real, _ = model.memory_encoder.encode_incremental(history, None)
+    with zeroed_memory(model):
+        zeroed, _ = model.memory_encoder.encode_incremental(history, None)
+    after, _ = model.memory_encoder.encode_incremental(history, None)
+    assert real.tokens.abs().sum() > 0 and zeroed.tokens.abs().sum() == 0
+    torch.testing.assert_close(zeroed.coords, real.coords)
+    torch.testing.assert_close(after.tokens, real.tokens)
+
+    out = tmp_path / "rc.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "return_consistency.py"), "--tiny", "--out",
+                           str(out)], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert len(res["storyboards"]) == 2 and res["meta"]["total_s"] > 0
+    sb = res["storyboards"][0]
+    assert sb["memory"]["place_gt"] == sb["zeroed"]["place_gt"]  # the same storyboard and render in both arms
+    md = (tmp_path / "rc.md").read_text()
+    for label in ("| as shipped (φ's memory) |", "| φ's output zeroed |", "Δ (memory − zeroed)"):
+        assert label in md, label

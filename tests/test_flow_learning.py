@@ -80,6 +80,49 @@ def test_sampling_the_constant_velocity_noise_minus_x0_recovers_x0(sampler, shif
     torch.testing.assert_close(out, x0, atol=1e-3, rtol=0)
 
 
+def _still_clip_denoiser(x, t, text, memory, positions):
+    """The exact velocity for clips that hold one picture throughout (x0 = c on every frame, c ~ N(0, I)): the
+    posterior mean of c pools every frame of x_t, so frames denoised together agree with each other."""
+    s = (t.float() / NUM_TRAIN_TIMESTEPS).clamp(min=1e-4).view(-1, 1, 1, 1, 1)
+    frames = x.shape[2]
+    c_hat = ((1 - s) / s**2) * x.sum(dim=2, keepdim=True) / (1 + frames * (1 - s) ** 2 / s**2)
+    return (x - c_hat) / s  # v = (x_t - x0) / t
+
+
+@pytest.mark.parametrize("sampler", ["euler", "unipc"])
+def test_context_latents_pull_the_new_frames_toward_the_previous_picture(sampler):
+    """With the previous segment's last latents as context, a model of still clips draws the new segment close to
+    that picture (the join shrinks); without it the new segment is a picture of its own. The replacement method
+    only pulls (the context enters through its noisy path), and more context pulls harder. The context sits just
+    before the segment's positions, and the segment's own noise is the same with and without it."""
+    settings = SamplerSettings(steps=12, sampler=sampler, shift=3.0)
+    positions = torch.arange(3, 6, dtype=torch.float32)
+    seen = []
+
+    def spy(x, t, text, memory, pos):
+        seen.append(pos.clone())
+        return _still_clip_denoiser(x, t, text, memory, pos)
+
+    err = {0: 0.0, 1: 0.0, 2: 0.0}  # context frames -> mean squared distance of the new frames from the picture
+    for seed in range(8):
+        picture = torch.randn(1, 4, 1, 4, 4, generator=torch.Generator().manual_seed(100 + seed))
+        for k in err:
+            out = sample(spy, (1, 4, 3, 4, 4), None, None, positions, settings, torch.Generator().manual_seed(seed),
+                         context=picture.expand(1, 4, k, 4, 4) if k else None)
+            assert out.shape == (1, 4, 3, 4, 4)
+            assert torch.equal(seen[-1], torch.arange(3 - k, 6, dtype=torch.float32))
+            err[k] += (out - picture).pow(2).mean().item() / 8
+    assert err[1] < 0.5 * err[0] and err[2] < err[1], err
+    assert err[0] > 1.0  # without context: another picture (prior variance 1, plus its own)
+
+
+def test_a_shots_first_segment_takes_no_context():
+    s = SamplerSettings(context_latents=2, shot_start_guidance_scale=6.0)
+    assert s.for_segment(shot_start=True).context_latents == 0
+    assert s.for_segment(shot_start=False).context_latents == 2
+    assert SamplerSettings(context_latents=1).for_segment(shot_start=True).context_latents == 0
+
+
 def test_schedulers_start_from_pure_noise_and_end_clean():
     for name in ("euler", "unipc"):
         s = make_scheduler(name, 3.0)

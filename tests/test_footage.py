@@ -12,7 +12,7 @@ from PIL import Image
 
 from pfp_app import footage as fm
 from pfp_app.cli import main
-from pfp_app.export_record import parse_export_comment, read_export_record
+from pfp_app.export_record import guidance_comment, parse_export_comment, read_export_record
 from pfp_app.footage import FootageError, check_footage, prepare_footage, save_footage
 from pfp_app.causal_decode import WARMUP_LATENTS
 from pfp_app.pipeline import GenerationSettings
@@ -205,6 +205,12 @@ def test_export_records_two_scale_guidance_and_a_one_scale_record_stays_one_scal
     assert old.guidance_scale == 3.0 and old.guidance_scale_2 is old.shot_start_guidance_scale is None  # 3 alone
     with pytest.raises(ValueError, match="cannot be read"):
         parse_export_comment("PFP Studio | seed=1 guidance=6 guidance2=1\n0s: a", "half.mp4")
+    assert old.context_latents == 0  # exports from before context latents were recorded used none
+    ctx = parse_export_comment("PFP Studio | seed=1 guidance=3 context=1\n0s: a", "c.mp4")
+    assert ctx.generation_settings(1).context_latents == 1 and "1 context latent(s) within a shot" in ctx.describe()
+    assert guidance_comment({"guidance_scale": 3.0, "context_latents": 1}) == " guidance=3 context=1"
+    with pytest.raises(ValueError, match="cannot be read"):
+        parse_export_comment("PFP Studio | seed=1 context=x\n0s: a", "bad.mp4")
 
 
 def _cli(capsys, *argv):

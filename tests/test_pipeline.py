@@ -160,6 +160,31 @@ def test_shot_start_guidance_applies_to_each_shots_first_segment_only(tiny_pipel
     assert [g for g, _, _ in seen] == [6.0, 6.0, tiny_pipeline.model.video.guidance_scale]  # the model's defaults
 
 
+def test_context_latents_continue_the_history_within_a_shot_only(tiny_pipeline, storyboard, generated, monkeypatch):
+    """Segment 2 continues shot 1 and gets the history's last latents as context; segments 0 and 1 start shots and
+    get none (a cut is meant to change the picture), so they are the very segments of the run without context."""
+    import pfp_app.pipeline as pipeline_module
+
+    seen = []
+    real_sample = pipeline_module.sample
+
+    def spy(model, shape, text, memory, positions, s, *args, context=None, **kwargs):
+        seen.append(None if context is None else context.clone())
+        return real_sample(model, shape, text, memory, positions, s, *args, context=context, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "sample", spy)
+    results = tiny_pipeline.generate(storyboard, GenerationSettings(seed=0, steps=STEPS, context_latents=2))
+    assert seen[0] is None and seen[1] is None
+    history = torch.cat([r.latents for r in results[:2]], dim=2)
+    torch.testing.assert_close(seen[2], history[:, :, -2:].to(seen[2].dtype))
+    _, before = generated
+    for i in (0, 1):
+        torch.testing.assert_close(results[i].latents, before[i].latents)
+    assert not torch.allclose(results[2].latents, before[2].latents)
+    assert tiny_pipeline.settings_record(storyboard, GenerationSettings(context_latents=2))["sampler_settings"][
+        "context_latents"] == 2
+
+
 def test_stop_after_the_first_segment_keeps_it_on_disk(tiny_pipeline, storyboard, generated, tmp_path):
     project = Project(tmp_path / "stopped")
     done = []
