@@ -333,7 +333,7 @@ def _scales(args) -> dict:
     """GenerationSettings' guidance fields from the command line (None: the model's; --guidance alone: one scale)."""
     return dict(guidance_scale_2=args.guidance_2, boundary_ratio=args.boundary,
                 shot_start_guidance_scale=args.start_guidance, shot_start_guidance_scale_2=args.start_guidance_2,
-                context_latents=args.context_latents)
+                context_latents=args.context_latents, memory_guidance_scale=args.memory_guidance)
 
 
 def run(args) -> dict:
@@ -458,6 +458,8 @@ def _guidance(m: dict) -> str:
     text = f"{g:g}" if g2 is None else f"{g:g} above timestep ratio {b:g}, {g2:g} below"
     if s is not None:
         text += f" ({s:g} on a shot's first segment{f', {s2:g} below {b:g}' if s2 is not None else ''})"
+    if m.get("memory_guidance_scale"):
+        text += f"; memory guidance {m['memory_guidance_scale']:g} within a shot"
     if m.get("context_latents"):
         text += f"; {m['context_latents']} context latent(s) within a shot"
     return text
@@ -553,6 +555,8 @@ def parse_args(argv=None):
                     help="guidance on each shot's first segment below --boundary (default: the model's)")
     ap.add_argument("--context-latents", type=int, default=None,
                     help="history latents re-denoised beside each segment within a shot (default: the model's)")
+    ap.add_argument("--memory-guidance", type=float, default=None,
+                    help="memory guidance within a shot (flow.SamplerSettings; default: the model's)")
     ap.add_argument("--model", default="default")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",

@@ -53,7 +53,7 @@ def zeroed_memory(model):
         del enc.encode_incremental  # back to the class's method
 
 
-def generate_and_score(pipe, index: int, s: cons.Settings, context_latents: int | None) -> dict:
+def generate_and_score(pipe, index: int, s: cons.Settings, args) -> dict:
     import torch
 
     from pfp_app.data.world import render_storyboard
@@ -61,7 +61,7 @@ def generate_and_score(pipe, index: int, s: cons.Settings, context_latents: int 
 
     t0 = time.time()
     sb, truth = cons.make_storyboard(index, s, pipe.segment_seconds)
-    results = pipe.generate(sb, GenerationSettings(seed=index, steps=s.gen_steps or None, context_latents=context_latents))
+    results = pipe.generate(sb, _settings(s, args, seed=index))
     frames = torch.cat([r.frames for r in results], dim=1)  # (3, T, H, W) in [-1, 1]
     gen = frames.permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     v = pipe.model.video
@@ -118,6 +118,7 @@ def parse_args(argv=None):
     ap.add_argument("--storyboards", type=int, default=16)
     ap.add_argument("--gen-steps", type=int, default=None, help="sampler steps (default: the model's)")
     ap.add_argument("--context-latents", type=int, default=None, help="(default: the model's)")
+    ap.add_argument("--memory-guidance", type=float, default=None, help="within a shot (default: the model's)")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",
                     help="only write the caption embeddings of these storyboards to PATH (run where MiniLM is)")
@@ -172,9 +173,9 @@ def main(argv=None) -> int:
            "storyboards": []}
     out.parent.mkdir(parents=True, exist_ok=True)
     for i in range(s.storyboards):
-        row = {"index": i, "memory": generate_and_score(pipe, i, s, args.context_latents)}
+        row = {"index": i, "memory": generate_and_score(pipe, i, s, args)}
         with zeroed_memory(model):
-            row["zeroed"] = generate_and_score(pipe, i, s, args.context_latents)
+            row["zeroed"] = generate_and_score(pipe, i, s, args)
         res["storyboards"].append(row)
         out.write_text(json.dumps(res, indent=1))  # after every storyboard: a stopped run keeps what it measured
         print(f"  storyboard {i + 1}/{s.storyboards}: {row['memory']['seconds'] + row['zeroed']['seconds']:.0f} s",
@@ -187,10 +188,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def _settings(s: cons.Settings, args):
+def _settings(s: cons.Settings, args, seed: int = 0):
     from pfp_app.pipeline import GenerationSettings
 
-    return GenerationSettings(steps=s.gen_steps or None, context_latents=args.context_latents)
+    return GenerationSettings(seed=seed, steps=s.gen_steps or None, context_latents=args.context_latents,
+                              memory_guidance_scale=args.memory_guidance)
 
 
 if __name__ == "__main__":

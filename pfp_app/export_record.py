@@ -32,6 +32,7 @@ class ExportRecord:
     start_guidance: float | None = None  # a shot's first segment (flow.SamplerSettings); None: as elsewhere
     start_guidance_2: float | None = None
     context_latents: int = 0  # within a shot (flow.SamplerSettings); exports from before it was recorded used none
+    memory_guidance: float = 0.0  # within a shot (flow.SamplerSettings); likewise
 
     def generation_settings(self, seed: int):
         """The settings that made the export's segments (with `seed`). A record with one guidance scale keeps one
@@ -42,7 +43,7 @@ class ExportRecord:
                                   guidance_scale_2=self.guidance_2, boundary_ratio=self.boundary,
                                   shot_start_guidance_scale=self.start_guidance,
                                   shot_start_guidance_scale_2=self.start_guidance_2,
-                                  context_latents=self.context_latents)
+                                  context_latents=self.context_latents, memory_guidance_scale=self.memory_guidance)
 
     @property
     def seed(self) -> int:
@@ -68,6 +69,8 @@ class ExportRecord:
             then = f", then {self.start_guidance_2:g} below {self.boundary:g}" if self.start_guidance_2 is not None else ""
             guidance += f" ({self.start_guidance:g} on a shot's first segment{then})"
         context = f", {self.context_latents} context latent(s) within a shot" if self.context_latents else ""
+        if self.memory_guidance:
+            context += f", memory guidance {self.memory_guidance:g} within a shot"
         return f"model {self.model}, {seeds}, {self.steps or 'default'} steps{guidance}{context}, {shots} shots{foot}"
 
 
@@ -85,7 +88,7 @@ def _per_segment(value: str) -> dict[int, int]:
 def guidance_comment(sampler: dict) -> str:
     """The guidance fields of an export's first comment line (read back by parse_export_comment), from a project's
     recorded sampler settings (asdict of flow.SamplerSettings): ' guidance=3 start_guidance=6 start_guidance2=1
-    boundary=0.6 context=1'; '' where none was recorded."""
+    boundary=0.6 context=1 memory_guidance=2'; '' where none was recorded."""
     values = {"guidance": sampler.get("guidance_scale"), "guidance2": sampler.get("guidance_scale_2"),
               "start_guidance": sampler.get("shot_start_guidance_scale")}
     if values["start_guidance"] is not None:
@@ -94,6 +97,8 @@ def guidance_comment(sampler: dict) -> str:
         values["boundary"] = sampler.get("boundary_ratio", 0.875)  # flow.SamplerSettings' default
     if sampler.get("context_latents"):
         values["context"] = sampler["context_latents"]
+    if sampler.get("memory_guidance_scale"):
+        values["memory_guidance"] = sampler["memory_guidance_scale"]
     return "".join(f" {k}={v:g}" for k, v in values.items() if v is not None)
 
 
@@ -114,13 +119,14 @@ def parse_export_comment(comment: str | None, path: str | Path = "") -> ExportRe
         if (scales["guidance2"] is not None or scales["start_guidance"] is not None) != (scales["boundary"] is not None):
             raise KeyError("guidance2 / start_guidance and boundary go together")
         context = int(fields.get("context", 0))
+        memory_guidance = float(fields.get("memory_guidance", 0.0))
         if context < 0:
             raise ValueError("negative context")
     except (ValueError, KeyError):
         raise ValueError(f"'{Path(path).name}' has a PFP Studio comment that cannot be read: {head!r}") from None
     return ExportRecord(Path(path), fields.get("model"), seeds, steps, storyboard, frames,
                         fields.get("footage") == "excluded", fields, guidance, scales["guidance2"], scales["boundary"],
-                        scales["start_guidance"], scales["start_guidance2"], context)
+                        scales["start_guidance"], scales["start_guidance2"], context, memory_guidance)
 
 
 def read_export_record(path: str | Path) -> ExportRecord | None:

@@ -124,13 +124,17 @@ class SamplerSettings:
     # segment, pinned to their known values (`sample`'s context): the join is drawn as one piece, not as two
     # (a shot's first segment takes none: a cut is meant to change the picture)
     context_latents: int = 0
+    # within a shot, memory guidance: v += memory_guidance_scale * (v(memory) - v(no memory)), pushing the segment
+    # toward what the memory holds (the history) and away from what the text alone would draw; G knows "no memory"
+    # from training (a clip's first segment). 0: off; a shot's first segment takes none (the text sets a new shot)
+    memory_guidance_scale: float = 0.0
 
     def for_segment(self, shot_start: bool) -> "SamplerSettings":
         """The settings of one segment: a shot's first segment takes the shot-start scales, if any, and no
         context."""
         if not shot_start:
             return self
-        s = replace(self, context_latents=0)
+        s = replace(self, context_latents=0, memory_guidance_scale=0.0)
         if self.shot_start_guidance_scale is not None:
             s = replace(s, guidance_scale=self.shot_start_guidance_scale, guidance_scale_2=self.shot_start_guidance_scale_2)
         return s
@@ -183,10 +187,14 @@ def sample(
             sigma = float(scheduler.sigmas[i])
             x[:, :, :k] = (1 - sigma) * ctx + sigma * ctx_noise
         ts = t.expand(shape[0]).to(device)
-        v = model(x.to(dtype), ts, text, memory, frame_positions).float()
+        v_cond = model(x.to(dtype), ts, text, memory, frame_positions).float()
+        v = v_cond
         if scale != 1.0:
             v_null = model(x.to(dtype), ts, null_text, memory, frame_positions).float()
-            v = v_null + scale * (v - v_null)
+            v = v_null + scale * (v_cond - v_null)
+        if settings.memory_guidance_scale and memory is not None:
+            v_alone = model(x.to(dtype), ts, text, None, frame_positions).float()  # the text without the history
+            v = v + settings.memory_guidance_scale * (v_cond - v_alone)
         if k:
             v[:, :, :k] = ctx_noise - ctx  # its true velocity: the solver's history stays consistent
         x = scheduler.step(v, t, x, return_dict=False)[0]

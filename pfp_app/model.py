@@ -48,6 +48,7 @@ class VideoSpec:
     shot_start_guidance_scale: float | None = None  # a shot's first segment (flow.SamplerSettings); None: as elsewhere
     shot_start_guidance_scale_2: float | None = None
     context_latents: int = 0  # within a shot, history latents re-denoised beside each segment (flow.SamplerSettings)
+    memory_guidance_scale: float = 0.0  # within a shot (flow.SamplerSettings)
 
 
 @dataclass

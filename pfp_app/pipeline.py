@@ -51,6 +51,7 @@ class GenerationSettings:
     shot_start_guidance_scale: float | None = None
     shot_start_guidance_scale_2: float | None = None
     context_latents: int | None = None  # None: the model's (flow.SamplerSettings.context_latents)
+    memory_guidance_scale: float | None = None  # None: the model's (flow.SamplerSettings.memory_guidance_scale)
 
     def sampler_settings(self, model: PFPModel) -> SamplerSettings:
         v = model.video
@@ -67,6 +68,8 @@ class GenerationSettings:
             shot_start_guidance_scale=pick(self.shot_start_guidance_scale, v.shot_start_guidance_scale),
             shot_start_guidance_scale_2=pick(self.shot_start_guidance_scale_2, v.shot_start_guidance_scale_2),
             context_latents=self.context_latents if self.context_latents is not None else v.context_latents,
+            memory_guidance_scale=(self.memory_guidance_scale if self.memory_guidance_scale is not None
+                                   else v.memory_guidance_scale),
         )
 
 

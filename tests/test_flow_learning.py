@@ -116,10 +116,27 @@ def test_context_latents_pull_the_new_frames_toward_the_previous_picture(sampler
     assert err[0] > 1.0  # without context: another picture (prior variance 1, plus its own)
 
 
-def test_a_shots_first_segment_takes_no_context():
-    s = SamplerSettings(context_latents=2, shot_start_guidance_scale=6.0)
+@pytest.mark.parametrize("sampler", ["euler", "unipc"])
+def test_memory_guidance_extrapolates_from_the_text_alone_toward_the_memory(sampler):
+    """v = v(text, memory) + w (v(text, memory) - v(text, no memory)): with velocities that lead to x0_mem and
+    x0_alone, sampling lands on x0_mem + w (x0_mem - x0_alone); w = 0 and no memory leave G's own answer."""
+    x0_mem, x0_alone = (torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(k)) for k in (7, 8))
+    noise = torch.randn(x0_mem.shape, generator=torch.Generator().manual_seed(4))
+    model = lambda x, t, text, memory, pos: noise - (x0_alone if memory is None else x0_mem)  # noqa: E731
+    run = lambda w, memory: sample(model, x0_mem.shape, None, memory, None,  # noqa: E731
+                                   SamplerSettings(steps=8, sampler=sampler, memory_guidance_scale=w),
+                                   torch.Generator().manual_seed(4))
+    torch.testing.assert_close(run(2.0, "history"), x0_mem + 2.0 * (x0_mem - x0_alone), atol=1e-3, rtol=0)
+    torch.testing.assert_close(run(0.0, "history"), x0_mem, atol=1e-3, rtol=0)
+    torch.testing.assert_close(run(2.0, None), x0_alone, atol=1e-3, rtol=0)  # a first segment: nothing to guide by
+
+
+def test_a_shots_first_segment_takes_no_context_and_no_memory_guidance():
+    s = SamplerSettings(context_latents=2, shot_start_guidance_scale=6.0, memory_guidance_scale=1.5)
     assert s.for_segment(shot_start=True).context_latents == 0
+    assert s.for_segment(shot_start=True).memory_guidance_scale == 0.0  # nor memory guidance: the text sets it
     assert s.for_segment(shot_start=False).context_latents == 2
+    assert s.for_segment(shot_start=False).memory_guidance_scale == 1.5
     assert SamplerSettings(context_latents=1).for_segment(shot_start=True).context_latents == 0
 
 

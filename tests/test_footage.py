@@ -209,6 +209,10 @@ def test_export_records_two_scale_guidance_and_a_one_scale_record_stays_one_scal
     ctx = parse_export_comment("PFP Studio | seed=1 guidance=3 context=1\n0s: a", "c.mp4")
     assert ctx.generation_settings(1).context_latents == 1 and "1 context latent(s) within a shot" in ctx.describe()
     assert guidance_comment({"guidance_scale": 3.0, "context_latents": 1}) == " guidance=3 context=1"
+    mg = parse_export_comment("PFP Studio | seed=1 guidance=3" + guidance_comment({"memory_guidance_scale": 2.0})
+                              + "\n0s: a", "m.mp4")
+    assert mg.generation_settings(1).memory_guidance_scale == 2.0 and "memory guidance 2 within a shot" in mg.describe()
+    assert old.memory_guidance_scale == 0.0
     with pytest.raises(ValueError, match="cannot be read"):
         parse_export_comment("PFP Studio | seed=1 context=x\n0s: a", "bad.mp4")
 
