@@ -333,7 +333,8 @@ def _scales(args) -> dict:
     """GenerationSettings' guidance fields from the command line (None: the model's; --guidance alone: one scale)."""
     return dict(guidance_scale_2=args.guidance_2, boundary_ratio=args.boundary,
                 shot_start_guidance_scale=args.start_guidance, shot_start_guidance_scale_2=args.start_guidance_2,
-                context_latents=args.context_latents, memory_guidance_scale=args.memory_guidance)
+                context_latents=args.context_latents, memory_guidance_scale=args.memory_guidance,
+                recent_latents=args.recent_latents)
 
 
 def run(args) -> dict:
@@ -359,12 +360,12 @@ def run(args) -> dict:
                     "model": args.model, "steps": args.steps or model.video.steps, "sampler": model.video.sampler,
                     **{k: v for k, v in asdict(GenerationSettings(steps=args.steps, guidance_scale=args.guidance,
                                                                    **_scales(args)).sampler_settings(model)).items()
-                       if "guidance" in k or k in ("boundary_ratio", "context_latents")},
+                       if "guidance" in k or k in ("boundary_ratio", "context_latents", "recent_latents")},
                     "segment_seconds": pipe.segment_seconds, "num_storyboards": args.num_storyboards,
                     "seconds": args.seconds, "seed": args.seed, "drift_seconds": args.drift_seconds,
                     "drift_period": args.drift_period},
            "storyboards": [], "drift": None}
-    for i in range(args.num_storyboards):
+    for i in range(args.first_storyboard, args.first_storyboard + args.num_storyboards):
         t0 = time.time()
         sb, render_seed = heldout_storyboard(i, args.seed, args.seconds)
         gt = render_storyboard(sb, size, fps, seed=render_seed)
@@ -377,7 +378,7 @@ def run(args) -> dict:
                                    "gt": score_shots(gt.frames, gt, refs, segments),
                                    "seams_gen": seam_scores(video, starts, gt), "seams_gt": seam_scores(gt.frames, starts, gt),
                                    "seconds": round(time.time() - t0, 1)})
-        print(f"  storyboard {i + 1}/{args.num_storyboards}: {time.time() - t0:.0f} s", flush=True)
+        print(f"  storyboard {i + 1}/{args.first_storyboard + args.num_storyboards}: {time.time() - t0:.0f} s", flush=True)
         _save(args.out, res)
     if args.drift_seconds > 0:
         t0 = time.time()
@@ -462,6 +463,8 @@ def _guidance(m: dict) -> str:
         text += f"; memory guidance {m['memory_guidance_scale']:g} within a shot"
     if m.get("context_latents"):
         text += f"; {m['context_latents']} context latent(s) within a shot"
+    if m.get("recent_latents"):
+        text += f"; {m['recent_latents']} recent latent(s) at full resolution within a shot"
     return text
 
 
@@ -557,10 +560,15 @@ def parse_args(argv=None):
                     help="history latents re-denoised beside each segment within a shot (default: the model's)")
     ap.add_argument("--memory-guidance", type=float, default=None,
                     help="memory guidance within a shot (flow.SamplerSettings; default: the model's)")
+    ap.add_argument("--recent-latents", type=int, default=None,
+                    help="history latents G sees at full resolution within a shot (default: the model's; only a "
+                         "model trained with `train --recent-latents` knows them)")
     ap.add_argument("--model", default="default")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",
                     help="only write the caption embeddings of this run's storyboards to PATH (run where MiniLM is)")
+    ap.add_argument("--first-storyboard", type=int, default=0,
+                    help="index of the first held-out storyboard (to extend an earlier run: --first-storyboard 8)")
     ap.add_argument("--seed", type=int, default=50_000, help="first storyboard seed (held out from training)")
     ap.add_argument("--drift-seconds", type=float, default=60.0, help="0: no drift storyboard")
     ap.add_argument("--drift-period", type=float, default=12.0,
@@ -577,14 +585,16 @@ def parse_args(argv=None):
         args.steps, args.drift_seconds, args.drift_period = args.steps or 1, 4.0, 2.0
     if args.compare and not (args.report and args.out):
         ap.error("--compare reads two finished runs: give it with --report and --out")
-    if args.num_storyboards < 0 or args.seconds < 2:
-        ap.error("--num-storyboards must be >= 0 (0: the drift storyboard alone) and --seconds >= 2")
+    if args.num_storyboards < 0 or args.first_storyboard < 0 or args.seconds < 2:
+        ap.error("--num-storyboards and --first-storyboard must be >= 0 (0 storyboards: the drift storyboard alone) "
+                 "and --seconds >= 2")
     return args
 
 
 def all_prompts(args) -> list[str]:
     """Every prompt this run's storyboards use (held-out set and drift storyboard)."""
-    sbs = [heldout_storyboard(i, args.seed, args.seconds)[0] for i in range(args.num_storyboards)]
+    sbs = [heldout_storyboard(i, args.seed, args.seconds)[0]
+           for i in range(args.first_storyboard, args.first_storyboard + args.num_storyboards)]
     if args.drift_seconds > 0:
         sbs.append(drift_storyboard(args.drift_seconds, args.drift_period, args.seed)[0])
     return sorted({shot.prompt for sb in sbs for shot in sb.shots})

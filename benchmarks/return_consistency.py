@@ -119,6 +119,7 @@ def parse_args(argv=None):
     ap.add_argument("--gen-steps", type=int, default=None, help="sampler steps (default: the model's)")
     ap.add_argument("--context-latents", type=int, default=None, help="(default: the model's)")
     ap.add_argument("--memory-guidance", type=float, default=None, help="within a shot (default: the model's)")
+    ap.add_argument("--recent-latents", type=int, default=None, help="within a shot (default: the model's)")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",
                     help="only write the caption embeddings of these storyboards to PATH (run where MiniLM is)")
@@ -192,7 +193,7 @@ def _settings(s: cons.Settings, args, seed: int = 0):
     from pfp_app.pipeline import GenerationSettings
 
     return GenerationSettings(seed=seed, steps=s.gen_steps or None, context_latents=args.context_latents,
-                              memory_guidance_scale=args.memory_guidance)
+                              memory_guidance_scale=args.memory_guidance, recent_latents=args.recent_latents)
 
 
 if __name__ == "__main__":

@@ -128,13 +128,16 @@ class SamplerSettings:
     # toward what the memory holds (the history) and away from what the text alone would draw; G knows "no memory"
     # from training (a clip's first segment). 0: off; a shot's first segment takes none (the text sets a new shot)
     memory_guidance_scale: float = 0.0
+    # within a shot, the last `recent_latents` latent frames of the history join φ's memory as clean tokens at full
+    # resolution (memory_dit.recent_tokens; the caller builds them): G must have been trained with them
+    recent_latents: int = 0
 
     def for_segment(self, shot_start: bool) -> "SamplerSettings":
         """The settings of one segment: a shot's first segment takes the shot-start scales, if any, and no
         context."""
         if not shot_start:
             return self
-        s = replace(self, context_latents=0, memory_guidance_scale=0.0)
+        s = replace(self, context_latents=0, memory_guidance_scale=0.0, recent_latents=0)
         if self.shot_start_guidance_scale is not None:
             s = replace(s, guidance_scale=self.shot_start_guidance_scale, guidance_scale_2=self.shot_start_guidance_scale_2)
         return s

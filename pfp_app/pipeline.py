@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from .backbone.memory_dit import join_memory
 from .causal_decode import StreamingDecoder
 from .export_record import guidance_comment
 from .fast_conv import use_onednn_conv3d
@@ -52,6 +53,7 @@ class GenerationSettings:
     shot_start_guidance_scale_2: float | None = None
     context_latents: int | None = None  # None: the model's (flow.SamplerSettings.context_latents)
     memory_guidance_scale: float | None = None  # None: the model's (flow.SamplerSettings.memory_guidance_scale)
+    recent_latents: int | None = None  # None: the model's (flow.SamplerSettings.recent_latents)
 
     def sampler_settings(self, model: PFPModel) -> SamplerSettings:
         v = model.video
@@ -70,6 +72,7 @@ class GenerationSettings:
             context_latents=self.context_latents if self.context_latents is not None else v.context_latents,
             memory_guidance_scale=(self.memory_guidance_scale if self.memory_guidance_scale is not None
                                    else v.memory_guidance_scale),
+            recent_latents=self.recent_latents if self.recent_latents is not None else v.recent_latents,
         )
 
 
@@ -214,6 +217,8 @@ class PFPPipeline:
             gen = torch.Generator().manual_seed(segment_seed(settings.seed, seg.index))
             k = min(seg_sampler.context_latents, 0 if history is None else history.shape[2])
             context = history[:, :, history.shape[2] - k:].to(self.dtype) if k else None  # (1, C, k, H', W')
+            if seg_sampler.recent_latents and history is not None:  # the frames this segment continues, unblurred
+                memory = join_memory(memory, self.model.recent_memory(history.to(self.dtype), seg_sampler.recent_latents))
             latents = sample(self._velocity, self.latent_shape(n), text, memory, positions, seg_sampler, gen,
                              null_text=null_text, on_step=step_cb, device=self.device, dtype=self.dtype,
                              context=context)

@@ -89,6 +89,35 @@ def patch_grid(transformer: WanTransformer3DModel, latent_shape: tuple[int, ...]
     return t // p_t, h // p_h, w // p_w
 
 
+def recent_tokens(transformer: WanTransformer3DModel, recent: torch.Tensor, frame_positions: torch.Tensor) -> MemoryTokens:
+    """The last latent frames of the history as clean tokens at full resolution, beside φ's compressed memory.
+
+    recent (B, C, k, H, W) clean latents; frame_positions (k,) their latent times (just before the segment).
+    They go through G's own patch embedding, so each is a token G denoises every step, at timestep 0 and at its
+    exact grid coordinate: the frame a segment continues, which φ's 4x4x2 memory holds only blurred. FramePack
+    keeps its latest frame at full resolution for the same reason. G must be trained with them
+    (`train --recent-latents`); a shot's first segment gets none, since a cut is meant to change the picture.
+    """
+    grid_t, grid_h, grid_w = patch_grid(transformer, recent.shape)
+    if frame_positions.shape != (grid_t,):
+        raise ValueError(f"frame_positions must have {grid_t} entries, got {tuple(frame_positions.shape)}")
+    x = transformer.patch_embedding(recent.to(transformer.patch_embedding.weight.dtype))  # (B, D, k', H', W')
+    tokens = x.flatten(2).transpose(1, 2)  # (B, k' H' W', D)
+    return MemoryTokens(tokens, grid_coords(frame_positions.to(recent.device).float(), grid_h, grid_w).float())
+
+
+def join_memory(*parts: MemoryTokens | None) -> MemoryTokens | None:
+    """One memory from several (φ's tokens, recent frames' tokens); None parts are skipped."""
+    parts = [p for p in parts if p is not None and p.num_tokens > 0]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    dtype = parts[0].tokens.dtype
+    return MemoryTokens(torch.cat([p.tokens.to(dtype) for p in parts], dim=1),
+                        torch.cat([p.coords.to(parts[0].coords.device, parts[0].coords.dtype) for p in parts], dim=0))
+
+
 def memory_dit_forward(
     transformer: WanTransformer3DModel,
     latents: torch.Tensor,

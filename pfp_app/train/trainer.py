@@ -92,6 +92,7 @@ class TrainConfig:
     codec_freeze_encoder: bool = False  # stage codec: train the decoder alone (every latent, and so G, stays valid)
     segment_starts: str = "shots"  # stage 2 / base: 'shots' (the app's segments, see ShotAlignedStarts) or 'uniform'
     cut_share: float = 0.5  # segment_starts 'shots': share of segment batches that start a shot
+    recent_latents: int = 0  # stage 2: within a shot, the last k history latents beside φ's memory, at full resolution
 
 
 class MemoryTrainingModule(nn.Module):
@@ -101,11 +102,16 @@ class MemoryTrainingModule(nn.Module):
         super().__init__()
         self.transformer, self.memory_encoder = model.transformer, model.memory_encoder
 
-    def forward(self, x0, text, history, frame_positions, t, noise):
-        """x0 (B, C, n, H, W) target latents; history (B, C, Th, H, W) or None; t (B,) in [0, 1]."""
-        from ..backbone.memory_dit import memory_dit_forward
+    def forward(self, x0, text, history, frame_positions, t, noise, recent: int = 0):
+        """x0 (B, C, n, H, W) target latents; history (B, C, Th, H, W) or None; t (B,) in [0, 1]; recent: the
+        history's last `recent` latents join the memory as full-resolution tokens (memory_dit.recent_tokens)."""
+        from ..backbone.memory_dit import join_memory, memory_dit_forward, recent_tokens
 
         memory = self.memory_encoder(history) if history is not None else None
+        if recent and history is not None:
+            k = min(recent, history.shape[2])
+            times = torch.arange(history.shape[2] - k, history.shape[2], dtype=torch.float32, device=history.device)
+            memory = join_memory(memory, recent_tokens(self.transformer, history[:, :, -k:], times))
         return velocity_loss(functools.partial(memory_dit_forward, self.transformer), x0, noise, t, text, memory,
                              frame_positions)
 
@@ -295,6 +301,9 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError("--grad-accum must be at least 1")
     if cfg.segment_starts not in ("shots", "uniform"):
         raise ValueError(f"--segment-starts must be 'shots' or 'uniform', not {cfg.segment_starts[:40]!r}")
+    if cfg.recent_latents < 0 or (cfg.recent_latents and cfg.segment_starts != "shots"):
+        raise ValueError("--recent-latents must be >= 0, and needs --segment-starts shots (recent frames are given "
+                         "within a shot only; a uniform split may cross a cut)")
     t_start = time.time()
     on_gpu = torch.cuda.is_available()
     # cpu=True without a GPU: under torchrun, accelerate then joins the ranks over gloo (MULTI_CPU)
@@ -305,6 +314,8 @@ def train(cfg: TrainConfig) -> dict:
     set_seed(cfg.seed)  # the same initial weights (and LoRA adapters) on every rank
     device = accelerator.device
     model = _init_model(cfg)
+    if cfg.stage == "finetune":  # the exported model generates as it was last trained: with recent frames or not
+        model.video.recent_latents = cfg.recent_latents
     if cfg.stage == "finetune" and cfg.lora_rank > 0:
         from peft import LoraConfig
 
@@ -458,8 +469,9 @@ def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen
     retrieval = cfg.stage == "pretrain" or (cfg.stage == "finetune"
                                             and torch.rand(1, generator=gen).item() < cfg.retrieval_share)
     source = retrieval_clips if retrieval and retrieval_clips is not None else clips
+    at_cut = False
     if starts is not None and not retrieval:
-        split, idx, _ = starts.draw(cfg.batch_size, gen)
+        split, idx, at_cut = starts.draw(cfg.batch_size, gen)
     else:
         split, idx = None, torch.randint(0, len(source), (cfg.batch_size,), generator=gen)
     lat = source.latents[idx.to(source.latents.device)]  # (B, C, T', H', W')
@@ -479,12 +491,15 @@ def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen
         prompts = [p if torch.rand(1, generator=gen).item() >= cfg.caption_dropout else "" for p in prompts]
         text = text_encoder.encode(prompts)
         kind = "next_segment" if cfg.stage == "finetune" else "segment"
+    # the frames a segment continues, at full resolution: within a shot only, as the app gives them (a shot's
+    # first segment must follow its new prompt, not the last frame); retrieval never gets them (recall is φ's)
+    recent = cfg.recent_latents if kind == "next_segment" and not at_cut else 0
     t = sample_train_t(b, 3.0, gen).to(device)
     if noise_gen is None:
         noise = torch.randn(x0.shape, generator=gen).to(device)
     else:
         noise = torch.randn(x0.shape, generator=noise_gen, device=noise_gen.device)
-    return module(x0, text.to(device), history, positions, t, noise), kind
+    return module(x0, text.to(device), history, positions, t, noise, recent), kind
 
 
 @torch.no_grad()

@@ -1,0 +1,127 @@
+"""Recent latents: within a shot, G sees the history's last latent frames at full resolution beside φ's memory.
+
+The frame a segment continues is held only blurred by the 4x4x2 memory, and v6's joins inside a shot jumped
+(seam 1.5-2.0 against the ground truth's 1.0). These tests show that the recent tokens are exactly the clean
+frames G would see in its own sequence at timestep 0, that the app gives them within a shot only, and that the
+trainer trains them where the app uses them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pfp_app.backbone.memory_dit import MemoryTokens, join_memory, memory_dit_forward, recent_tokens
+from pfp_app.model import build_random_model
+from pfp_app.pipeline import GenerationSettings
+from pfp_app.storyboard import parse_storyboard
+from pfp_app.train.data import LatentClips, ShotAlignedStarts
+from pfp_app.train.trainer import TrainConfig, _memory_step, train
+
+# tiny: 64x64 at 8 fps, 3 latent frames per segment; shot 1 runs over two segments (see test_pipeline.py)
+STORYBOARD = "0s: a red fox in the snow\n1s: the fox runs across a frozen lake\nend: 4s\n"
+
+
+def test_recent_tokens_are_the_frame_g_would_see_clean_in_its_own_sequence():
+    """Denoising a segment with the last history frame as recent tokens gives, for the segment, exactly what G
+    gives when that frame is a clean (timestep 0) frame of its own sequence: the same tokens, positions and
+    modulation, so G reads the frame as it reads its own frames."""
+    torch.manual_seed(0)
+    g = build_random_model("tiny", seed=0).transformer.eval()
+    last = torch.randn(1, 8, 1, 8, 8)  # the history's last latent frame, at time 4
+    segment = torch.randn(1, 8, 3, 8, 8)  # times 5, 6, 7
+    text = torch.randn(1, 4, g.config.text_dim)
+    t0 = torch.zeros(1)
+    with torch.no_grad():
+        as_memory = memory_dit_forward(g, segment, t0, text, recent_tokens(g, last, torch.tensor([4.0])),
+                                       torch.tensor([5.0, 6.0, 7.0]))
+        in_sequence = memory_dit_forward(g, torch.cat([last, segment], dim=2), t0, text, None,
+                                         torch.tensor([4.0, 5.0, 6.0, 7.0]))
+    torch.testing.assert_close(as_memory, in_sequence[:, :, 1:], atol=1e-5, rtol=1e-5)
+    # and it is not a no-op: G's output changes with the frame it is shown
+    with torch.no_grad():
+        other = memory_dit_forward(g, segment, t0, text, recent_tokens(g, -last, torch.tensor([4.0])),
+                                   torch.tensor([5.0, 6.0, 7.0]))
+    assert (other - as_memory).abs().mean() > 1e-3
+
+
+def test_join_memory_keeps_phi_tokens_first_and_skips_what_is_missing():
+    a = MemoryTokens(torch.ones(2, 3, 4), torch.zeros(3, 3))
+    b = MemoryTokens(torch.zeros(2, 5, 4), torch.ones(5, 3))
+    joined = join_memory(a, None, b)
+    assert joined.num_tokens == 8 and torch.equal(joined.tokens[:, :3], a.tokens) and torch.equal(joined.coords[3:], b.coords)
+    assert join_memory(None, b) is b and join_memory(None, None) is None
+    with pytest.raises(ValueError, match="frame_positions must have 1 entries"):
+        recent_tokens(build_random_model("tiny", seed=0).transformer, torch.zeros(1, 8, 1, 8, 8), torch.tensor([1.0, 2.0]))
+
+
+def test_the_app_gives_recent_frames_within_a_shot_only(tiny_pipeline, monkeypatch):
+    """Segments 0 and 1 start shots: φ's memory alone (none for the first). Segment 2 continues shot 1 and also
+    gets the history's last latent frame as 8x8 full-resolution tokens at its own time."""
+    import pfp_app.pipeline as pipeline_module
+
+    seen, real_sample = [], pipeline_module.sample
+
+    def spy(model, shape, text, memory, positions, s, *args, **kwargs):
+        seen.append((memory, positions.clone()))
+        return real_sample(model, shape, text, memory, positions, s, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "sample", spy)
+    sb = parse_storyboard(STORYBOARD)
+    results = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2, recent_latents=1))
+    without = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2))
+    phi_tokens = [None if m is None else m.num_tokens for m, _ in seen[3:]]  # the run without recent frames
+    assert seen[0][0] is None and seen[1][0].num_tokens == phi_tokens[1]
+    memory, positions = seen[2]
+    assert memory.num_tokens == phi_tokens[2] + 4 * 4  # tiny: 8x8 latents, patch 2x2
+    recent = memory.coords[phi_tokens[2]:]
+    assert torch.all(recent[:, 0] == positions[0] - 1) and recent[:, 1].max() == 3 and recent[:, 2].max() == 3
+    history = torch.cat([r.latents for r in results[:2]], dim=2)
+    g = tiny_pipeline.model.transformer
+    expected = recent_tokens(g, history[:, :, -1:].to(g.dtype), positions[:1] - 1).tokens
+    torch.testing.assert_close(memory.tokens[:, phi_tokens[2]:], expected.to(memory.tokens.dtype))
+    for i in (0, 1):  # shot starts are drawn exactly as without recent frames
+        torch.testing.assert_close(results[i].latents, without[i].latents)
+    assert not torch.allclose(results[2].latents, without[2].latents)
+
+
+def test_the_trainer_gives_recent_frames_to_segments_inside_a_shot_only():
+    prompts = [["a"] * 4 + ["b"] * 8 for _ in range(6)]  # one cut at latent 4 in every clip
+    clips = LatentClips(torch.randn(6, 4, 12, 2, 2), prompts)
+    seen = []
+
+    class Text:
+        def encode(self, ps):
+            return torch.zeros(len(ps), 2, 3)
+
+        def null(self, b):
+            return torch.zeros(b, 2, 3)
+
+    def module(x0, text, history, positions, t, noise, recent=0):
+        seen.append((int(positions[0]), history is not None, recent))
+        return torch.zeros(())
+
+    cfg = TrainConfig(stage="finetune", batch_size=2, retrieval_share=0.0, caption_dropout=0.0, recent_latents=1)
+    starts = ShotAlignedStarts(prompts, 3, cut_share=0.5)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        _memory_step(module, clips, Text(), cfg, gen, "cpu", 3, clips, None, starts)
+    at_cut = [r for s, h, r in seen if s in (0, 4)]
+    inside = [r for s, h, r in seen if s not in (0, 4)]
+    assert at_cut and inside and set(at_cut) == {0} and set(inside) == {1}
+    seen.clear()
+    retrieval = TrainConfig(stage="finetune", batch_size=2, retrieval_share=1.0, recent_latents=1, num_query=2)
+    _memory_step(module, clips, Text(), retrieval, gen, "cpu", 3, clips, None, starts)
+    assert seen[0][2] == 0  # recall is φ's alone
+
+
+def test_a_model_trained_with_recent_frames_generates_with_them(tmp_path):
+    out = tmp_path / "ft"
+    train(TrainConfig(stage="finetune", init="tiny", out=str(out), num_clips=4, clip_seconds=3.0, batch_size=2,
+                      workers=0, max_steps=2, recent_latents=1, retrieval_share=0.0, log_every=1))
+    assert json.loads((out / "model" / "pfp_model.json").read_text())["video"]["recent_latents"] == 1
+    with pytest.raises(ValueError, match="--recent-latents must be >= 0, and needs --segment-starts shots"):
+        train(TrainConfig(stage="finetune", init="tiny", out=str(tmp_path / "u"), recent_latents=1,
+                          segment_starts="uniform"))
