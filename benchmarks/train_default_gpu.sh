@@ -21,6 +21,9 @@
 # v6 (2026-12-05, one call): `RUNS=/tmp/r BANK=data/bank-lite BATCH=192 LR=3e-4 DATA_SEED=8 WARMUP=50 RSHARE=0.5
 #   STARTS=shots CUTS=0.5 EVAL_TIMEOUT=0 ... finetune OUT assets/pfp-default 8.0` (v5 in assets/, its vae/ replaced
 #   by the encoder-only stand-in of `device_carry.py --encoder-only-vae`); v5's codec kept.
+# v7 (2026-12-05, one call on an H100): `RUNS=/tmp/r BANK=data/bank-lite BATCH=128 LR=3e-4 DATA_SEED=9 WARMUP=50
+#   RSHARE=0.5 STARTS=shots CUTS=0.5 RECENT=1 EVAL_TIMEOUT=0 ... finetune OUT assets/pfp-default 7.9` (v6 in assets/,
+#   the same stand-in codec; batch 192 ran out of the H100's 80 GB); v5's codec kept.
 # Each phase then evaluates on held-out data (world clips, the bank's held-out real clips and photographs).
 # Usage: bash benchmarks/train_default_gpu.sh PHASE OUT [INIT] [MINUTES...]
 # Needs: data/bank (`python -m pfp_app bank`) and .carry/captions.safetensors (`python -m pfp_app captions

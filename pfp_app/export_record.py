@@ -33,6 +33,7 @@ class ExportRecord:
     start_guidance_2: float | None = None
     context_latents: int = 0  # within a shot (flow.SamplerSettings); exports from before it was recorded used none
     memory_guidance: float = 0.0  # within a shot (flow.SamplerSettings); likewise
+    recent_latents: int = 0  # within a shot (flow.SamplerSettings); likewise
 
     def generation_settings(self, seed: int):
         """The settings that made the export's segments (with `seed`). A record with one guidance scale keeps one
@@ -43,7 +44,8 @@ class ExportRecord:
                                   guidance_scale_2=self.guidance_2, boundary_ratio=self.boundary,
                                   shot_start_guidance_scale=self.start_guidance,
                                   shot_start_guidance_scale_2=self.start_guidance_2,
-                                  context_latents=self.context_latents, memory_guidance_scale=self.memory_guidance)
+                                  context_latents=self.context_latents, memory_guidance_scale=self.memory_guidance,
+                                  recent_latents=self.recent_latents)
 
     @property
     def seed(self) -> int:
@@ -71,6 +73,8 @@ class ExportRecord:
         context = f", {self.context_latents} context latent(s) within a shot" if self.context_latents else ""
         if self.memory_guidance:
             context += f", memory guidance {self.memory_guidance:g} within a shot"
+        if self.recent_latents:
+            context += f", {self.recent_latents} recent latent(s) at full resolution within a shot"
         return f"model {self.model}, {seeds}, {self.steps or 'default'} steps{guidance}{context}, {shots} shots{foot}"
 
 
@@ -88,7 +92,7 @@ def _per_segment(value: str) -> dict[int, int]:
 def guidance_comment(sampler: dict) -> str:
     """The guidance fields of an export's first comment line (read back by parse_export_comment), from a project's
     recorded sampler settings (asdict of flow.SamplerSettings): ' guidance=3 start_guidance=6 start_guidance2=1
-    boundary=0.6 context=1 memory_guidance=2'; '' where none was recorded."""
+    boundary=0.6 context=1 memory_guidance=2 recent=1'; '' where none was recorded."""
     values = {"guidance": sampler.get("guidance_scale"), "guidance2": sampler.get("guidance_scale_2"),
               "start_guidance": sampler.get("shot_start_guidance_scale")}
     if values["start_guidance"] is not None:
@@ -99,6 +103,8 @@ def guidance_comment(sampler: dict) -> str:
         values["context"] = sampler["context_latents"]
     if sampler.get("memory_guidance_scale"):
         values["memory_guidance"] = sampler["memory_guidance_scale"]
+    if sampler.get("recent_latents"):
+        values["recent"] = sampler["recent_latents"]
     return "".join(f" {k}={v:g}" for k, v in values.items() if v is not None)
 
 
@@ -120,13 +126,14 @@ def parse_export_comment(comment: str | None, path: str | Path = "") -> ExportRe
             raise KeyError("guidance2 / start_guidance and boundary go together")
         context = int(fields.get("context", 0))
         memory_guidance = float(fields.get("memory_guidance", 0.0))
-        if context < 0:
+        recent = int(fields.get("recent", 0))
+        if context < 0 or recent < 0:
             raise ValueError("negative context")
     except (ValueError, KeyError):
         raise ValueError(f"'{Path(path).name}' has a PFP Studio comment that cannot be read: {head!r}") from None
     return ExportRecord(Path(path), fields.get("model"), seeds, steps, storyboard, frames,
                         fields.get("footage") == "excluded", fields, guidance, scales["guidance2"], scales["boundary"],
-                        scales["start_guidance"], scales["start_guidance2"], context, memory_guidance)
+                        scales["start_guidance"], scales["start_guidance2"], context, memory_guidance, recent)
 
 
 def read_export_record(path: str | Path) -> ExportRecord | None:

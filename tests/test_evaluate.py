@@ -54,3 +54,27 @@ def test_evaluate_intervals_are_over_clips(tiny_model):
         assert scores[key]["n_clips"] == 3 and scores[key]["ci95"] >= 0
     table = format_scores(scores)
     assert "LPIPS" not in table and "| history mean frame |" in table
+
+
+def test_memory_guidance_reaches_the_recall_sampler_and_is_reported(tiny_model, monkeypatch):
+    """`evaluate --memory-guidance 2` recalls as the studio's inspector does (G's answer with the memory pushed away
+    from its answer without it): each step asks G twice, with and without the memory, and the table says so."""
+    from pfp_app.train import evaluate as ev
+
+    calls = []
+    real_velocity = tiny_model.velocity
+
+    def counting(x, t, text, memory, positions):
+        calls.append(memory is None)
+        return real_velocity(x, t, text, memory, positions)
+
+    monkeypatch.setattr(tiny_model, "velocity", counting)
+    frames = _frames(n=1)
+    plain = recall_clip_batch(tiny_model, frames, queries=2, steps=2, seed=0, device="cpu")
+    assert calls == [False, False]  # unguided: one pass per step, with the memory
+    calls.clear()
+    guided = recall_clip_batch(tiny_model, frames, queries=2, steps=2, seed=0, device="cpu", memory_guidance=2.0)
+    assert calls == [False, True, False, True]
+    assert guided["psnr"] != plain["psnr"] and guided["mean_psnr"] == plain["mean_psnr"]
+    scores = ev.evaluate_recall(tiny_model, num_clips=1, seconds=2.0, steps=1, queries=1, memory_guidance=2.0)
+    assert scores["settings"]["memory_guidance"] == 2.0 and "memory guidance 2)" in format_scores(scores)

@@ -213,8 +213,14 @@ def test_export_records_two_scale_guidance_and_a_one_scale_record_stays_one_scal
                               + "\n0s: a", "m.mp4")
     assert mg.generation_settings(1).memory_guidance_scale == 2.0 and "memory guidance 2 within a shot" in mg.describe()
     assert old.memory_guidance_scale == 0.0
+    recent = parse_export_comment("PFP Studio | seed=1 guidance=3" + guidance_comment({"recent_latents": 1}) + "\n0s: a",
+                                  "r.mp4")
+    assert recent.generation_settings(1).recent_latents == 1 and "1 recent latent(s)" in recent.describe()
+    assert old.recent_latents == 0  # exports made before v7 generated without recent frames
     with pytest.raises(ValueError, match="cannot be read"):
         parse_export_comment("PFP Studio | seed=1 context=x\n0s: a", "bad.mp4")
+    with pytest.raises(ValueError, match="cannot be read"):
+        parse_export_comment("PFP Studio | seed=1 recent=-1\n0s: a", "bad.mp4")
 
 
 def _cli(capsys, *argv):

@@ -78,6 +78,9 @@ def add_train_parsers(sub, full: bool = True) -> None:
                                                "this bank (`python -m pfp_app bank`), clip by clip")
     e.add_argument("--photo-clips", type=int, default=4, help="held-out photo-motion clips to score with --bank")
     e.add_argument("--skip-world", action="store_true", help="only the bank's clips")
+    e.add_argument("--memory-guidance", type=float, default=0.0,
+                   help="recall with memory guidance (the studio's inspector uses the model's, pfp_model.json's "
+                        "memory_guidance_scale); 0: the memory alone, unguided, as the model card's tables")
     e.set_defaults(handler=_cmd_evaluate)
 
 
@@ -209,7 +212,8 @@ def _cmd_evaluate(args) -> int:
     scores = {}
     if not args.skip_world:
         scores = evaluate_recall(model, num_clips=args.num_clips, seconds=args.clip_seconds, seed=args.data_seed,
-                                 steps=args.steps, queries=args.queries, device=device)
+                                 steps=args.steps, queries=args.queries, device=device,
+                                 memory_guidance=args.memory_guidance)
         print(format_scores(scores))
         world = WorldClipDataset(args.num_clips, seconds=args.clip_seconds, size=model.video.height, fps=model.video.fps,
                                  seed=args.data_seed)
@@ -220,10 +224,11 @@ def _cmd_evaluate(args) -> int:
     if args.bank:
         v = model.video
         real = evaluate_clips(model, heldout_real_clips(args.bank, v.height, v.fps), args.steps, args.queries,
-                              args.data_seed, device)
+                              args.data_seed, device, args.memory_guidance)
         print(format_clip_scores(real, "held-out real clips (recall over the whole clip as history)"))
         photos = evaluate_clips(model, heldout_photo_clips(args.bank, args.photo_clips, args.clip_seconds, v.height, v.fps,
-                                                           args.data_seed), args.steps, args.queries, args.data_seed, device)
+                                                           args.data_seed), args.steps, args.queries, args.data_seed, device,
+                              args.memory_guidance)
         print(format_clip_scores(photos, "held-out photographs in motion"))
         scores["real_clips"], scores["photo_clips"] = real, photos
     if args.out:

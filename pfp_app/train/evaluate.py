@@ -26,9 +26,11 @@ def query_latents(num_latents: int, queries: int) -> list[int]:
 
 @torch.no_grad()
 def recall_clip_batch(model: PFPModel, frames: torch.Tensor, queries: int, steps: int, seed: int, device,
-                      zero_memory: bool = False) -> dict[str, list[float]]:
+                      zero_memory: bool = False, memory_guidance: float = 0.0) -> dict[str, list[float]]:
     """frames (B, 3, T, H, W) in [-1, 1] -> per-query PSNR/SSIM lists for recall and references, and LPIPS
-    lists too where its package and weights are installed (they are never downloaded)."""
+    lists too where its package and weights are installed (they are never downloaded). memory_guidance: G's
+    answer with the memory pushed away from its answer without it (flow.SamplerSettings), as the studio's
+    inspector recalls with the model's memory guidance; 0: the memory alone, unguided."""
     codec, r = model.codec, model.codec.temporal_ratio
     latents = codec.encode(frames.to(device))  # (B, C, T', H', W')
     b, t_lat = latents.shape[0], latents.shape[2]
@@ -37,7 +39,8 @@ def recall_clip_batch(model: PFPModel, frames: torch.Tensor, queries: int, steps
     memory = model.memory_encoder(latents)
     if zero_memory:
         memory = MemoryTokens(memory.tokens * 0, memory.coords)
-    settings = SamplerSettings(steps=steps, sampler=model.video.sampler, shift=model.video.shift, guidance_scale=1.0)
+    settings = SamplerSettings(steps=steps, sampler=model.video.sampler, shift=model.video.shift, guidance_scale=1.0,
+                               memory_guidance_scale=memory_guidance)
     text = model.null_text(b).to(device)
     shape = (b, latents.shape[1], len(omega), *latents.shape[3:])
     retrieved = sample(model.velocity, shape, text, memory, torch.tensor(omega, dtype=torch.float32, device=device),
@@ -60,7 +63,8 @@ def recall_clip_batch(model: PFPModel, frames: torch.Tensor, queries: int, steps
 
 
 def evaluate_recall(model: PFPModel, num_clips: int = 16, seconds: float = 20.0, seed: int = 10_000,
-                    steps: int | None = None, queries: int = 6, device="cpu", batch: int = 4) -> dict:
+                    steps: int | None = None, queries: int = 6, device="cpu", batch: int = 4,
+                    memory_guidance: float = 0.0) -> dict:
     """Mean and 95% interval of recall PSNR/SSIM on held-out world clips, with the three references.
 
     The interval is over per-clip means (frames of one clip are not independent samples)."""
@@ -71,7 +75,8 @@ def evaluate_recall(model: PFPModel, num_clips: int = 16, seconds: float = 20.0,
     for start in range(0, num_clips, batch):
         frames = torch.stack([ds[i]["frames"] for i in range(start, min(start + batch, num_clips))])
         for zero in (False, True):
-            res = recall_clip_batch(model, frames, queries, steps, seed + start, device, zero_memory=zero)
+            res = recall_clip_batch(model, frames, queries, steps, seed + start, device, zero_memory=zero,
+                                    memory_guidance=memory_guidance)
             keys = [k for k in res if not k.startswith(("mean_", "codec_"))] if zero else res.keys()
             n_clips = frames.shape[0]
             for k in keys:  # res[k] is query-major: index q * n_clips + clip
@@ -80,6 +85,7 @@ def evaluate_recall(model: PFPModel, num_clips: int = 16, seconds: float = 20.0,
                 acc.setdefault(("zeroed_" if zero else "") + k, []).extend(per_clip)
     scores = {k: dict(zip(("mean", "ci95"), mean_and_ci95(vals))) | {"n_clips": len(vals)} for k, vals in acc.items()}
     scores["settings"] = {"num_clips": num_clips, "seconds": seconds, "seed": seed, "steps": steps, "queries": queries,
+                          "memory_guidance": memory_guidance,
                           "rate": model.memory_encoder.config.rate, "variant": model.memory_encoder.config.variant}
     return scores
 
@@ -93,7 +99,8 @@ def format_scores(s: dict) -> str:
 
     return "\n".join([
         f"recall on {s['settings']['num_clips']} held-out clips x {s['settings']['queries']} frames "
-        f"(rate {s['settings']['rate']}, {s['settings']['variant']}, {s['settings']['steps']} steps)",
+        f"(rate {s['settings']['rate']}, {s['settings']['variant']}, {s['settings']['steps']} steps"
+        f"{', memory guidance %g' % s['settings']['memory_guidance'] if s['settings'].get('memory_guidance') else ''})",
         "| | PSNR (dB) | SSIM |" + (" LPIPS |" if lp else ""), "|---|---|---|" + ("---|" if lp else ""),
         row("recall from memory", ""),
         row("φ output zeroed", "zeroed_"),
@@ -154,7 +161,7 @@ def heldout_photo_clips(bank_root: str, num: int, seconds: float, size: int, fps
 
 @torch.no_grad()
 def evaluate_clips(model: PFPModel, clips: dict[str, torch.Tensor], steps: int | None = None, queries: int = 6,
-                   seed: int = 10_000, device="cpu") -> dict:
+                   seed: int = 10_000, device="cpu", memory_guidance: float = 0.0) -> dict:
     """Per clip: recall from memory, φ zeroed, the history mean and the codec on the recalled frames (mean ±
     95% interval over the clip's recalled frames), and the codec over every frame of the clip in video mode
     beside the clip's mean frame. Also the mean over clips with its interval."""
@@ -164,7 +171,8 @@ def evaluate_clips(model: PFPModel, clips: dict[str, torch.Tensor], steps: int |
         x = trim_to_codec(frames, model.codec.temporal_ratio)[None]
         row: dict[str, dict] = {}
         for zero in (False, True):
-            res = recall_clip_batch(model, x, queries, steps, seed + k, device, zero_memory=zero)
+            res = recall_clip_batch(model, x, queries, steps, seed + k, device, zero_memory=zero,
+                                    memory_guidance=memory_guidance)
             for key, vals in res.items():
                 if zero and key.startswith(("mean_", "codec_")):
                     continue
