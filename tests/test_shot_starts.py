@@ -62,8 +62,8 @@ def test_the_trainer_step_gives_g_the_shot_prompt_and_the_history_before_the_cut
         def null(self, b):
             return torch.zeros(b, 2, 3)
 
-    def module(x0, text, history, positions, t, noise):
-        seen.update(x0=x0, history=history, positions=positions)
+    def module(x0, text, history, positions, t, noise, recent=0):
+        seen.update(x0=x0, history=history, positions=positions, recent=recent)
         return torch.zeros(())
 
     cfg = TrainConfig(stage="finetune", batch_size=8, retrieval_share=0.0, caption_dropout=0.0)
@@ -78,6 +78,7 @@ def test_the_trainer_step_gives_g_the_shot_prompt_and_the_history_before_the_cut
         rows = [next(i for i in range(16) if torch.equal(clips.latents[i, :, s : s + N], x)) for x in seen["x0"]]
         assert all(is_shot_start(prompts[i], s) for i in rows)
         assert seen["prompts"] == [prompts[i][s] for i in rows]
+        assert seen["recent"] == 0  # shot starts never see the frame before the cut (and recent_latents is 0 here)
 
 
 def test_bad_settings_get_one_clear_message(tmp_path):
