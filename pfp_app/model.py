@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-from .backbone.memory_dit import MemoryTokens, enable_memory_blocks, memory_dit_forward, recent_tokens
+from .backbone.memory_dit import MemoryTokens, enable_memory_blocks, memory_dit_forward
 from .codec import WanLatentCodec
 from .memory.encoder import MemoryEncoder
 from .text_encoder import MiniLMTextEncoder, TextEncoder, UMT5TextEncoder
@@ -149,15 +149,6 @@ class PFPModel:
 
     def velocity(self, x, timestep, text, memory: MemoryTokens | None, frame_positions) -> torch.Tensor:
         return memory_dit_forward(self.transformer, x, timestep, text, memory, frame_positions)
-
-    def recent_memory(self, history: torch.Tensor, k: int) -> MemoryTokens | None:
-        """Tokens of the last k latent frames of history (B, C, T, H, W) at their times T - k .. T - 1 (the
-        history starts at time 0), or None when k or the history is empty."""
-        k = min(k, history.shape[2])
-        if k <= 0:
-            return None
-        positions = torch.arange(history.shape[2] - k, history.shape[2], dtype=torch.float32, device=history.device)
-        return recent_tokens(self.transformer, history[:, :, -k:], positions)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"transformer": self.transformer, "memory_encoder": self.memory_encoder, "vae": self.codec.vae}

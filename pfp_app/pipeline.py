@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .backbone.memory_dit import join_memory
+from .backbone.memory_dit import history_recent_tokens, join_memory
 from .causal_decode import StreamingDecoder
 from .export_record import guidance_comment
 from .fast_conv import use_onednn_conv3d
@@ -218,7 +218,8 @@ class PFPPipeline:
             k = min(seg_sampler.context_latents, 0 if history is None else history.shape[2])
             context = history[:, :, history.shape[2] - k:].to(self.dtype) if k else None  # (1, C, k, H', W')
             if seg_sampler.recent_latents and history is not None:  # the frames this segment continues, unblurred
-                memory = join_memory(memory, self.model.recent_memory(history.to(self.dtype), seg_sampler.recent_latents))
+                memory = join_memory(memory, history_recent_tokens(self.model.transformer, history,
+                                                                   seg_sampler.recent_latents))
             latents = sample(self._velocity, self.latent_shape(n), text, memory, positions, seg_sampler, gen,
                              null_text=null_text, on_step=step_cb, device=self.device, dtype=self.dtype,
                              context=context)
@@ -337,10 +338,10 @@ class PFPPipeline:
         first = max(0, j - window + 1)
         positions = torch.arange(first, j + 1, dtype=torch.float32, device=self.device)
         sampler = GenerationSettings(seed=seed, steps=steps).sampler_settings(self.model)
-        # recall: no text (guidance 1), no recent frames or context; the model's memory guidance stays (G's answer
-        # with the memory pushed away from its answer without it: +0.8-1.1 dB on a held-out real clip; the model
-        # card's recall tables are unguided, `evaluate --memory-guidance` measures both)
-        sampler = replace(sampler, guidance_scale=1.0, guidance_scale_2=None, context_latents=0, recent_latents=0)
+        # recall: no text (guidance 1); the model's memory guidance stays (G's answer with the memory pushed away
+        # from its answer without it: +0.8-1.1 dB on a held-out real clip; the model card's recall tables are
+        # unguided, `evaluate --memory-guidance` measures both)
+        sampler = replace(sampler, guidance_scale=1.0, guidance_scale_2=None)
         shape = self.latent_shape(len(positions))
         latents = sample(self._velocity, shape, self._text([prompt]), memory, positions, sampler,
                          torch.Generator().manual_seed(seed), device=self.device, dtype=self.dtype)

@@ -106,6 +106,16 @@ def recent_tokens(transformer: WanTransformer3DModel, recent: torch.Tensor, fram
     return MemoryTokens(tokens, grid_coords(frame_positions.to(recent.device).float(), grid_h, grid_w).float())
 
 
+def history_recent_tokens(transformer: WanTransformer3DModel, history: torch.Tensor, k: int) -> MemoryTokens | None:
+    """`recent_tokens` of the last k latent frames of history (B, C, T, H, W), which starts at time 0, so they sit at
+    times T - k .. T - 1; None when k or the history is empty. The app and the trainer both give G these."""
+    k = min(k, history.shape[2])
+    if k <= 0:
+        return None
+    times = torch.arange(history.shape[2] - k, history.shape[2], dtype=torch.float32, device=history.device)
+    return recent_tokens(transformer, history[:, :, -k:], times)
+
+
 def join_memory(*parts: MemoryTokens | None) -> MemoryTokens | None:
     """One memory from several (φ's tokens, recent frames' tokens); None parts are skipped."""
     parts = [p for p in parts if p is not None and p.num_tokens > 0]

@@ -105,13 +105,11 @@ class MemoryTrainingModule(nn.Module):
     def forward(self, x0, text, history, frame_positions, t, noise, recent: int = 0):
         """x0 (B, C, n, H, W) target latents; history (B, C, Th, H, W) or None; t (B,) in [0, 1]; recent: the
         history's last `recent` latents join the memory as full-resolution tokens (memory_dit.recent_tokens)."""
-        from ..backbone.memory_dit import join_memory, memory_dit_forward, recent_tokens
+        from ..backbone.memory_dit import history_recent_tokens, join_memory, memory_dit_forward
 
         memory = self.memory_encoder(history) if history is not None else None
         if recent and history is not None:
-            k = min(recent, history.shape[2])
-            times = torch.arange(history.shape[2] - k, history.shape[2], dtype=torch.float32, device=history.device)
-            memory = join_memory(memory, recent_tokens(self.transformer, history[:, :, -k:], times))
+            memory = join_memory(memory, history_recent_tokens(self.transformer, history, recent))
         return velocity_loss(functools.partial(memory_dit_forward, self.transformer), x0, noise, t, text, memory,
                              frame_positions)
 
