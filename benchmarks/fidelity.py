@@ -315,18 +315,22 @@ def drift_scores(video: np.ndarray, gt, ch: Character, place: str) -> list[dict]
 
 # ---------------------------------------------------------------------------------------------- generation
 
-def generate(pipe, sb, seed: int, steps: int | None, guidance: float | None = None,
-             **scales) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-    """(T, H, W, 3) uint8 video of the storyboard, and (first frame, end frame, shot index) of each segment."""
+def generate(pipe, sb, settings) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """(T, H, W, 3) uint8 video of the storyboard (GenerationSettings `settings`), and (first frame, end frame,
+    shot index) of each segment."""
     import torch
 
-    from pfp_app.pipeline import GenerationSettings
-
-    results = pipe.generate(sb, GenerationSettings(seed=seed, steps=steps, guidance_scale=guidance, **scales))
+    results = pipe.generate(sb, settings)
     ends = np.cumsum([r.frames.shape[1] for r in results]).tolist()  # film frames (3, n, H, W) per segment
     segments = [(e - r.frames.shape[1], e, r.segment.shot_index) for r, e in zip(results, ends)]
     frames = torch.cat([r.frames for r in results], dim=1)  # (3, T, H, W) in [-1, 1]
     return frames.permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy(), segments
+
+
+def _settings(args, seed: int):
+    from pfp_app.pipeline import GenerationSettings
+
+    return GenerationSettings(seed=seed, steps=args.steps, guidance_scale=args.guidance, **_scales(args))
 
 
 def _scales(args) -> dict:
@@ -369,7 +373,7 @@ def run(args) -> dict:
         t0 = time.time()
         sb, render_seed = heldout_storyboard(i, args.seed, args.seconds)
         gt = render_storyboard(sb, size, fps, seed=render_seed)
-        video, segments = generate(pipe, sb, args.seed + i, args.steps, args.guidance, **_scales(args))
+        video, segments = generate(pipe, sb, _settings(args, args.seed + i))
         if args.videos:  # for rescoring without generating again
             np.savez_compressed(Path(args.videos) / f"storyboard{i}.npz", video=video, segments=np.array(segments))
         starts = [a for a, _, _ in segments]
@@ -384,7 +388,7 @@ def run(args) -> dict:
         t0 = time.time()
         sb, ch, place = drift_storyboard(args.drift_seconds, args.drift_period, args.seed)
         gt = render_storyboard(sb, size, fps, seed=args.seed + 999)
-        video, _ = generate(pipe, sb, args.seed + 999, args.steps, args.guidance, **_scales(args))
+        video, _ = generate(pipe, sb, _settings(args, args.seed + 999))
         if args.videos:
             np.savez_compressed(Path(args.videos) / "drift.npz", video=video)
         res["drift"] = {"storyboard": [f"{float(s.start):g}s: {s.prompt}" for s in sb.shots],

@@ -242,9 +242,12 @@ def build_init_folder(folder: Path, s: Settings, variant: str, rate: str, seed: 
     if (folder / BUNDLE_FILE).exists():
         return folder
     base = build_random_model(s.config, seed=seed)  # torch.manual_seed(seed), then G, VAE, φ: G is seed-only
+    # only G (transformer_from) and the codec (s.codec) are taken from those folders: with new_memory a folder
+    # without φ weights loads too (a GPU call may leave them behind to fit its transfer limit)
+    unused_phi = dict(MODEL_CONFIGS[s.config].memory)
     if transformer_from is not None:
-        base.transformer = load_model(transformer_from, torch_dtype=torch.float32).transformer
-    source = load_model(s.codec, torch_dtype=torch.float32)
+        base.transformer = load_model(transformer_from, torch_dtype=torch.float32, new_memory=unused_phi).transformer
+    source = load_model(s.codec, torch_dtype=torch.float32, new_memory=unused_phi)
     video = dataclasses.replace(source.video, height=s.size, width=s.size) if s.size else source.video
     t = base.transformer.config
     if source.codec.latent_channels != t.in_channels:

@@ -53,22 +53,6 @@ def zeroed_memory(model):
         del enc.encode_incremental  # back to the class's method
 
 
-def generate_and_score(pipe, index: int, s: cons.Settings, args) -> dict:
-    import torch
-
-    from pfp_app.data.world import render_storyboard
-    from pfp_app.pipeline import GenerationSettings
-
-    t0 = time.time()
-    sb, truth = cons.make_storyboard(index, s, pipe.segment_seconds)
-    results = pipe.generate(sb, _settings(s, args, seed=index))
-    frames = torch.cat([r.frames for r in results], dim=1)  # (3, T, H, W) in [-1, 1]
-    gen = frames.permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    v = pipe.model.video
-    gt = render_storyboard(sb, size=v.height, fps=v.fps, seed=truth["render_seed"])
-    return {**cons.score_storyboard(gen, gt, truth), "seconds": round(time.time() - t0, 1)}
-
-
 def summarise(res: dict) -> dict:
     """Per arm, mean ± 95% interval over storyboards; memory > zeroed, paired per storyboard."""
     sbs = res["storyboards"]
@@ -90,17 +74,11 @@ def format_table(res: dict) -> str:
              f"{len(res['storyboards'])} of {m['storyboards']} storyboards, {m['machine']}, {took}", "",
              f"Command: `python benchmarks/return_consistency.py {' '.join(m['argv'])}`", "",
              "Scores ×100, mean ± 95% interval over storyboards.", "",
-             "| arm | " + " | ".join(t for _, t in cons.METRICS) + " | fidelity: "
-             + " / ".join(t for _, t in cons.FIDELITY) + " |", "|---|" + "---|" * (len(cons.METRICS) + 1)]
+             "| arm | " + cons.score_header(), "|---|" + "---|" * (len(cons.METRICS) + 2)]
     for arm, title in ARMS:
-        r = summ["rows"][arm]
-        lines.append(f"| {title} | " + " | ".join(x100(r.get(k)) for k, _ in cons.METRICS) + " | "
-                     + " / ".join(x100(r.get(k)) for k, _ in cons.FIDELITY) + " |")
-    ref = summ["rows"]["memory"]
-    lines.append("| *ground-truth render (ceiling)* | " + " | ".join(x100(ref.get(k + "_gt")) for k, _ in cons.METRICS)
-                 + " | – |")
-    lines.append("| *chance: a different character / place* | " + x100(ref.get("character_chance")) + " | "
-                 + x100(ref.get("character_chance")) + " | " + x100(ref.get("place_chance")) + " | – |")
+        lines.append(f"| {title} | " + cons.score_cells(summ["rows"][arm], x100))
+    gt, chance = cons.reference_cells(summ["rows"]["memory"], x100)
+    lines += ["| *ground-truth render (ceiling)* | " + gt, "| *chance: a different character / place* | " + chance]
     lines += ["", "Memory > φ zeroed (paired per storyboard, ×100, mean ± 95% interval):", "",
               "| score | Δ (memory − zeroed) | verdict |", "|---|---|---|"]
     for key, title in cons.METRICS:
@@ -174,9 +152,9 @@ def main(argv=None) -> int:
            "storyboards": []}
     out.parent.mkdir(parents=True, exist_ok=True)
     for i in range(s.storyboards):
-        row = {"index": i, "memory": generate_and_score(pipe, i, s, args)}
+        row = {"index": i, "memory": cons.generate_and_score(pipe, i, s, _settings(s, args, seed=i))}
         with zeroed_memory(model):
-            row["zeroed"] = generate_and_score(pipe, i, s, args)
+            row["zeroed"] = cons.generate_and_score(pipe, i, s, _settings(s, args, seed=i))
         res["storyboards"].append(row)
         out.write_text(json.dumps(res, indent=1))  # after every storyboard: a stopped run keeps what it measured
         print(f"  storyboard {i + 1}/{s.storyboards}: {row['memory']['seconds'] + row['zeroed']['seconds']:.0f} s",

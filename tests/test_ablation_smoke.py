@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -394,16 +395,61 @@ def test_consistency_arms_can_start_from_a_trained_g(tmp_path):
 
     g_dir = tmp_path / "trained"
     build_random_model("tiny", seed=7).save(g_dir)
+    shutil.rmtree(g_dir / "memory_encoder")  # only its G is used: a folder without φ (a slim GPU carry) loads too
     out = tmp_path / "cons"
     assert cons.main(["--tiny", "--out", str(out), "--g-from", str(g_dir)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["protocol"]["g_from"] == str(g_dir)
     assert all(r["trained"] for r in res["runs"].values())
     init = load_model(out / "s0" / "init", torch_dtype=torch.float32).transformer.state_dict()
-    source = load_model(g_dir, torch_dtype=torch.float32).transformer.state_dict()
+    source = load_model(g_dir, torch_dtype=torch.float32, new_memory={}).transformer.state_dict()
     fresh = build_random_model("tiny", seed=0).transformer.state_dict()
     assert all(torch.equal(init[k], source[k]) for k in source)
     assert any(not torch.equal(init[k], fresh[k]) for k in fresh)
     assert f"G from the trained model `{g_dir}`" in (out / "table.md").read_text()
     with pytest.raises(SystemExit, match="--g-from and --base-steps"):
         cons.main(["--tiny", "--out", str(tmp_path / "x"), "--g-from", str(g_dir), "--base-steps", "2"])
+
+
+def test_consistency_recent_latents_reach_stage_2_and_generation_only(tmp_path):
+    """--recent-latents K (the shipped model's recipe): both arms' stage 2 trains with it and the exported model
+    generates with it; stage 1 (retrieval) does not. The protocol records it, and every storyboard carries
+    prompt fidelity beside the ground truth's, in the table's own column."""
+    from pfp_app.model import load_model
+
+    out = tmp_path / "cons"
+    assert cons.main(["--tiny", "--out", str(out), "--recent-latents", "1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["protocol"]["recent_latents"] == 1
+    assert load_model(out / "s0" / "with_pretrain" / "stage1" / "model").video.recent_latents == 0
+    for arm in cons.ARMS:
+        assert load_model(out / "s0" / arm / "stage2" / "model").video.recent_latents == 1
+        for sc in res["runs"][f"{arm}_s0"]["storyboards"].values():
+            for k, _ in cons.PROMPT_FIDELITY:
+                assert 0.0 <= sc[k] <= 1.0 and 0.0 <= sc[k + "_gt"] <= 1.0, (k, sc)
+    table = (out / "table.md").read_text()
+    assert "prompt fidelity: place drawn as asked / character colour as asked" in table
+    assert "| *chance: a different character / place* |" in table and "| – | 14.3 / 12.5 |" in table
+    assert "recent_latents" not in cons.Settings().protocol()  # older results files (none) still match
+
+
+def test_consistency_prompt_fidelity_reads_the_storyboard_back_from_its_render():
+    """Prompt fidelity on Table 2's storyboards: the ground-truth render is read back as asked, a video that shows
+    the first shot throughout is not (its later shots show the wrong place and no character)."""
+    import numpy as np
+
+    from pfp_app.data.world import render_storyboard
+
+    s = cons.Settings()
+    hits = {"gt": [], "frozen": []}
+    for i in range(3):
+        sb, truth = cons.make_storyboard(i, s, 2.5)
+        gt = render_storyboard(sb, size=64, fps=8, seed=truth["render_seed"])
+        segments = [(a, min(a + 20, gt.num_frames), int(gt.shot_index[a])) for a in range(0, gt.num_frames, 20)]
+        hits["gt"].append(cons.prompt_fidelity(gt.frames, gt, segments))
+        frozen = np.repeat(gt.frames[4:5], gt.num_frames, axis=0)  # shot 0 (P1, empty) for the whole film
+        hits["frozen"].append(cons.prompt_fidelity(frozen, gt, segments))
+    mean = lambda arm, k: float(np.mean([h[k] for h in hits[arm]]))  # noqa: E731
+    assert mean("gt", "place_asked") >= 0.8 and mean("gt", "colour_asked") >= 0.6, hits["gt"]
+    # P1 is drawn in shots 0 and 3 alone: 2 of 5 places at most, and no character's colour beyond chance
+    assert mean("frozen", "place_asked") <= 0.45 and mean("frozen", "colour_asked") <= 0.4, hits["frozen"]
