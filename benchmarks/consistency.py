@@ -82,6 +82,7 @@ class Settings(ra.Settings):
     gen_steps: int = 16
     g_from: str = ""  # a model folder whose trained G both arms start from (each with a fresh φ of the seed)
     recent_latents: int = 0  # stage 2 and generation: within a shot, G also sees the last k latents (v7's recipe)
+    gradient_checkpointing: bool = False  # memory, not results: several runs side by side on an 80-GB GPU
 
     def protocol(self) -> dict:
         base = super().protocol()
@@ -407,6 +408,8 @@ def parse_args(argv=None):
                     "φ per seed): fidelity well above chance within a short budget; the paper starts from Wan")
     ap.add_argument("--recent-latents", type=int, default=None, help="stage 2 and generation: within a shot, G also "
                     "sees the history's last K latents at full resolution (the shipped model's recipe; default 0)")
+    ap.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                    help="trade speed for GPU memory (several runs side by side on an 80-GB GPU); not in the protocol")
     ap.add_argument("--latent-cache", default=None, help="encoded training clips (default OUT/latents)")
     ap.add_argument("--base-dir", default=None, help="memory-free Gs (default OUT/base); share Table 1's with "
                                                      "its OUT/base")
@@ -431,7 +434,7 @@ def main(argv=None) -> int:
     deadline = t_call + args.budget_min * 60
     s = ra.settings_from_args(args, Settings, SCALES, extra=("pretrain_steps", "finetune_steps", "storyboards",
                                                              "retrieval_share", "gen_steps", "g_from",
-                                                             "recent_latents"))
+                                                             "recent_latents", "gradient_checkpointing"))
     if s.g_from and s.base_steps:
         raise SystemExit("--g-from and --base-steps both say where G starts: give one")
     out = ra.default_out(args, "consistency")
@@ -494,7 +497,8 @@ def main(argv=None) -> int:
                 t0 = time.time()
                 st = ra.run_training(src, run_dir, stage, s, seed, max(left / 60, 0.1), steps,
                                      retrieval_share=s.retrieval_share,
-                                     recent_latents=s.recent_latents if stage == "finetune" else 0)
+                                     recent_latents=s.recent_latents if stage == "finetune" else 0,
+                                     gradient_checkpointing=s.gradient_checkpointing)
                 rec.setdefault("train", {})[name] = dict(st or {}, wall_s_this_call=round(time.time() - t0, 1))
                 checkpoint()
                 return ra.is_trained(run_dir, steps)
