@@ -338,7 +338,7 @@ def _scales(args) -> dict:
     return dict(guidance_scale_2=args.guidance_2, boundary_ratio=args.boundary,
                 shot_start_guidance_scale=args.start_guidance, shot_start_guidance_scale_2=args.start_guidance_2,
                 context_latents=args.context_latents, memory_guidance_scale=args.memory_guidance,
-                recent_latents=args.recent_latents)
+                recent_latents=args.recent_latents, return_latents=args.return_latents)
 
 
 def run(args) -> dict:
@@ -364,7 +364,8 @@ def run(args) -> dict:
                     "model": args.model, "steps": args.steps or model.video.steps, "sampler": model.video.sampler,
                     **{k: v for k, v in asdict(GenerationSettings(steps=args.steps, guidance_scale=args.guidance,
                                                                    **_scales(args)).sampler_settings(model)).items()
-                       if "guidance" in k or k in ("boundary_ratio", "context_latents", "recent_latents")},
+                       if "guidance" in k or k in ("boundary_ratio", "context_latents", "recent_latents",
+                                                                                "return_latents")},
                     "segment_seconds": pipe.segment_seconds, "num_storyboards": args.num_storyboards,
                     "seconds": args.seconds, "seed": args.seed, "drift_seconds": args.drift_seconds,
                     "drift_period": args.drift_period},
@@ -469,6 +470,8 @@ def _guidance(m: dict) -> str:
         text += f"; {m['context_latents']} context latent(s) within a shot"
     if m.get("recent_latents"):
         text += f"; {m['recent_latents']} recent latent(s) at full resolution within a shot"
+    if m.get("return_latents"):
+        text += f"; a returning shot gets its earlier shot's last {m['return_latents']} latent(s)"
     return text
 
 
@@ -567,6 +570,9 @@ def parse_args(argv=None):
     ap.add_argument("--recent-latents", type=int, default=None,
                     help="history latents G sees at full resolution within a shot (default: the model's; only a "
                          "model trained with `train --recent-latents` knows them)")
+    ap.add_argument("--return-latents", type=int, default=None,
+                    help="a shot that repeats an earlier shot's prompt gets that shot's last K latents at full "
+                         "resolution (default: the model's)")
     ap.add_argument("--model", default="default")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",

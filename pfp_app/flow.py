@@ -131,6 +131,9 @@ class SamplerSettings:
     # within a shot, the last `recent_latents` latent frames of the history join φ's memory as clean tokens at full
     # resolution (memory_dit.recent_tokens; the caller builds them): G must have been trained with them
     recent_latents: int = 0
+    # at a shot start whose prompt repeats an earlier shot's (a return), the last `return_latents` latent frames of
+    # that earlier shot join φ's memory the same way, at their own times: the place and characters as they were
+    return_latents: int = 0
 
     def for_segment(self, shot_start: bool) -> "SamplerSettings":
         """The settings of one segment: a shot's first segment takes the shot-start scales, if any, and no

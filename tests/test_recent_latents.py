@@ -13,7 +13,13 @@ import json
 import pytest
 import torch
 
-from pfp_app.backbone.memory_dit import MemoryTokens, join_memory, memory_dit_forward, recent_tokens
+from pfp_app.backbone.memory_dit import (
+    MemoryTokens,
+    history_recent_tokens,
+    join_memory,
+    memory_dit_forward,
+    recent_tokens,
+)
 from pfp_app.model import build_random_model
 from pfp_app.pipeline import GenerationSettings
 from pfp_app.storyboard import parse_storyboard
@@ -83,6 +89,54 @@ def test_the_app_gives_recent_frames_within_a_shot_only(tiny_pipeline, monkeypat
     expected = recent_tokens(g, history[:, :, -1:].to(g.dtype), positions[:1] - 1).tokens
     torch.testing.assert_close(memory.tokens[:, phi_tokens[2]:], expected.to(memory.tokens.dtype))
     for i in (0, 1):  # shot starts are drawn exactly as without recent frames
+        torch.testing.assert_close(results[i].latents, without[i].latents)
+    assert not torch.allclose(results[2].latents, without[2].latents)
+
+
+RETURNING = "0s: a red fox in the snow\n1s: a grey owl on a branch\n2s: a red fox in the snow\nend: 3s\n"
+
+
+def test_history_recent_tokens_take_the_frames_before_an_end_at_their_own_times():
+    g = build_random_model("tiny", seed=0).transformer.eval()
+    history = torch.randn(1, 8, 6, 8, 8)
+    with torch.no_grad():
+        last = history_recent_tokens(g, history, 1)
+        at_3 = history_recent_tokens(g, history, 2, end=3)
+        ref = recent_tokens(g, history[:, :, 1:3], torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(at_3.tokens, ref.tokens)
+    assert torch.equal(at_3.coords, ref.coords) and set(at_3.coords[:, 0].tolist()) == {1.0, 2.0}
+    assert set(last.coords[:, 0].tolist()) == {5.0}
+    assert history_recent_tokens(g, history, 1, end=0) is None
+
+
+def test_a_shot_that_repeats_an_earlier_prompt_gets_that_shots_last_frame(tiny_pipeline, monkeypatch):
+    """return_latents: the third shot repeats the first shot's prompt, so its first segment also gets the first
+    shot's last latent frame, at that frame's own time; the second shot (a new prompt) gets nothing extra, and
+    with return_latents 0 the film is exactly as before."""
+    import pfp_app.pipeline as pipeline_module
+
+    seen, real_sample = [], pipeline_module.sample
+
+    def spy(model, shape, text, memory, positions, s, *args, **kwargs):
+        seen.append((memory, positions.clone()))
+        return real_sample(model, shape, text, memory, positions, s, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "sample", spy)
+    sb = parse_storyboard(RETURNING)
+    results = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2, return_latents=1))
+    n = len(results)
+    without = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2))
+    assert [r.segment.shot_index for r in results] == [0, 1, 2]  # one segment per shot (tiny: 1 s segments)
+    phi = [None if m is None else m.num_tokens for m, _ in seen[n:]]
+    assert seen[1][0].num_tokens == phi[1]  # a new prompt: φ's memory alone
+    memory, _ = seen[2]
+    assert memory.num_tokens == phi[2] + 4 * 4  # the fox shot's last latent frame, 8x8 latents in 2x2 patches
+    end = results[0].latents.shape[2]  # the fox shot ends here
+    assert torch.all(memory.coords[phi[2]:, 0] == end - 1)
+    g = tiny_pipeline.model.transformer
+    expected = recent_tokens(g, results[0].latents[:, :, -1:].to(g.dtype), torch.tensor([end - 1.0])).tokens
+    torch.testing.assert_close(memory.tokens[:, phi[2]:], expected.to(memory.tokens.dtype))
+    for i in (0, 1):
         torch.testing.assert_close(results[i].latents, without[i].latents)
     assert not torch.allclose(results[2].latents, without[2].latents)
 

@@ -106,14 +106,17 @@ def recent_tokens(transformer: WanTransformer3DModel, recent: torch.Tensor, fram
     return MemoryTokens(tokens, grid_coords(frame_positions.to(recent.device).float(), grid_h, grid_w).float())
 
 
-def history_recent_tokens(transformer: WanTransformer3DModel, history: torch.Tensor, k: int) -> MemoryTokens | None:
-    """`recent_tokens` of the last k latent frames of history (B, C, T, H, W), which starts at time 0, so they sit at
-    times T - k .. T - 1; None when k or the history is empty. The app and the trainer both give G these."""
-    k = min(k, history.shape[2])
+def history_recent_tokens(transformer: WanTransformer3DModel, history: torch.Tensor, k: int,
+                          end: int | None = None) -> MemoryTokens | None:
+    """`recent_tokens` of the k latent frames of history (B, C, T, H, W), which starts at time 0, before `end` (default
+    T), so they sit at times end - k .. end - 1; None when k or that part of the history is empty. The app and the
+    trainer both give G the last ones; the app gives a returning shot the end of the shot it returns to."""
+    end = history.shape[2] if end is None else min(end, history.shape[2])
+    k = min(k, end)
     if k <= 0:
         return None
-    times = torch.arange(history.shape[2] - k, history.shape[2], dtype=torch.float32, device=history.device)
-    return recent_tokens(transformer, history[:, :, -k:], times)
+    times = torch.arange(end - k, end, dtype=torch.float32, device=history.device)
+    return recent_tokens(transformer, history[:, :, end - k : end], times)
 
 
 def join_memory(*parts: MemoryTokens | None) -> MemoryTokens | None:
