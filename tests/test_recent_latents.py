@@ -63,9 +63,8 @@ def test_join_memory_keeps_phi_tokens_first_and_skips_what_is_missing():
         recent_tokens(build_random_model("tiny", seed=0).transformer, torch.zeros(1, 8, 1, 8, 8), torch.tensor([1.0, 2.0]))
 
 
-def test_the_app_gives_recent_frames_within_a_shot_only(tiny_pipeline, monkeypatch):
-    """Segments 0 and 1 start shots: φ's memory alone (none for the first). Segment 2 continues shot 1 and also
-    gets the history's last latent frame as 8x8 full-resolution tokens at its own time."""
+def spy_on_sampler(monkeypatch) -> list:
+    """From here on, every segment the pipeline samples appends (memory, frame positions) to the returned list."""
     import pfp_app.pipeline as pipeline_module
 
     seen, real_sample = [], pipeline_module.sample
@@ -75,6 +74,13 @@ def test_the_app_gives_recent_frames_within_a_shot_only(tiny_pipeline, monkeypat
         return real_sample(model, shape, text, memory, positions, s, *args, **kwargs)
 
     monkeypatch.setattr(pipeline_module, "sample", spy)
+    return seen
+
+
+def test_the_app_gives_recent_frames_within_a_shot_only(tiny_pipeline, monkeypatch):
+    """Segments 0 and 1 start shots: φ's memory alone (none for the first). Segment 2 continues shot 1 and also
+    gets the history's last latent frame as 8x8 full-resolution tokens at its own time."""
+    seen = spy_on_sampler(monkeypatch)
     sb = parse_storyboard(STORYBOARD)
     results = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2, recent_latents=1))
     without = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2))
@@ -113,15 +119,7 @@ def test_a_shot_that_repeats_an_earlier_prompt_gets_that_shots_last_frame(tiny_p
     """return_latents: the third shot repeats the first shot's prompt, so its first segment also gets the first
     shot's last latent frame, at that frame's own time; the second shot (a new prompt) gets nothing extra, and
     with return_latents 0 the film is exactly as before."""
-    import pfp_app.pipeline as pipeline_module
-
-    seen, real_sample = [], pipeline_module.sample
-
-    def spy(model, shape, text, memory, positions, s, *args, **kwargs):
-        seen.append((memory, positions.clone()))
-        return real_sample(model, shape, text, memory, positions, s, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline_module, "sample", spy)
+    seen = spy_on_sampler(monkeypatch)
     sb = parse_storyboard(RETURNING)
     results = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2, return_latents=1))
     n = len(results)
