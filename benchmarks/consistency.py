@@ -362,8 +362,8 @@ def format_table(results: dict) -> str:
         r = summ["rows"][arm]
         lines.append(f"| {ARM_NAMES[arm]} | {', '.join(map(str, r['seeds'])) or '-'} | " + score_cells(r, x100))
     ref = summ["rows"]["with_pretrain"] if summ["rows"]["with_pretrain"].get("place_gt") else summ["rows"]["without_pretrain"]
-    lines += ["| *ground-truth render (ceiling)* | – | " + reference_cells(ref, x100)[0],
-              "| *chance: a different character / place* | – | " + reference_cells(ref, x100)[1]]
+    gt, chance = reference_cells(ref, x100)
+    lines += ["| *ground-truth render (ceiling)* | – | " + gt, "| *chance: a different character / place* | – | " + chance]
     lines += ["", "With > without pretrain (paired per storyboard, ×100, mean ± 95% interval):", "",
               "| score | Δ (with − without) | verdict |", "|---|---|---|"]
     for key, title in METRICS:

@@ -345,7 +345,7 @@ def run(args) -> dict:
     from dataclasses import asdict
 
     from pfp_app.model import load_model
-    from pfp_app.pipeline import GenerationSettings, PFPPipeline
+    from pfp_app.pipeline import PFPPipeline
 
     t_start = time.time()
     device = "cuda" if _cuda() else "cpu"
@@ -362,8 +362,7 @@ def run(args) -> dict:
     res = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": f"{platform.machine()} CPU" if not _cuda() else "cuda", "argv": sys.argv[1:],
                     "model": args.model, "steps": args.steps or model.video.steps, "sampler": model.video.sampler,
-                    **{k: v for k, v in asdict(GenerationSettings(steps=args.steps, guidance_scale=args.guidance,
-                                                                   **_scales(args)).sampler_settings(model)).items()
+                    **{k: v for k, v in asdict(_settings(args, args.seed).sampler_settings(model)).items()
                        if "guidance" in k or k in ("boundary_ratio", "context_latents", "recent_latents",
                                                                                 "return_latents")},
                     "segment_seconds": pipe.segment_seconds, "num_storyboards": args.num_storyboards,

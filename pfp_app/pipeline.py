@@ -197,9 +197,6 @@ class PFPPipeline:
         cache: MemoryCache | None = None
         null_text = self.model.null_text(1).to(self.device, self.dtype)  # zeros: for the segments that are guided
         results = []
-        shot_ends: dict[str, int] = {}  # prompt -> end (in history latents) of the last shot with that prompt so far
-        for seg in segments[: start_segment]:
-            shot_ends[seg.prompt] = offset + seg.first_latent + seg.num_latents
         for seg in segments[start_segment:]:
             if should_stop is not None and should_stop():
                 raise GenerationStopped(f"stopped before segment {seg.index}")
@@ -209,7 +206,8 @@ class PFPPipeline:
             if history is not None:
                 memory, cache = self.model.memory_encoder.encode_incremental(history.to(self.dtype), cache)
             text = self._text([seg.prompt])
-            seg_sampler = sampler.for_segment(seg.index == 0 or segments[seg.index - 1].shot_index != seg.shot_index)
+            shot_start = seg.index == 0 or segments[seg.index - 1].shot_index != seg.shot_index
+            seg_sampler = sampler.for_segment(shot_start)
             first = offset + seg.first_latent
             positions = torch.arange(first, first + n, dtype=torch.float32, device=self.device)
 
@@ -225,17 +223,17 @@ class PFPPipeline:
             if seg_sampler.recent_latents and history is not None:  # the frames this segment continues, unblurred
                 memory = join_memory(memory, history_recent_tokens(self.model.transformer, history,
                                                                    seg_sampler.recent_latents))
-            shot_start = seg.index == 0 or segments[seg.index - 1].shot_index != seg.shot_index
-            if shot_start and seg_sampler.return_latents and seg.prompt in shot_ends:  # a return to an earlier shot
+            earlier = [other for other in segments[: seg.index] if other.prompt == seg.prompt] if shot_start else []
+            if earlier and seg_sampler.return_latents:  # a return to an earlier shot: the frames it ended on
+                end = offset + earlier[-1].first_latent + earlier[-1].num_latents
                 memory = join_memory(memory, history_recent_tokens(self.model.transformer, history,
-                                                                   seg_sampler.return_latents, shot_ends[seg.prompt]))
+                                                                   seg_sampler.return_latents, end))
             latents = sample(self._velocity, self.latent_shape(n), text, memory, positions, seg_sampler, gen,
                              null_text=null_text, on_step=step_cb, device=self.device, dtype=self.dtype,
                              context=context)
             t1 = time.perf_counter()
             frames = self._film_frames(seg, decoder.decode(latents)[0], footage is not None)  # (3, seg.num_frames, H, W)
             history = latents if history is None else torch.cat([history, latents], dim=2)
-            shot_ends[seg.prompt] = history.shape[2]
             t2 = time.perf_counter()
             result = SegmentResult(seg, latents, frames.cpu(), 0 if memory is None else memory.num_tokens,
                                    t2 - t0, t1 - t0, t2 - t1)
