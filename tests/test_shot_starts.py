@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pfp_app.data.world import sample_storyboard
+from pfp_app.data.world import parse_caption, sample_storyboard
 from pfp_app.flow import next_segment_batch
 from pfp_app.storyboard import format_storyboard
-from pfp_app.train.data import LatentClips, ShotAlignedStarts, latent_prompts
+from pfp_app.train.data import LatentClips, ShotAlignedStarts, character_returns_at, latent_prompts
 from pfp_app.train.trainer import TrainConfig, _memory_step, train
 
 N = 5  # the default model's segment (latent frames)
@@ -81,9 +81,48 @@ def test_the_trainer_step_gives_g_the_shot_prompt_and_the_history_before_the_cut
         assert seen["recent"] == 0  # shot starts never see the frame before the cut (and recent_latents is 0 here)
 
 
+def characters(caption: str) -> set:
+    scene = parse_caption(caption)
+    return set(scene.characters) if scene is not None else set()
+
+
+def test_a_character_return_is_a_shot_start_whose_character_left_and_comes_back():
+    a, b = "a red striped circle in front of the brick wall", "a blue dotted square in front of the grass field"
+    c = "a red striped circle and a yellow dotted square in front of the grass field"  # with a companion
+    prompts = [a] * 3 + [b] * 3 + [c] * 3 + [a] * 3
+    assert character_returns_at(prompts, 6)  # the red circle, absent during b, is back
+    assert not character_returns_at(prompts, 3)  # a new character
+    assert not character_returns_at(prompts, 9)  # the red circle was in the shot just before
+    assert not character_returns_at(prompts, 0) and not character_returns_at(prompts, 7)  # not a shot start
+    assert not character_returns_at(prompts[:6] + ["the brick wall, empty"] * 3, 6)  # no character asked
+
+
+def test_return_batches_bring_back_a_character_the_memory_holds():
+    prompts = world_prompts(64)
+    for share, low, high in ((0.0, 0.0, 0.25), (0.8, 0.7, 0.95)):
+        starts = ShotAlignedStarts(prompts, N, cut_share=1.0, return_share=share)
+        gen = torch.Generator().manual_seed(1)
+        returns = 0
+        for _ in range(300):
+            s, idx, at_cut = starts.draw(8, gen)
+            assert at_cut
+            flags = [character_returns_at(prompts[i], s) for i in idx.tolist()]
+            returns += all(flags)
+            for i, back in zip(idx.tolist(), flags):
+                if back:  # checked from the captions, not the helper: the character is in the memory, not the last shot
+                    new = characters(prompts[i][s]) - characters(prompts[i][s - 1])
+                    assert new & set().union(*(characters(p) for p in prompts[i][: s - 1]))
+        assert low <= returns / 300 <= high, (share, returns)
+
+
 def test_bad_settings_get_one_clear_message(tmp_path):
     with pytest.raises(ValueError, match=r"cut share must be in \[0, 1\]"):
         ShotAlignedStarts(world_prompts(2), N, cut_share=1.5)
+    with pytest.raises(ValueError, match=r"return share must be in \[0, 1\]"):
+        ShotAlignedStarts(world_prompts(2), N, return_share=-0.1)
+    with pytest.raises(ValueError, match="no shot of these clips brings back a character"):
+        ShotAlignedStarts([["a red striped circle in front of the brick wall"] * 6
+                           + ["the grass field, empty"] * 6], N, return_share=0.5)
     with pytest.raises(ValueError, match="too short for a 5-frame segment"):
         ShotAlignedStarts([["a"] * 4], N)
     with pytest.raises(ValueError, match="--segment-starts must be 'shots' or 'uniform'"):

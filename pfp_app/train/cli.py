@@ -48,6 +48,8 @@ TRAIN_OPTION_HELP = {
     "segment_starts": "stage 2 / base: 'shots' draws only segments the app generates (within one shot, a share "
                       "starting a shot) or 'uniform' (any split, across cuts too: models before v6)",
     "cut_share": "with --segment-starts shots: share of segment batches that start a shot (or the film)",
+    "return_share": "with --segment-starts shots: share of the shot-start batches in which a character comes back "
+                    "after an absence (the memory must give back how it looked)",
     "recent_latents": "stage 2: within a shot, G also sees the history's last K latent frames at full resolution "
                       "(the exported model generates with them; 0: φ's memory alone)",
 }

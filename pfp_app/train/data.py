@@ -258,6 +258,24 @@ def np_seed(*keys: int) -> int:
     return int(np.random.default_rng(list(keys)).integers(0, 2**31 - 1))
 
 
+def character_returns_at(prompts: list[str], s: int) -> bool:
+    """Whether the shot whose first latent frame is s asks for a character that appears earlier in the clip but
+    not in the shot just before it (prompts: every latent frame's caption; world captions only)."""
+    from ..data.world import parse_caption
+
+    scene = parse_caption(prompts[s]) if s > 0 else None
+    if scene is None or not scene.characters:
+        return False
+    previous = prompts[s - 1]
+    before = set()
+    for p in dict.fromkeys(prompts[:s]):  # each earlier caption once
+        sc = parse_caption(p) if p != previous else None
+        before.update(sc.characters if sc is not None else ())
+    prev_scene = parse_caption(previous)
+    just_before = set(prev_scene.characters) if prev_scene is not None else set()
+    return any(c in before and c not in just_before for c in scene.characters)
+
+
 class ShotAlignedStarts:
     """Where the app starts a segment, per training clip: stage 2 draws its splits here.
 
@@ -270,12 +288,21 @@ class ShotAlignedStarts:
 
     A batch shares one split s (histories must be the same length), so s is drawn first (weighted by how many
     clips have a start of the wanted kind there) and then the clips in which it is one.
+
+    `return_share` of the shot-start batches are *character returns*: the new shot asks for a character that is
+    in the clip earlier but not in the shot just before (so the memory, not the last frames, holds how it looks).
+    Drawn as they come, they are a small part of the shot starts, and the shipped model draws a re-entering
+    character worse with its memory than with φ zeroed (return_consistency.py): these batches put the loss where
+    the memory must give back the character.
     """
 
-    def __init__(self, prompts: list[list[str]], segment_frames: int, cut_share: float = 0.5):
+    def __init__(self, prompts: list[list[str]], segment_frames: int, cut_share: float = 0.5,
+                 return_share: float = 0.0):
         if not 0.0 <= cut_share <= 1.0:
             raise ValueError(f"cut share must be in [0, 1], not {cut_share}")
-        self.cut_share = cut_share
+        if not 0.0 <= return_share <= 1.0:
+            raise ValueError(f"return share must be in [0, 1], not {return_share}")
+        self.cut_share, self.return_share = cut_share, return_share
         num_latents = len(prompts[0])
         if num_latents < segment_frames:
             raise ValueError(f"clips of {num_latents} latent frames are too short for a {segment_frames}-frame segment")
@@ -294,16 +321,28 @@ class ShotAlignedStarts:
                 self.inside[s] = torch.tensor(inside)
         if not self.at_cut and not self.inside:
             raise ValueError(f"no {segment_frames}-latent-frame segment of these clips lies within one shot")
+        # s -> clips whose shot starting at s is a character return (a subset of at_cut[s])
+        self.at_return: dict[int, torch.Tensor] = {}
+        for s, clips in self.at_cut.items():
+            back = [i for i in clips.tolist() if s > 0 and character_returns_at(prompts[i], s)]
+            if back:
+                self.at_return[s] = torch.tensor(back)
+        if return_share > 0 and not self.at_return:
+            raise ValueError("a return share was asked, but no shot of these clips brings back a character")
         # s weighted by its clips: uniform over the (clip, start) pairs, so the first segment (a start in every
         # clip) is about a quarter of the shot starts of 20-s clips, as the first shot is of their shots
-        self._tables = {at_cut: (table, sorted(table), torch.tensor([len(table[k]) for k in sorted(table)],
+        self._tables = {kind: (table, sorted(table), torch.tensor([len(table[k]) for k in sorted(table)],
                                                                    dtype=torch.float64))
-                        for at_cut, table in ((True, self.at_cut), (False, self.inside)) if table}
+                        for kind, table in (("cut", self.at_cut), ("inside", self.inside),
+                                              ("return", self.at_return)) if table}
 
     def draw(self, batch: int, generator: torch.Generator) -> tuple[int, torch.Tensor, bool]:
         """(s, clip indices (batch,) drawn with replacement, whether s starts a shot in every one of them)."""
         at_cut = (torch.rand(1, generator=generator).item() < self.cut_share or not self.inside) and bool(self.at_cut)
-        table, splits, weights = self._tables[at_cut]
+        kind = "cut" if at_cut else "inside"
+        if at_cut and self.return_share > 0 and torch.rand(1, generator=generator).item() < self.return_share:
+            kind = "return"
+        table, splits, weights = self._tables[kind]
         s = splits[int(torch.multinomial(weights, 1, generator=generator))]
         clips = table[s]
         return s, clips[torch.randint(len(clips), (batch,), generator=generator)], at_cut

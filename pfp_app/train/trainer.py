@@ -92,6 +92,7 @@ class TrainConfig:
     codec_freeze_encoder: bool = False  # stage codec: train the decoder alone (every latent, and so G, stays valid)
     segment_starts: str = "shots"  # stage 2 / base: 'shots' (the app's segments, see ShotAlignedStarts) or 'uniform'
     cut_share: float = 0.5  # segment_starts 'shots': share of segment batches that start a shot
+    return_share: float = 0.0  # segment_starts 'shots': share of the shot-start batches where a character returns
     recent_latents: int = 0  # stage 2: within a shot, the last k history latents beside φ's memory, at full resolution
 
 
@@ -349,7 +350,8 @@ def train(cfg: TrainConfig) -> dict:
             retrieval_clips = _training_latents(model, replace(cfg, data=cfg.retrieval_data), accelerator, text_encoder)
         num_clips = len(clips)
         trainer_module = MemoryTrainingModule(model)
-        starts = (ShotAlignedStarts(clips.prompts, model.video.segment_latent_frames, cfg.cut_share)
+        starts = (ShotAlignedStarts(clips.prompts, model.video.segment_latent_frames, cfg.cut_share,
+                                    cfg.return_share)
                   if cfg.segment_starts == "shots" and cfg.stage != "pretrain" else None)
 
     params = _trainable(model, cfg)
