@@ -261,14 +261,16 @@ def load_model(spec: str | Path = "default", memory_dir: str | Path | None = Non
     transformer = enable_memory_blocks(_load_part(WanTransformer3DModel, folder, "transformer", **kw))
     vae = _load_part(AutoencoderKLWan, folder, "vae", **kw)
     mem_root = Path(memory_dir) if memory_dir is not None else folder
-    has_memory = (mem_root / "memory_encoder").exists() or (mem_root / "config.json").exists()
+    # by its config, not the folder: a copied tree can hold an empty memory_encoder/ (a device call that left φ behind)
+    has_memory = (mem_root / "memory_encoder" / "config.json").exists() or (mem_root / "config.json").exists()
     if not has_memory and new_memory is not None:
         return PFPModel(name, transformer, build_memory_encoder(transformer, new_memory), WanLatentCodec(vae), video,
                         trained, text_encoder_factory=_text_factory(video, text_folder)).eval()
     if not has_memory:
         raise ModelLoadError(f"no memory encoder (φ) weights: expected '{mem_root / 'memory_encoder'}'; "
                              "train one with `python -m pfp_app train` or pass --memory DIR")
-    encoder = (_load_part(MemoryEncoder, mem_root, "memory_encoder", **kw) if (mem_root / "memory_encoder").exists()
+    encoder = (_load_part(MemoryEncoder, mem_root, "memory_encoder", **kw)
+               if (mem_root / "memory_encoder" / "config.json").exists()
                else _load_part(MemoryEncoder, mem_root.parent, mem_root.name, **kw))
     hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
     if encoder.config.hidden_dim != hidden or encoder.config.latent_channels != transformer.config.in_channels:

@@ -395,7 +395,8 @@ def test_consistency_arms_can_start_from_a_trained_g(tmp_path):
 
     g_dir = tmp_path / "trained"
     build_random_model("tiny", seed=7).save(g_dir)
-    shutil.rmtree(g_dir / "memory_encoder")  # only its G is used: a folder without φ (a slim GPU carry) loads too
+    shutil.rmtree(g_dir / "memory_encoder")  # only its G is used: a folder without φ (a slim GPU carry) loads too,
+    (g_dir / "memory_encoder").mkdir()  # also where the copied tree kept φ's folder, empty (the device call of 12-05)
     out = tmp_path / "cons"
     assert cons.main(["--tiny", "--out", str(out), "--g-from", str(g_dir)]) == 0
     res = json.loads((out / "results.json").read_text())
