@@ -1,0 +1,206 @@
+"""Does G use its memory where a character comes back? Stage 2's own loss at shot starts, with φ vs φ zeroed.
+
+    python benchmarks/return_loss.py --out benchmarks/results/return_loss_cpu_v7.json     # 2-core CPU, ~15 min
+    python benchmarks/return_loss.py --tiny --out /tmp/rl.json                              # smoke test
+
+`return_consistency.py` measures what the sampler draws (the shipped v7 draws a returning character *less* like its
+first appearance with the memory than with φ zeroed). This asks the question one level down, at the training
+objective, where no sampler setting interferes: for held-out world clips, at every shot start the app would
+generate, the flow-matching loss of the shot's first segment (what stage 2 minimises) with φ(history) and with φ's
+tokens multiplied by 0, with the same noise and t (paired), over the whole segment and inside the box of the
+characters the shot brings in. Shot starts are of two kinds:
+
+* **return**: a character comes back that is in the clip earlier but not in the shot before (`train.data.
+  character_returns_at`, what `train --return-share` draws more of): the memory holds how it looked;
+* **new**: every other shot start after the first; a new character's box has nothing to recall.
+
+If the memory lowers the loss in a returning character's box clearly more than in a new character's box, G already
+reads the character from φ and the failure is the sampler's; if not, G has not learned to, and the training
+(`--return-share`) is where to look. Δ = memory − zeroed, mean ± 95% t interval over shot starts (paired).
+t is fixed at four quantiles of the trainer's t distribution (logit-normal, shift 3), one noise draw each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import retrieval_ablation as ra  # noqa: E402  (statistics, results files)
+
+from pfp_app.backbone.memory_dit import MemoryTokens  # noqa: E402
+from pfp_app.data.world import parse_caption, sample_clip  # noqa: E402
+from pfp_app.flow import NUM_TRAIN_TIMESTEPS, add_noise  # noqa: E402
+from pfp_app.storyboard import format_storyboard  # noqa: E402
+from pfp_app.train.data import cached_latents, character_returns_at, latent_prompts, module_fingerprint  # noqa: E402
+
+T_QUANTILES = (0.125, 0.375, 0.625, 0.875)  # of the standard normal behind the trainer's logit-normal t
+CLIP_SEED = 90000  # held out: training uses data seeds < 20, evaluation 10000+, fidelity 50000+, Table 2 20000+
+
+
+def train_t_quantiles(shift: float = 3.0) -> torch.Tensor:
+    """t at fixed quantiles of `flow.sample_train_t`'s distribution (shifted logit-normal): (K,)."""
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(T_QUANTILES))
+    u = torch.sigmoid(z)
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def latent_box_mask(tracks: dict, phrases: list[str], s: int, n: int, temporal: int, spatial: int,
+                    hw: tuple[int, int]) -> torch.Tensor:
+    """(n, h, w) bool: latent cells covered by any of the characters' boxes in the pixel frames of latents
+    s .. s+n-1 (latent 0 is frame 0, latent j >= 1 frames temporal*(j-1)+1 .. temporal*j)."""
+    h, w = hw
+    mask = torch.zeros(n, h, w, dtype=torch.bool)
+    for k in range(n):
+        j = s + k
+        frames = [0] if j == 0 else range(temporal * (j - 1) + 1, temporal * j + 1)
+        for phrase in phrases:
+            track = tracks[phrase]
+            for f in frames:
+                if f >= len(track) or track[f, 0] <= 0:
+                    continue
+                x0, y0, x1, y1 = track[f, 1:]
+                mask[k, int(y0) // spatial : -(-int(y1) // spatial), int(x0) // spatial : -(-int(x1) // spatial)] = True
+    return mask
+
+
+def shot_starts(prompts: list[str], n: int) -> list[tuple[int, str, list[str]]]:
+    """(s, kind, phrases of the characters the shot brings in) for every shot start s > 0 whose segment lies in
+    one shot; kind 'return' or 'new' (see the module docstring)."""
+    out = []
+    for s in range(1, len(prompts) - n + 1):
+        if prompts[s] == prompts[s - 1] or len(set(prompts[s : s + n])) != 1:
+            continue
+        scene, prev = parse_caption(prompts[s]), parse_caption(prompts[s - 1])
+        if scene is None:
+            continue
+        before = set(prev.characters) if prev is not None else set()
+        incoming = [c for c in scene.characters if c not in before]
+        kind = "return" if character_returns_at(prompts, s) else "new"
+        if kind == "return":  # only the characters that come back, not a new companion beside them
+            earlier = {c for p in dict.fromkeys(prompts[: s - 1]) if (sc := parse_caption(p)) for c in sc.characters}
+            incoming = [c for c in incoming if c in earlier]
+        out.append((s, kind, [c.phrase for c in incoming]))
+    return out
+
+
+@torch.no_grad()
+def losses_at(model, latents: torch.Tensor, prompt: str, s: int, n: int, mask: torch.Tensor, ts: torch.Tensor,
+              gen: torch.Generator) -> dict:
+    """Flow loss of latents[:, s:s+n] given φ(latents[:, :s]) and given φ's tokens × 0, paired (same noise, t):
+    {'memory': (whole, box), 'zeroed': (whole, box)}; box None when the mask is empty."""
+    k = len(ts)
+    x0 = latents[None, :, s : s + n].expand(k, -1, -1, -1, -1)  # (K, C, n, h, w)
+    noise = torch.randn(x0.shape, generator=gen)
+    x_t = add_noise(x0, noise, ts)
+    text = model.text_encoder.encode([prompt] * k)
+    memory = model.memory_encoder(latents[None, :, :s])
+    memory = MemoryTokens(memory.tokens.expand(k, -1, -1), memory.coords)
+    positions = torch.arange(s, s + n, dtype=torch.float32)
+    out = {}
+    for arm, mem in (("memory", memory), ("zeroed", MemoryTokens(memory.tokens * 0, memory.coords))):
+        v = model.velocity(x_t, ts * NUM_TRAIN_TIMESTEPS, text, mem, positions)
+        err = (v.float() - (noise - x0)).pow(2).mean(dim=1)  # (K, n, h, w): over channels
+        box = err[:, mask].mean().item() if mask.any() else None
+        out[arm] = (err.mean().item(), box)
+    return out
+
+
+def summarise(items: list[dict]) -> dict:
+    rows = {}
+    for kind in ("return", "new"):
+        sel = [it for it in items if it["kind"] == kind]
+        for where, i in (("segment", 0), ("box", 1)):
+            pairs = [(it["memory"][i], it["zeroed"][i]) for it in sel if it["memory"][i] is not None]
+            if not pairs:
+                continue
+            mem, zer = zip(*pairs)
+            rows[f"{kind}/{where}"] = {"n": len(pairs), "memory": ra.mean_ci(mem), "zeroed": ra.mean_ci(zer),
+                                       "delta": ra.mean_ci([a - b for a, b in pairs]),
+                                       "relative": ra.mean_ci([(a - b) / b for a, b in pairs if b > 0])}
+    return rows
+
+
+def format_table(res: dict) -> str:
+    m = res["meta"]
+    lines = [f"### Stage-2 loss at shot starts: `{m['model']}` with its memory vs φ zeroed",
+             "", f"{m['clips']} held-out world clips of {m['seconds']:g} s (seeds {CLIP_SEED}+), every shot start "
+             f"after the first; t at 4 quantiles of the trainer's distribution; {m['device']}, {m['date']}, "
+             f"{m['wall_s']:.0f} s. Loss ×100, mean ± 95% interval; Δ = memory − zeroed, paired.", "",
+             "| shot start | where | n | loss with memory | loss, φ zeroed | Δ | Δ relative |", "|---|---|---|---|---|---|---|"]
+    for key, r in res["summary"].items():
+        kind, where = key.split("/")
+        where = "whole segment" if where == "segment" else "the incoming characters' box"
+        f = lambda mc: f"{100 * mc[0]:.2f} ± {100 * mc[1]:.2f}"  # noqa: E731
+        lines.append(f"| {kind} | {where} | {r['n']} | {f(r['memory'])} | {f(r['zeroed'])} | {f(r['delta'])} | "
+                     f"{100 * r['relative'][0]:+.1f}% ± {100 * r['relative'][1]:.1f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="assets/pfp-default")
+    p.add_argument("--clips", type=int, default=48)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--tiny", action="store_true", help="the test-sized random model, 4 clips of 12 s")
+    p.add_argument("--latent-cache", default="runs/return_loss_latents")
+    p.add_argument("--out", required=True, help="results JSON; the table is written beside it (.md)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from pfp_app.model import build_random_model, load_model
+    from pfp_app.train.data import encode_clips
+
+    args = parse_args(argv)
+    t_start = time.time()
+    torch.manual_seed(0)
+    model = build_random_model("tiny", seed=0) if args.tiny else load_model(args.model, torch_dtype=torch.float32)
+    clips, seconds = (4, 12.0) if args.tiny else (args.clips, args.seconds)
+    v, codec = model.video, model.codec
+    renders = {}
+
+    def build():
+        for i in range(clips):
+            renders[i] = sample_clip(CLIP_SEED + i, seconds, v.height, v.fps)
+        frames = torch.stack([torch.from_numpy(renders[i].frames).permute(3, 0, 1, 2) for i in range(clips)])
+        sbs = [format_storyboard(renders[i].storyboard) for i in range(clips)]
+        return encode_clips(codec, frames, sbs, v.fps).latents, sbs
+
+    key = {"codec": module_fingerprint(codec.vae), "clips": clips, "seconds": seconds, "seed": CLIP_SEED,
+           "size": v.height, "fps": v.fps}
+    latents, storyboards = cached_latents(args.latent_cache, key, build)
+    n, ts, gen = v.segment_latent_frames, train_t_quantiles(), torch.Generator().manual_seed(0)
+    items = []
+    for i in range(clips):
+        clip = renders.get(i) or sample_clip(CLIP_SEED + i, seconds, v.height, v.fps)  # tracks for the boxes
+        prompts = latent_prompts(storyboards[i], latents.shape[2], v.fps, codec.temporal_ratio)
+        for s, kind, phrases in shot_starts(prompts, n):
+            mask = latent_box_mask(clip.tracks, phrases, s, n, codec.temporal_ratio, codec.spatial_ratio,
+                                   tuple(latents.shape[3:]))
+            rec = losses_at(model, latents[i], prompts[s], s, n, mask, ts, gen)
+            items.append({"clip": i, "s": s, "kind": kind, "characters": phrases, **rec})
+        print(f"clip {i + 1}/{clips}: {len(items)} shot starts", flush=True)
+    res = {"meta": {"model": "tiny (random)" if args.tiny else args.model, "clips": clips, "seconds": seconds,
+                    "device": "cpu", "date": datetime.date.today().isoformat(), "wall_s": time.time() - t_start,
+                    "t": ts.tolist()},
+           "items": items, "summary": summarise(items)}
+    out = Path(args.out)
+    ra.save_json(out, res)
+    table = format_table(res)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

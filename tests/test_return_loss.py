@@ -1,0 +1,79 @@
+"""benchmarks/return_loss.py: stage 2's loss at shot starts, with φ vs φ zeroed, paired."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import return_loss as rl  # noqa: E402
+
+from pfp_app.data.world import sample_clip  # noqa: E402
+from pfp_app.model import build_random_model  # noqa: E402
+from pfp_app.storyboard import format_storyboard  # noqa: E402
+from pfp_app.train.data import character_returns_at, latent_prompts  # noqa: E402
+
+
+def test_the_box_mask_covers_the_characters_box_in_latent_cells():
+    clip = sample_clip(3, 12.0, 64, 8)
+    phrase, track = next((p, t) for p, t in clip.tracks.items() if (t[:, 0] > 0.5).any())
+    f = int(np.argmax(track[:, 0] > 0.5))
+    j = max(1, -(-f // 4))  # the latent frame holding pixel frame f (f in 4(j-1)+1 .. 4j)
+    mask = rl.latent_box_mask(clip.tracks, [phrase], j, 1, 4, 4, (16, 16))[0]
+    x0, y0, x1, y1 = track[f, 1:]
+    cx, cy = int((x0 + x1) / 2) // 4, int((y0 + y1) / 2) // 4
+    assert mask[cy, cx]  # the box's centre cell
+    # and nothing far from every box of that latent's frames
+    frames = range(4 * (j - 1) + 1, 4 * j + 1)
+    xs = [v for g in frames if track[g, 0] > 0 for v in (track[g, 1], track[g, 3])]
+    assert not mask[:, : int(min(xs)) // 4 - 1].any() and not mask[:, -(-int(max(xs)) // 4) + 1 :].any()
+    assert not rl.latent_box_mask(clip.tracks, [], j, 1, 4, 4, (16, 16)).any()
+
+
+def test_shot_starts_are_the_apps_and_returns_are_the_trainers():
+    clip = sample_clip(5, 20.0, 64, 8)
+    prompts = latent_prompts(format_storyboard(clip.storyboard), 41, 8, 4)
+    starts = rl.shot_starts(prompts, 5)
+    assert starts
+    for s, kind, _ in starts:
+        assert prompts[s] != prompts[s - 1] and len(set(prompts[s : s + 5])) == 1
+        assert (kind == "return") == character_returns_at(prompts, s)
+
+
+def test_the_arms_are_paired_a_phi_that_gives_nothing_changes_nothing():
+    """With φ's tokens already 0, 'memory' and 'zeroed' see the same input: Δ must be exactly 0 (the same noise and
+    t in both arms); with a real φ they differ."""
+    model = build_random_model("tiny", seed=0)
+    latents = torch.randn(model.codec.vae.config.z_dim, 12, 8, 8)
+    mask = torch.zeros(3, 8, 8, dtype=torch.bool)
+    mask[:, 2:5, 2:5] = True
+    ts = rl.train_t_quantiles()
+    real = rl.losses_at(model, latents, "", 6, 3, mask, ts, torch.Generator().manual_seed(1))
+    assert real["memory"][0] != real["zeroed"][0]
+    forward = model.memory_encoder.forward
+
+    def nothing(history, *a, **k):
+        m = forward(history, *a, **k)
+        return type(m)(m.tokens * 0, m.coords)
+
+    model.memory_encoder.forward = nothing
+    none = rl.losses_at(model, latents, "", 6, 3, mask, ts, torch.Generator().manual_seed(1))
+    assert none["memory"] == none["zeroed"]
+    assert none["zeroed"] == real["zeroed"]  # and the zeroed arm is the same as before: same noise, same t
+
+
+def test_tiny_run_writes_a_table(tmp_path):
+    out = tmp_path / "rl.json"
+    assert rl.main(["--tiny", "--out", str(out), "--latent-cache", str(tmp_path / "cache")]) == 0
+    res = json.loads(out.read_text())
+    assert {"return/segment", "new/segment"} <= set(res["summary"])
+    row = res["summary"]["new/segment"]
+    deltas = [it["memory"][0] - it["zeroed"][0] for it in res["items"] if it["kind"] == "new"]
+    assert row["n"] == len(deltas) and abs(row["delta"][0] - float(np.mean(deltas))) < 1e-12
+    assert "| return | whole segment |" in out.with_suffix(".md").read_text()
