@@ -2,6 +2,8 @@
 
     python benchmarks/return_loss.py --out benchmarks/results/return_loss_cpu_v7.json     # 2-core CPU, ~15 min
     python benchmarks/return_loss.py --tiny --out /tmp/rl.json                              # smoke test
+    python benchmarks/return_loss.py --write-captions .carry/rl_captions.safetensors       # for a GPU machine:
+    python benchmarks/return_loss.py --text-table .carry/rl_captions.safetensors --out ...  # (no MiniLM there)
 
 `return_consistency.py` measures what the sampler draws (the shipped v7 draws a returning character *less* like its
 first appearance with the memory than with φ zeroed). This asks the question one level down, at the training
@@ -95,17 +97,19 @@ def shot_starts(prompts: list[str], n: int) -> list[tuple[int, str, list[str]]]:
 
 @torch.no_grad()
 def losses_at(model, latents: torch.Tensor, prompt: str, s: int, n: int, mask: torch.Tensor, ts: torch.Tensor,
-              gen: torch.Generator) -> dict:
+              gen: torch.Generator, text_encoder=None) -> dict:
     """Flow loss of latents[:, s:s+n] given φ(latents[:, :s]) and given φ's tokens × 0, paired (same noise, t):
-    {'memory': (whole, box), 'zeroed': (whole, box)}; box None when the mask is empty."""
-    k = len(ts)
+    {'memory': (whole, box), 'zeroed': (whole, box)}; box None when the mask is empty. Runs where `latents` are;
+    the noise is drawn on the CPU (`gen`), so a GPU and the CPU see the same noise."""
+    k, device = len(ts), latents.device
+    ts, mask = ts.to(device), mask.to(device)
     x0 = latents[None, :, s : s + n].expand(k, -1, -1, -1, -1)  # (K, C, n, h, w)
-    noise = torch.randn(x0.shape, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
     x_t = add_noise(x0, noise, ts)
-    text = model.text_encoder.encode([prompt] * k)
+    text = (text_encoder or model.text_encoder).encode([prompt] * k).to(device)
     memory = model.memory_encoder(latents[None, :, :s])
     memory = MemoryTokens(memory.tokens.expand(k, -1, -1), memory.coords)
-    positions = torch.arange(s, s + n, dtype=torch.float32)
+    positions = torch.arange(s, s + n, dtype=torch.float32, device=device)
     out = {}
     for arm, mem in (("memory", memory), ("zeroed", MemoryTokens(memory.tokens * 0, memory.coords))):
         v = model.velocity(x_t, ts * NUM_TRAIN_TIMESTEPS, text, mem, positions)
@@ -153,8 +157,14 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--tiny", action="store_true", help="the test-sized random model, 4 clips of 12 s")
     p.add_argument("--latent-cache", default="runs/return_loss_latents")
-    p.add_argument("--out", required=True, help="results JSON; the table is written beside it (.md)")
-    return p.parse_args(argv)
+    p.add_argument("--out", help="results JSON; the table is written beside it (.md)")
+    p.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu or cuda")
+    p.add_argument("--text-table", help="precomputed caption embeddings (from --write-captions) instead of MiniLM")
+    p.add_argument("--write-captions", metavar="PATH", help="only encode the clips' captions into PATH and stop")
+    args = p.parse_args(argv)
+    if not args.out and not args.write_captions:
+        p.error("--out is required (or --write-captions)")
+    return args
 
 
 def main(argv=None) -> int:
@@ -164,8 +174,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.time()
     torch.manual_seed(0)
-    model = build_random_model("tiny", seed=0) if args.tiny else load_model(args.model, torch_dtype=torch.float32)
     clips, seconds = (4, 12.0) if args.tiny else (args.clips, args.seconds)
+    if args.write_captions:
+        from pfp_app.train.data import save_caption_table
+
+        captions = sorted({shot.prompt for i in range(clips)
+                           for shot in sample_clip(CLIP_SEED + i, seconds, 16, 8).storyboard.shots})
+        print(f"{save_caption_table(args.write_captions, captions)} captions -> {args.write_captions}")
+        return 0
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model = build_random_model("tiny", seed=0) if args.tiny else load_model(args.model, torch_dtype=torch.float32)
+    text_encoder = None
+    if args.text_table:
+        from pfp_app.text_encoder import PrecomputedTextEncoder
+        from pfp_app.train.data import caption_table_from_file
+
+        text_encoder = PrecomputedTextEncoder(caption_table_from_file(args.text_table))
+    model.to(device)
     v, codec = model.video, model.codec
     renders = {}
 
@@ -179,6 +204,7 @@ def main(argv=None) -> int:
     key = {"codec": module_fingerprint(codec.vae), "clips": clips, "seconds": seconds, "seed": CLIP_SEED,
            "size": v.height, "fps": v.fps}
     latents, storyboards = cached_latents(args.latent_cache, key, build)
+    latents = latents.to(device)
     n, ts, gen = v.segment_latent_frames, train_t_quantiles(), torch.Generator().manual_seed(0)
     items = []
     for i in range(clips):
@@ -187,11 +213,12 @@ def main(argv=None) -> int:
         for s, kind, phrases in shot_starts(prompts, n):
             mask = latent_box_mask(clip.tracks, phrases, s, n, codec.temporal_ratio, codec.spatial_ratio,
                                    tuple(latents.shape[3:]))
-            rec = losses_at(model, latents[i], prompts[s], s, n, mask, ts, gen)
+            rec = losses_at(model, latents[i], prompts[s], s, n, mask, ts, gen, text_encoder)
             items.append({"clip": i, "s": s, "kind": kind, "characters": phrases, **rec})
         print(f"clip {i + 1}/{clips}: {len(items)} shot starts", flush=True)
     res = {"meta": {"model": "tiny (random)" if args.tiny else args.model, "clips": clips, "seconds": seconds,
-                    "device": "cpu", "date": datetime.date.today().isoformat(), "wall_s": time.time() - t_start,
+                    "device": device if device == "cpu" else torch.cuda.get_device_name(),
+                    "date": datetime.date.today().isoformat(), "wall_s": time.time() - t_start,
                     "t": ts.tolist()},
            "items": items, "summary": summarise(items)}
     out = Path(args.out)

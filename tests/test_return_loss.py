@@ -77,3 +77,24 @@ def test_tiny_run_writes_a_table(tmp_path):
     deltas = [it["memory"][0] - it["zeroed"][0] for it in res["items"] if it["kind"] == "new"]
     assert row["n"] == len(deltas) and abs(row["delta"][0] - float(np.mean(deltas))) < 1e-12
     assert "| return | whole segment |" in out.with_suffix(".md").read_text()
+
+
+def test_a_caption_table_stands_in_for_the_text_encoder(tmp_path):
+    """A GPU machine has no MiniLM: the clips' captions, written here, are what MiniLM gives (fp16), and a run that
+    reads them scores the same shot starts."""
+    from pfp_app.train.data import caption_table_from_file
+
+    table = tmp_path / "captions.safetensors"
+    assert rl.main(["--tiny", "--write-captions", str(table)]) == 0
+    rows = caption_table_from_file(str(table))
+    model = build_random_model("tiny", seed=0)
+    prompts = sorted(rows)
+    live = model.text_encoder.encode(prompts)
+    stored = torch.stack([rows[p] for p in prompts])
+    assert len(prompts) >= 4 and torch.allclose(stored, live, atol=2e-3)
+    runs = {}
+    for name, extra in (("live", []), ("table", ["--text-table", str(table)])):
+        out = tmp_path / f"{name}.json"
+        rl.main(["--tiny", "--out", str(out), "--latent-cache", str(tmp_path / "cache"), "--device", "cpu", *extra])
+        runs[name] = [(it["clip"], it["s"], it["kind"]) for it in json.loads(out.read_text())["items"]]
+    assert runs["live"] == runs["table"]
