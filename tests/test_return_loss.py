@@ -98,3 +98,23 @@ def test_a_caption_table_stands_in_for_the_text_encoder(tmp_path):
         rl.main(["--tiny", "--out", str(out), "--latent-cache", str(tmp_path / "cache"), "--device", "cpu", *extra])
         runs[name] = [(it["clip"], it["s"], it["kind"]) for it in json.loads(out.read_text())["items"]]
     assert runs["live"] == runs["table"]
+
+
+def test_recall_characters_reads_characters_where_they_are_in_view(tmp_path):
+    """benchmarks/recall_characters.py: the frames it asks for show a character whole, and its table pairs the arms."""
+    import recall_characters as rch
+
+    clip = sample_clip(7, 20.0, 64, 8)
+    queries = rch.query_frames(clip.tracks, 41, 4, 3)
+    assert 1 <= len(queries) <= 3 and len({j for j, _ in queries}) == len(queries)
+    for j, phrases in queries:
+        assert phrases and all(clip.tracks[p][4 * j, 0] >= 0.95 for p in phrases)
+    every = rch.query_frames(clip.tracks, 41, 4, 1000)  # all candidates: a spread-out 3 is among them
+    assert all(q in every for q in queries) and len(every) > len(queries)
+    out = tmp_path / "rch.json"
+    assert rch.main(["--tiny", "--out", str(out), "--latent-cache", str(tmp_path / "cache")]) == 0
+    res = json.loads(out.read_text())
+    diffs = [r["memory"] - r["zeroed"] for r in res["rows"]]
+    assert res["meta"]["frames"] == len(diffs) > 0
+    assert abs(res["summary"]["memory_minus_zeroed"][0] - float(np.mean(diffs))) < 1e-12
+    assert all(0.0 <= r["codec"] <= 1.0 for r in res["rows"])
