@@ -119,18 +119,33 @@ def losses_at(model, latents: torch.Tensor, prompt: str, s: int, n: int, mask: t
     return out
 
 
-def summarise(items: list[dict]) -> dict:
+def place_returns_at(prompts: list[str], s: int) -> bool:
+    """Whether the shot starting at latent s is at a place seen earlier in the clip but not in the shot before."""
+    scene, prev = parse_caption(prompts[s]), parse_caption(prompts[s - 1])
+    if scene is None or (prev is not None and prev.place == scene.place):
+        return False
+    return any((sc := parse_caption(p)) is not None and sc.place == scene.place for p in dict.fromkeys(prompts[:s]))
+
+
+def summarise(items: list[dict], bucket_s: float = 20.0) -> dict:
+    """Paired rows per kind (whole segment, incoming box); for clips longer than `bucket_s`, also the place returns'
+    whole segment per history length (does the memory still help a place come back after a long history?)."""
+    groups = [(f"{kind}/{where}", [it for it in items if it["kind"] == kind], i)
+              for kind in ("return", "new") for where, i in (("segment", 0), ("box", 1))]
+    if items and max(it["history_s"] for it in items) > bucket_s:
+        top = int(max(it["history_s"] for it in items) // bucket_s) + 1
+        groups += [(f"place return, history {b * bucket_s:g}-{(b + 1) * bucket_s:g} s/segment",
+                    [it for it in items if it["place_return"] and b * bucket_s <= it["history_s"] < (b + 1) * bucket_s], 0)
+                   for b in range(top)]
     rows = {}
-    for kind in ("return", "new"):
-        sel = [it for it in items if it["kind"] == kind]
-        for where, i in (("segment", 0), ("box", 1)):
-            pairs = [(it["memory"][i], it["zeroed"][i]) for it in sel if it["memory"][i] is not None]
-            if not pairs:
-                continue
-            mem, zer = zip(*pairs)
-            rows[f"{kind}/{where}"] = {"n": len(pairs), "memory": ra.mean_ci(mem), "zeroed": ra.mean_ci(zer),
-                                       "delta": ra.mean_ci([a - b for a, b in pairs]),
-                                       "relative": ra.mean_ci([(a - b) / b for a, b in pairs if b > 0])}
+    for key, sel, i in groups:
+        pairs = [(it["memory"][i], it["zeroed"][i]) for it in sel if it["memory"][i] is not None]
+        if len(pairs) < 2:
+            continue
+        mem, zer = zip(*pairs)
+        rows[key] = {"n": len(pairs), "memory": ra.mean_ci(mem), "zeroed": ra.mean_ci(zer),
+                     "delta": ra.mean_ci([a - b for a, b in pairs]),
+                     "relative": ra.mean_ci([(a - b) / b for a, b in pairs if b > 0])}
     return rows
 
 
@@ -142,7 +157,7 @@ def format_table(res: dict) -> str:
              f"{m['wall_s']:.0f} s. Loss ×100, mean ± 95% interval; Δ = memory − zeroed, paired.", "",
              "| shot start | where | n | loss with memory | loss, φ zeroed | Δ | Δ relative |", "|---|---|---|---|---|---|---|"]
     for key, r in res["summary"].items():
-        kind, where = key.split("/")
+        kind, where = key.rsplit("/", 1)
         where = "whole segment" if where == "segment" else "the incoming characters' box"
         f = lambda mc: f"{100 * mc[0]:.2f} ± {100 * mc[1]:.2f}"  # noqa: E731
         lines.append(f"| {kind} | {where} | {r['n']} | {f(r['memory'])} | {f(r['zeroed'])} | {f(r['delta'])} | "
@@ -214,7 +229,9 @@ def main(argv=None) -> int:
             mask = latent_box_mask(clip.tracks, phrases, s, n, codec.temporal_ratio, codec.spatial_ratio,
                                    tuple(latents.shape[3:]))
             rec = losses_at(model, latents[i], prompts[s], s, n, mask, ts, gen, text_encoder)
-            items.append({"clip": i, "s": s, "kind": kind, "characters": phrases, **rec})
+            items.append({"clip": i, "s": s, "kind": kind, "characters": phrases, **rec,
+                          "history_s": (1 + codec.temporal_ratio * (s - 1)) / v.fps,
+                          "place_return": place_returns_at(prompts, s)})
         print(f"clip {i + 1}/{clips}: {len(items)} shot starts", flush=True)
     res = {"meta": {"model": "tiny (random)" if args.tiny else args.model, "clips": clips, "seconds": seconds,
                     "device": device if device == "cpu" else torch.cuda.get_device_name(),

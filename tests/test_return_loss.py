@@ -118,3 +118,23 @@ def test_recall_characters_reads_characters_where_they_are_in_view(tmp_path):
     assert res["meta"]["frames"] == len(diffs) > 0
     assert abs(res["summary"]["memory_minus_zeroed"][0] - float(np.mean(diffs))) < 1e-12
     assert all(0.0 <= r["codec"] <= 1.0 for r in res["rows"])
+
+
+def test_place_returns_and_history_buckets():
+    a, b = "a red striped circle in front of the brick wall", "a blue dotted square in front of the grass field"
+    c = "the brick wall, empty"
+    prompts = [a] * 3 + [b] * 3 + [c] * 3
+    assert rl.place_returns_at(prompts, 6)  # the brick wall again, after the grass field
+    assert not rl.place_returns_at(prompts, 3)  # a new place
+    assert not rl.place_returns_at([a] * 3 + [c] * 3, 3)  # the same place as the shot before: not a return
+
+    def item(h, mem, place=True):
+        return {"kind": "new", "history_s": h, "place_return": place, "memory": (mem, None), "zeroed": (1.0, None)}
+
+    items = [item(5, 0.5), item(12, 0.7), item(25, 0.9), item(33, 0.95), item(45, 1.0, place=False), item(50, 1.1)]
+    rows = rl.summarise(items)
+    early, mid = rows["place return, history 0-20 s/segment"], rows["place return, history 20-40 s/segment"]
+    assert early["n"] == 2 and abs(early["delta"][0] + 0.4) < 1e-9
+    assert mid["n"] == 2 and abs(mid["delta"][0] + 0.075) < 1e-9
+    assert "place return, history 40-60 s/segment" not in rows  # one place return there: no interval
+    assert "place return" not in " ".join(rl.summarise(items[:2]))  # short clips: no buckets
