@@ -11,7 +11,8 @@
 #     and swap assets/pfp-default/vae for the encoder-only stand-in (benchmarks/device_carry.py --encoder-only-vae):
 #     no decoding is needed, and the call's tree must fit 64 MiB
 #   device call: carry [".whl", ".carry/captions.safetensors", ".carry/rl_captions.safetensors", "data/bank-lite"]
-#     bash benchmarks/returns_gpu.sh        # MIN=7.0 minutes of training by default; BATCH=64 per run
+#     bash benchmarks/returns_gpu.sh        # MIN=7.0 minutes of training by default; BATCH per run: 48 on an
+#     80-GB card, 64 on an H200
 # Brings back rl.tgz (rl_{v7,a,b}.{json,md}), logs.tgz and the two models (G and φ, no codec, 66 MB) as
 # both.tar.part-* (7 files, 63 MiB: the limits are 8 files and 64 MiB).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -19,7 +20,10 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 test -f assets/pfp-default/memory_encoder/config.json || { echo "no φ in assets/pfp-default"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 mkdir -p /tmp/oa /tmp/ob /tmp/ra/latents /tmp/rb /tmp/rlout && ln -sfn /tmp/ra/latents /tmp/rb/latents
-common="BANK=data/bank-lite BATCH=${BATCH:-64} LR=${LR:-2e-4} DATA_SEED=10 WARMUP=30 RSHARE=0.5 STARTS=shots CUTS=0.5 RECENT=1 EVAL_TIMEOUT=0"
+# v7 trained at batch 128 on an 80-GB H100 (192 ran out of memory): two runs side by side take 48 each there, 64 on an H200
+MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+B=${BATCH:-$([ "$MEM" -lt 100000 ] && echo 48 || echo 64)}
+common="BANK=data/bank-lite BATCH=$B LR=${LR:-2e-4} DATA_SEED=10 WARMUP=30 RSHARE=0.5 STARTS=shots CUTS=0.5 RECENT=1 EVAL_TIMEOUT=0"
 M=${MIN:-7.0}; t0=$(date +%s)
 env $common RUNS=/tmp/ra RETURNS=${RET:-0.7} timeout $((${M%.*} * 60 + 90)) bash benchmarks/train_default_gpu.sh \
   finetune /tmp/oa assets/pfp-default "$M" > /tmp/oa/train.log 2>&1 &
