@@ -291,7 +291,7 @@ class ShotAlignedStarts:
 
     `return_share` of the shot-start batches are *character returns*: the new shot asks for a character that is
     in the clip earlier but not in the shot just before (so the memory, not the last frames, holds how it looks).
-    Drawn as they come, they are a small part of the shot starts, and the shipped model draws a re-entering
+    Drawn as they come, they are about a quarter of the shot starts, and the shipped model draws a re-entering
     character worse with its memory than with φ zeroed (return_consistency.py): these batches put the loss where
     the memory must give back the character.
     """
