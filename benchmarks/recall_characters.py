@@ -33,10 +33,8 @@ import retrieval_ablation as ra  # noqa: E402
 import return_loss as rl  # noqa: E402  (the same held-out clips and latent cache)
 
 from pfp_app.backbone.memory_dit import MemoryTokens  # noqa: E402
-from pfp_app.data.world import appearance_signature, sample_clip, signature_agreement, view_agreement  # noqa: E402
+from pfp_app.data.world import appearance_signature, signature_agreement, view_agreement  # noqa: E402
 from pfp_app.flow import SamplerSettings, sample  # noqa: E402
-from pfp_app.storyboard import format_storyboard  # noqa: E402
-from pfp_app.train.data import cached_latents, encode_clips, module_fingerprint  # noqa: E402
 
 
 def query_frames(tracks: dict, num_latents: int, temporal: int, per_clip: int) -> list[tuple[int, list[str]]]:
@@ -95,16 +93,7 @@ def main(argv=None) -> int:
     clips, seconds = (3, 12.0) if args.tiny else (args.clips, 20.0)  # return_loss.py's clips
     v, codec = model.video, model.codec
     steps = args.steps or v.steps
-    renders = {i: sample_clip(rl.CLIP_SEED + i, seconds, v.height, v.fps) for i in range(clips)}
-
-    def build():
-        frames = torch.stack([torch.from_numpy(renders[i].frames).permute(3, 0, 1, 2) for i in range(clips)])
-        sbs = [format_storyboard(renders[i].storyboard) for i in range(clips)]
-        return encode_clips(codec, frames, sbs, v.fps).latents, sbs
-
-    key = {"codec": module_fingerprint(codec.vae), "clips": clips, "seconds": seconds, "seed": rl.CLIP_SEED,
-           "size": v.height, "fps": v.fps}  # return_loss.py's key: the same cache file
-    latents, _ = cached_latents(args.latent_cache, key, build)
+    renders, latents, _ = rl.heldout_clips(model, clips, seconds, args.latent_cache)  # return_loss.py's clips
     r = codec.temporal_ratio
     rows, chance_pool = [], []
     for i in range(clips):

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,7 +41,8 @@ from pfp_app.backbone.memory_dit import MemoryTokens  # noqa: E402
 from pfp_app.data.world import parse_caption, sample_clip  # noqa: E402
 from pfp_app.flow import NUM_TRAIN_TIMESTEPS, add_noise  # noqa: E402
 from pfp_app.storyboard import format_storyboard  # noqa: E402
-from pfp_app.train.data import cached_latents, character_returns_at, latent_prompts, module_fingerprint  # noqa: E402
+from pfp_app.train.data import (  # noqa: E402
+    cached_latents, character_returns_at, encode_clips, latent_prompts, module_fingerprint)
 
 T_QUANTILES = (0.125, 0.375, 0.625, 0.875)  # of the standard normal behind the trainer's logit-normal t
 CLIP_SEED = 90000  # held out: training uses data seeds < 20, evaluation 10000+, fidelity 50000+, Table 2 20000+
@@ -165,6 +164,24 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def heldout_clips(model, clips: int, seconds: float, cache_dir: str):
+    """The held-out world clips (seeds CLIP_SEED+) rendered at the model's size, and their latents from the
+    model's codec (encoded once per codec into `cache_dir`, shared with recall_characters.py):
+    ({i: WorldClip}, latents (N, C, T', H', W') on the CPU, storyboard texts)."""
+    v, codec = model.video, model.codec
+    renders = {i: sample_clip(CLIP_SEED + i, seconds, v.height, v.fps) for i in range(clips)}
+
+    def build():
+        frames = torch.stack([torch.from_numpy(renders[i].frames).permute(3, 0, 1, 2) for i in range(clips)])
+        sbs = [format_storyboard(renders[i].storyboard) for i in range(clips)]
+        return encode_clips(codec, frames, sbs, v.fps).latents, sbs
+
+    key = {"codec": module_fingerprint(codec.vae), "clips": clips, "seconds": seconds, "seed": CLIP_SEED,
+           "size": v.height, "fps": v.fps}
+    latents, storyboards = cached_latents(cache_dir, key, build)
+    return renders, latents, storyboards
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="assets/pfp-default")
@@ -184,7 +201,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     from pfp_app.model import build_random_model, load_model
-    from pfp_app.train.data import encode_clips
 
     args = parse_args(argv)
     t_start = time.time()
@@ -207,23 +223,12 @@ def main(argv=None) -> int:
         text_encoder = PrecomputedTextEncoder(caption_table_from_file(args.text_table))
     model.to(device)
     v, codec = model.video, model.codec
-    renders = {}
-
-    def build():
-        for i in range(clips):
-            renders[i] = sample_clip(CLIP_SEED + i, seconds, v.height, v.fps)
-        frames = torch.stack([torch.from_numpy(renders[i].frames).permute(3, 0, 1, 2) for i in range(clips)])
-        sbs = [format_storyboard(renders[i].storyboard) for i in range(clips)]
-        return encode_clips(codec, frames, sbs, v.fps).latents, sbs
-
-    key = {"codec": module_fingerprint(codec.vae), "clips": clips, "seconds": seconds, "seed": CLIP_SEED,
-           "size": v.height, "fps": v.fps}
-    latents, storyboards = cached_latents(args.latent_cache, key, build)
+    renders, latents, storyboards = heldout_clips(model, clips, seconds, args.latent_cache)
     latents = latents.to(device)
     n, ts, gen = v.segment_latent_frames, train_t_quantiles(), torch.Generator().manual_seed(0)
     items = []
     for i in range(clips):
-        clip = renders.get(i) or sample_clip(CLIP_SEED + i, seconds, v.height, v.fps)  # tracks for the boxes
+        clip = renders[i]  # tracks for the boxes
         prompts = latent_prompts(storyboards[i], latents.shape[2], v.fps, codec.temporal_ratio)
         for s, kind, phrases in shot_starts(prompts, n):
             mask = latent_box_mask(clip.tracks, phrases, s, n, codec.temporal_ratio, codec.spatial_ratio,
