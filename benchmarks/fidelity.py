@@ -338,7 +338,8 @@ def _scales(args) -> dict:
     return dict(guidance_scale_2=args.guidance_2, boundary_ratio=args.boundary,
                 shot_start_guidance_scale=args.start_guidance, shot_start_guidance_scale_2=args.start_guidance_2,
                 context_latents=args.context_latents, memory_guidance_scale=args.memory_guidance,
-                recent_latents=args.recent_latents, return_latents=args.return_latents)
+                recent_latents=args.recent_latents, return_latents=args.return_latents,
+                return_memory_guidance_scale=args.return_memory_guidance)
 
 
 def run(args) -> dict:
@@ -471,6 +472,8 @@ def _guidance(m: dict) -> str:
         text += f"; {m['recent_latents']} recent latent(s) at full resolution within a shot"
     if m.get("return_latents"):
         text += f"; a returning shot gets its earlier shot's last {m['return_latents']} latent(s)"
+    if m.get("return_memory_guidance_scale"):
+        text += f"; memory guidance {m['return_memory_guidance_scale']:g} at a return's first segment"
     return text
 
 
@@ -572,6 +575,9 @@ def parse_args(argv=None):
     ap.add_argument("--return-latents", type=int, default=None,
                     help="a shot that repeats an earlier shot's prompt gets that shot's last K latents at full "
                          "resolution (default: the model's)")
+    ap.add_argument("--return-memory-guidance", type=float, default=None,
+                    help="memory guidance at the first segment of a shot that repeats an earlier shot's prompt "
+                         "(default: the model's; other shot starts take none)")
     ap.add_argument("--model", default="default")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",

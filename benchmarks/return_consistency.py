@@ -103,6 +103,8 @@ def parse_args(argv=None):
     ap.add_argument("--recent-latents", type=int, default=None, help="within a shot (default: the model's)")
     ap.add_argument("--return-latents", type=int, default=None,
                     help="a shot that repeats an earlier shot's prompt gets that shot's last K latents (default: the model's)")
+    ap.add_argument("--return-memory-guidance", type=float, default=None,
+                    help="memory guidance at such a return's first segment (default: the model's)")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",
                     help="only write the caption embeddings of these storyboards to PATH (run where MiniLM is)")
@@ -159,7 +161,8 @@ def main(argv=None) -> int:
     for i in range(s.storyboards):
         row = {"index": i, "memory": cons.generate_and_score(pipe, i, s, _settings(s, args, seed=i))}
         with zeroed_memory(model):  # and no earlier shot's frames at a return: G sees no history where it is scored
-            row["zeroed"] = cons.generate_and_score(pipe, i, s, replace(_settings(s, args, seed=i), return_latents=0))
+            row["zeroed"] = cons.generate_and_score(pipe, i, s, replace(_settings(s, args, seed=i), return_latents=0,
+                                                                             return_memory_guidance_scale=0.0))
         res["storyboards"].append(row)
         out.write_text(json.dumps(res, indent=1))  # after every storyboard: a stopped run keeps what it measured
         print(f"  storyboard {i + 1}/{s.storyboards}: {row['memory']['seconds'] + row['zeroed']['seconds']:.0f} s",
@@ -177,7 +180,8 @@ def _settings(s: cons.Settings, args, seed: int = 0):
 
     return GenerationSettings(seed=seed, steps=s.gen_steps or None, context_latents=args.context_latents,
                               memory_guidance_scale=args.memory_guidance, recent_latents=args.recent_latents,
-                              return_latents=args.return_latents)
+                              return_latents=args.return_latents,
+                              return_memory_guidance_scale=args.return_memory_guidance)
 
 
 if __name__ == "__main__":

@@ -134,13 +134,18 @@ class SamplerSettings:
     # at a shot start whose prompt repeats an earlier shot's (a return), the last `return_latents` latent frames of
     # that earlier shot join φ's memory the same way, at their own times: the place and characters as they were
     return_latents: int = 0
+    # at such a return's first segment, memory guidance of this scale (elsewhere a shot's first segment takes none):
+    # the push toward what the memory holds, which there includes how the place and characters looked before
+    return_memory_guidance_scale: float = 0.0
 
-    def for_segment(self, shot_start: bool) -> "SamplerSettings":
-        """The settings of one segment: a shot's first segment takes the shot-start scales, if any, and no
-        context."""
+    def for_segment(self, shot_start: bool, returning: bool = False) -> "SamplerSettings":
+        """The settings of one segment: a shot's first segment takes the shot-start scales, if any, no context
+        and no memory guidance, except a return's (`returning`: its prompt repeats an earlier shot's), which takes
+        return_memory_guidance_scale."""
         if not shot_start:
             return self
-        s = replace(self, context_latents=0, memory_guidance_scale=0.0, recent_latents=0)
+        s = replace(self, context_latents=0, recent_latents=0,
+                    memory_guidance_scale=self.return_memory_guidance_scale if returning else 0.0)
         if self.shot_start_guidance_scale is not None:
             s = replace(s, guidance_scale=self.shot_start_guidance_scale, guidance_scale_2=self.shot_start_guidance_scale_2)
         return s

@@ -51,6 +51,7 @@ class VideoSpec:
     memory_guidance_scale: float = 0.0  # within a shot (flow.SamplerSettings)
     recent_latents: int = 0  # within a shot, history latents G sees at full resolution (trained: train --recent-latents)
     return_latents: int = 0  # at a shot start that repeats an earlier shot's prompt: that shot's last latents (flow.SamplerSettings)
+    return_memory_guidance_scale: float = 0.0  # at such a return's first segment (flow.SamplerSettings)
 
 
 @dataclass

@@ -55,6 +55,7 @@ class GenerationSettings:
     memory_guidance_scale: float | None = None  # None: the model's (flow.SamplerSettings.memory_guidance_scale)
     recent_latents: int | None = None  # None: the model's (flow.SamplerSettings.recent_latents)
     return_latents: int | None = None  # None: the model's (flow.SamplerSettings.return_latents)
+    return_memory_guidance_scale: float | None = None  # None: the model's (flow.SamplerSettings)
 
     def sampler_settings(self, model: PFPModel) -> SamplerSettings:
         v = model.video
@@ -75,6 +76,8 @@ class GenerationSettings:
                                    else v.memory_guidance_scale),
             recent_latents=self.recent_latents if self.recent_latents is not None else v.recent_latents,
             return_latents=self.return_latents if self.return_latents is not None else v.return_latents,
+            return_memory_guidance_scale=(self.return_memory_guidance_scale if self.return_memory_guidance_scale
+                                          is not None else v.return_memory_guidance_scale),
         )
 
 
@@ -207,7 +210,8 @@ class PFPPipeline:
                 memory, cache = self.model.memory_encoder.encode_incremental(history.to(self.dtype), cache)
             text = self._text([seg.prompt])
             shot_start = seg.index == 0 or segments[seg.index - 1].shot_index != seg.shot_index
-            seg_sampler = sampler.for_segment(shot_start)
+            earlier = [other for other in segments[: seg.index] if other.prompt == seg.prompt] if shot_start else []
+            seg_sampler = sampler.for_segment(shot_start, returning=bool(earlier))
             first = offset + seg.first_latent
             positions = torch.arange(first, first + n, dtype=torch.float32, device=self.device)
 
@@ -223,7 +227,6 @@ class PFPPipeline:
             if seg_sampler.recent_latents and history is not None:  # the frames this segment continues, unblurred
                 memory = join_memory(memory, history_recent_tokens(self.model.transformer, history,
                                                                    seg_sampler.recent_latents))
-            earlier = [other for other in segments[: seg.index] if other.prompt == seg.prompt] if shot_start else []
             if earlier and seg_sampler.return_latents:  # a return to an earlier shot: the frames it ended on
                 end = offset + earlier[-1].first_latent + earlier[-1].num_latents
                 memory = join_memory(memory, history_recent_tokens(self.model.transformer, history,

@@ -139,6 +139,35 @@ def test_a_shot_that_repeats_an_earlier_prompt_gets_that_shots_last_frame(tiny_p
     assert not torch.allclose(results[2].latents, without[2].latents)
 
 
+def test_memory_guidance_at_a_return_applies_to_the_returning_shots_first_segment_only(tiny_pipeline, monkeypatch):
+    """return_memory_guidance_scale: the third shot repeats the first shot's prompt, so its first segment is
+    sampled with that memory guidance; the second shot (a new prompt, also a shot start) gets none, so the first
+    two segments are exactly as without it and the third is not. SamplerSettings says the same per segment."""
+    import pfp_app.pipeline as pipeline_module
+
+    scales, real_sample = [], pipeline_module.sample
+
+    def spy(model, shape, text, memory, positions, s, *args, **kwargs):
+        scales.append(s.memory_guidance_scale)
+        return real_sample(model, shape, text, memory, positions, s, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "sample", spy)
+    sb = parse_storyboard(RETURNING)
+    guided = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2, return_memory_guidance_scale=3.0))
+    plain = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2))
+    assert scales == [0.0, 0.0, 3.0] + [0.0, 0.0, 0.0]
+    for i in (0, 1):
+        torch.testing.assert_close(guided[i].latents, plain[i].latents)
+    assert not torch.allclose(guided[2].latents, plain[2].latents)
+
+    from pfp_app.flow import SamplerSettings
+
+    s = SamplerSettings(memory_guidance_scale=2.0, return_memory_guidance_scale=1.5)
+    assert s.for_segment(False).memory_guidance_scale == 2.0  # within a shot: the within-shot scale
+    assert s.for_segment(True).memory_guidance_scale == 0.0  # a new shot: none
+    assert s.for_segment(True, returning=True).memory_guidance_scale == 1.5
+
+
 def test_the_trainer_gives_recent_frames_to_segments_inside_a_shot_only():
     prompts = [["a"] * 4 + ["b"] * 8 for _ in range(6)]  # one cut at latent 4 in every clip
     clips = LatentClips(torch.randn(6, 4, 12, 2, 2), prompts)
