@@ -339,7 +339,8 @@ def _scales(args) -> dict:
                 shot_start_guidance_scale=args.start_guidance, shot_start_guidance_scale_2=args.start_guidance_2,
                 context_latents=args.context_latents, memory_guidance_scale=args.memory_guidance,
                 recent_latents=args.recent_latents, return_latents=args.return_latents,
-                return_memory_guidance_scale=args.return_memory_guidance)
+                return_memory_guidance_scale=args.return_memory_guidance,
+                return_latents_from=args.return_from)
 
 
 def run(args) -> dict:
@@ -365,7 +366,7 @@ def run(args) -> dict:
                     "model": args.model, "steps": args.steps or model.video.steps, "sampler": model.video.sampler,
                     **{k: v for k, v in asdict(_settings(args, args.seed).sampler_settings(model)).items()
                        if "guidance" in k or k in ("boundary_ratio", "context_latents", "recent_latents",
-                                                                                "return_latents")},
+                                                                                "return_latents", "return_latents_from")},
                     "segment_seconds": pipe.segment_seconds, "num_storyboards": args.num_storyboards,
                     "seconds": args.seconds, "seed": args.seed, "drift_seconds": args.drift_seconds,
                     "drift_period": args.drift_period},
@@ -471,7 +472,8 @@ def _guidance(m: dict) -> str:
     if m.get("recent_latents"):
         text += f"; {m['recent_latents']} recent latent(s) at full resolution within a shot"
     if m.get("return_latents"):
-        text += f"; a returning shot gets its earlier shot's last {m['return_latents']} latent(s)"
+        which = "first" if m.get("return_latents_from") == "start" else "last"
+        text += f"; a returning shot gets its earlier shot's {which} {m['return_latents']} latent(s)"
     if m.get("return_memory_guidance_scale"):
         text += f"; memory guidance {m['return_memory_guidance_scale']:g} at a return's first segment"
     return text
@@ -575,6 +577,8 @@ def parse_args(argv=None):
     ap.add_argument("--return-latents", type=int, default=None,
                     help="a shot that repeats an earlier shot's prompt gets that shot's last K latents at full "
                          "resolution (default: the model's)")
+    ap.add_argument("--return-from", choices=("end", "start"), default=None,
+                    help="with --return-latents: the frames the earlier shot ended on or began with (default: the model's)")
     ap.add_argument("--return-memory-guidance", type=float, default=None,
                     help="memory guidance at the first segment of a shot that repeats an earlier shot's prompt "
                          "(default: the model's; other shot starts take none)")

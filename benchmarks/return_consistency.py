@@ -103,6 +103,8 @@ def parse_args(argv=None):
     ap.add_argument("--recent-latents", type=int, default=None, help="within a shot (default: the model's)")
     ap.add_argument("--return-latents", type=int, default=None,
                     help="a shot that repeats an earlier shot's prompt gets that shot's last K latents (default: the model's)")
+    ap.add_argument("--return-from", choices=("end", "start"), default=None,
+                    help="with --return-latents: the frames the earlier shot ended on or began with (default: the model's)")
     ap.add_argument("--return-memory-guidance", type=float, default=None,
                     help="memory guidance at such a return's first segment (default: the model's)")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
@@ -181,7 +183,8 @@ def _settings(s: cons.Settings, args, seed: int = 0):
     return GenerationSettings(seed=seed, steps=s.gen_steps or None, context_latents=args.context_latents,
                               memory_guidance_scale=args.memory_guidance, recent_latents=args.recent_latents,
                               return_latents=args.return_latents,
-                              return_memory_guidance_scale=args.return_memory_guidance)
+                              return_memory_guidance_scale=args.return_memory_guidance,
+                return_latents_from=args.return_from)
 
 
 if __name__ == "__main__":

@@ -134,9 +134,16 @@ class SamplerSettings:
     # at a shot start whose prompt repeats an earlier shot's (a return), the last `return_latents` latent frames of
     # that earlier shot join φ's memory the same way, at their own times: the place and characters as they were
     return_latents: int = 0
+    # which frames of that earlier shot: "end" (the frames it ended on) or "start" (the frames it began with, where
+    # a return's camera usually is again: the world's shots at a place all start from the same view)
+    return_latents_from: str = "end"
     # at such a return's first segment, memory guidance of this scale (elsewhere a shot's first segment takes none):
     # the push toward what the memory holds, which there includes how the place and characters looked before
     return_memory_guidance_scale: float = 0.0
+
+    def __post_init__(self):
+        if self.return_latents_from not in ("end", "start"):
+            raise ValueError(f"return_latents_from must be 'end' or 'start', not {self.return_latents_from!r}")
 
     def for_segment(self, shot_start: bool, returning: bool = False) -> "SamplerSettings":
         """The settings of one segment: a shot's first segment takes the shot-start scales, if any, no context

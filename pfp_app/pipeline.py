@@ -56,6 +56,7 @@ class GenerationSettings:
     recent_latents: int | None = None  # None: the model's (flow.SamplerSettings.recent_latents)
     return_latents: int | None = None  # None: the model's (flow.SamplerSettings.return_latents)
     return_memory_guidance_scale: float | None = None  # None: the model's (flow.SamplerSettings)
+    return_latents_from: str | None = None  # "end" / "start"; None: the model's (flow.SamplerSettings)
 
     def sampler_settings(self, model: PFPModel) -> SamplerSettings:
         v = model.video
@@ -78,6 +79,7 @@ class GenerationSettings:
             return_latents=self.return_latents if self.return_latents is not None else v.return_latents,
             return_memory_guidance_scale=(self.return_memory_guidance_scale if self.return_memory_guidance_scale
                                           is not None else v.return_memory_guidance_scale),
+            return_latents_from=self.return_latents_from or v.return_latents_from,
         )
 
 
@@ -228,7 +230,12 @@ class PFPPipeline:
                 memory = join_memory(memory, history_recent_tokens(self.model.transformer, history,
                                                                    seg_sampler.recent_latents))
             if earlier and seg_sampler.return_latents:  # a return to an earlier shot: the frames it ended on
-                end = offset + earlier[-1].first_latent + earlier[-1].num_latents
+                ref = earlier[-1]                            # (or, "start", the frames it began with)
+                if seg_sampler.return_latents_from == "start":
+                    opening = next(o for o in segments if o.shot_index == ref.shot_index)
+                    end = offset + opening.first_latent + seg_sampler.return_latents
+                else:
+                    end = offset + ref.first_latent + ref.num_latents
                 memory = join_memory(memory, history_recent_tokens(self.model.transformer, history,
                                                                    seg_sampler.return_latents, end))
             latents = sample(self._velocity, self.latent_shape(n), text, memory, positions, seg_sampler, gen,

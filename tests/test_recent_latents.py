@@ -139,6 +139,21 @@ def test_a_shot_that_repeats_an_earlier_prompt_gets_that_shots_last_frame(tiny_p
     assert not torch.allclose(results[2].latents, without[2].latents)
 
 
+def test_a_return_can_get_the_frames_its_earlier_shot_began_with(tiny_pipeline, monkeypatch):
+    """return_latents_from="start": the returning shot gets the first latent frame of the shot it returns to, at
+    that frame's time, instead of the last."""
+    seen = spy_on_sampler(monkeypatch)
+    sb = parse_storyboard(RETURNING)
+    results = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2, return_latents=1,
+                                                            return_latents_from="start"))
+    memory, _ = seen[2]
+    phi = memory.num_tokens - 4 * 4
+    assert torch.all(memory.coords[phi:, 0] == 0)  # the fox shot began at latent 0
+    g = tiny_pipeline.model.transformer
+    expected = recent_tokens(g, results[0].latents[:, :, :1].to(g.dtype), torch.tensor([0.0])).tokens
+    torch.testing.assert_close(memory.tokens[:, phi:], expected.to(memory.tokens.dtype))
+
+
 def test_memory_guidance_at_a_return_applies_to_the_returning_shots_first_segment_only(tiny_pipeline, monkeypatch):
     """return_memory_guidance_scale: the third shot repeats the first shot's prompt, so its first segment is
     sampled with that memory guidance; the second shot (a new prompt, also a shot start) gets none, so the first
@@ -166,6 +181,8 @@ def test_memory_guidance_at_a_return_applies_to_the_returning_shots_first_segmen
     assert s.for_segment(False).memory_guidance_scale == 2.0  # within a shot: the within-shot scale
     assert s.for_segment(True).memory_guidance_scale == 0.0  # a new shot: none
     assert s.for_segment(True, returning=True).memory_guidance_scale == 1.5
+    with pytest.raises(ValueError, match="return_latents_from must be 'end' or 'start', not 'middle'"):
+        SamplerSettings(return_latents_from="middle")
 
 
 def test_the_trainer_gives_recent_frames_to_segments_inside_a_shot_only():
