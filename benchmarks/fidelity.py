@@ -340,7 +340,8 @@ def _scales(args) -> dict:
                 context_latents=args.context_latents, memory_guidance_scale=args.memory_guidance,
                 recent_latents=args.recent_latents, return_latents=args.return_latents,
                 return_memory_guidance_scale=args.return_memory_guidance,
-                return_latents_from=args.return_from)
+                return_latents_from=args.return_from,
+                return_latents_as_recent=True if args.return_as_recent else None)
 
 
 def run(args) -> dict:
@@ -366,7 +367,8 @@ def run(args) -> dict:
                     "model": args.model, "steps": args.steps or model.video.steps, "sampler": model.video.sampler,
                     **{k: v for k, v in asdict(_settings(args, args.seed).sampler_settings(model)).items()
                        if "guidance" in k or k in ("boundary_ratio", "context_latents", "recent_latents",
-                                                                                "return_latents", "return_latents_from")},
+                                                                                "return_latents", "return_latents_from",
+                                                                                "return_latents_as_recent")},
                     "segment_seconds": pipe.segment_seconds, "num_storyboards": args.num_storyboards,
                     "seconds": args.seconds, "seed": args.seed, "drift_seconds": args.drift_seconds,
                     "drift_period": args.drift_period},
@@ -474,6 +476,8 @@ def _guidance(m: dict) -> str:
     if m.get("return_latents"):
         which = "first" if m.get("return_latents_from") == "start" else "last"
         text += f"; a returning shot gets its earlier shot's {which} {m['return_latents']} latent(s)"
+        if m.get("return_latents_as_recent"):
+            text += " as if they were the frames it continues"
     if m.get("return_memory_guidance_scale"):
         text += f"; memory guidance {m['return_memory_guidance_scale']:g} at a return's first segment"
     return text
@@ -579,6 +583,9 @@ def parse_args(argv=None):
                          "resolution (default: the model's)")
     ap.add_argument("--return-from", choices=("end", "start"), default=None,
                     help="with --return-latents: the frames the earlier shot ended on or began with (default: the model's)")
+    ap.add_argument("--return-as-recent", action="store_true",
+                    help="with --return-latents: place those frames just before the returning segment, where a "
+                         "continuing segment's recent frames sit (default: at their own times)")
     ap.add_argument("--return-memory-guidance", type=float, default=None,
                     help="memory guidance at the first segment of a shot that repeats an earlier shot's prompt "
                          "(default: the model's; other shot starts take none)")

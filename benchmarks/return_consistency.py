@@ -105,6 +105,9 @@ def parse_args(argv=None):
                     help="a shot that repeats an earlier shot's prompt gets that shot's last K latents (default: the model's)")
     ap.add_argument("--return-from", choices=("end", "start"), default=None,
                     help="with --return-latents: the frames the earlier shot ended on or began with (default: the model's)")
+    ap.add_argument("--return-as-recent", action="store_true",
+                    help="with --return-latents: place those frames just before the returning segment, where a "
+                         "continuing segment's recent frames sit (default: at their own times)")
     ap.add_argument("--return-memory-guidance", type=float, default=None,
                     help="memory guidance at such a return's first segment (default: the model's)")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
@@ -184,7 +187,8 @@ def _settings(s: cons.Settings, args, seed: int = 0):
                               memory_guidance_scale=args.memory_guidance, recent_latents=args.recent_latents,
                               return_latents=args.return_latents,
                               return_memory_guidance_scale=args.return_memory_guidance,
-                return_latents_from=args.return_from)
+                return_latents_from=args.return_from,
+                return_latents_as_recent=True if args.return_as_recent else None)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,9 @@ class SamplerSettings:
     # which frames of that earlier shot: "end" (the frames it ended on) or "start" (the frames it began with, where
     # a return's camera usually is again: the world's shots at a place all start from the same view)
     return_latents_from: str = "end"
+    # and where they sit: False, at their own times; True, just before the returning segment, where the frames a
+    # continuing segment gets sit (the return is then drawn as that earlier shot continued, which G was trained on)
+    return_latents_as_recent: bool = False
     # at such a return's first segment, memory guidance of this scale (elsewhere a shot's first segment takes none):
     # the push toward what the memory holds, which there includes how the place and characters looked before
     return_memory_guidance_scale: float = 0.0

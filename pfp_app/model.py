@@ -53,6 +53,7 @@ class VideoSpec:
     return_latents: int = 0  # at a shot start that repeats an earlier shot's prompt: that shot's last latents (flow.SamplerSettings)
     return_memory_guidance_scale: float = 0.0  # at such a return's first segment (flow.SamplerSettings)
     return_latents_from: str = "end"  # which frames of the earlier shot: "end" or "start" (flow.SamplerSettings)
+    return_latents_as_recent: bool = False  # place them just before the returning segment (flow.SamplerSettings)
 
 
 @dataclass

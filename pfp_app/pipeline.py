@@ -57,6 +57,7 @@ class GenerationSettings:
     return_latents: int | None = None  # None: the model's (flow.SamplerSettings.return_latents)
     return_memory_guidance_scale: float | None = None  # None: the model's (flow.SamplerSettings)
     return_latents_from: str | None = None  # "end" / "start"; None: the model's (flow.SamplerSettings)
+    return_latents_as_recent: bool | None = None  # None: the model's (flow.SamplerSettings)
 
     def sampler_settings(self, model: PFPModel) -> SamplerSettings:
         v = model.video
@@ -80,6 +81,8 @@ class GenerationSettings:
             return_memory_guidance_scale=(self.return_memory_guidance_scale if self.return_memory_guidance_scale
                                           is not None else v.return_memory_guidance_scale),
             return_latents_from=self.return_latents_from or v.return_latents_from,
+            return_latents_as_recent=(self.return_latents_as_recent if self.return_latents_as_recent is not None
+                                      else v.return_latents_as_recent),
         )
 
 
@@ -236,8 +239,9 @@ class PFPPipeline:
                     end = offset + opening.first_latent + seg_sampler.return_latents
                 else:
                     end = offset + ref.first_latent + ref.num_latents
+                at = first if seg_sampler.return_latents_as_recent else None
                 memory = join_memory(memory, history_recent_tokens(self.model.transformer, history,
-                                                                   seg_sampler.return_latents, end))
+                                                                   seg_sampler.return_latents, end, at))
             latents = sample(self._velocity, self.latent_shape(n), text, memory, positions, seg_sampler, gen,
                              null_text=null_text, on_step=step_cb, device=self.device, dtype=self.dtype,
                              context=context)

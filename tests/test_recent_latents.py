@@ -152,6 +152,14 @@ def test_a_return_can_get_the_frames_its_earlier_shot_began_with(tiny_pipeline, 
     g = tiny_pipeline.model.transformer
     expected = recent_tokens(g, results[0].latents[:, :, :1].to(g.dtype), torch.tensor([0.0])).tokens
     torch.testing.assert_close(memory.tokens[:, phi:], expected.to(memory.tokens.dtype))
+    # as_recent: the same frame, placed just before the returning segment (where a continued shot's frame sits)
+    seen.clear()
+    again = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2, return_latents=1,
+                                                          return_latents_from="start", return_latents_as_recent=True))
+    memory, positions = seen[2]
+    assert torch.all(memory.coords[phi:, 0] == positions[0] - 1)
+    torch.testing.assert_close(memory.tokens[:, phi:], expected.to(memory.tokens.dtype))
+    torch.testing.assert_close(again[1].latents, results[1].latents)
 
 
 def test_memory_guidance_at_a_return_applies_to_the_returning_shots_first_segment_only(tiny_pipeline, monkeypatch):

@@ -107,15 +107,17 @@ def recent_tokens(transformer: WanTransformer3DModel, recent: torch.Tensor, fram
 
 
 def history_recent_tokens(transformer: WanTransformer3DModel, history: torch.Tensor, k: int,
-                          end: int | None = None) -> MemoryTokens | None:
+                          end: int | None = None, at: int | None = None) -> MemoryTokens | None:
     """`recent_tokens` of the k latent frames of history (B, C, T, H, W), which starts at time 0, before `end` (default
-    T), so they sit at times end - k .. end - 1; None when k or that part of the history is empty. The app and the
-    trainer both give G the last ones; the app gives a returning shot the end of the shot it returns to."""
+    T), so they sit at times end - k .. end - 1 (or, given `at`, at - k .. at - 1: where the frames a segment
+    starting at `at` continues would be); None when k or that part of the history is empty. The app and the
+    trainer both give G the last ones; the app gives a returning shot frames of the shot it returns to."""
     end = history.shape[2] if end is None else min(end, history.shape[2])
     k = min(k, end)
     if k <= 0:
         return None
-    times = torch.arange(end - k, end, dtype=torch.float32, device=history.device)
+    last = end if at is None else at
+    times = torch.arange(last - k, last, dtype=torch.float32, device=history.device)
     return recent_tokens(transformer, history[:, :, end - k : end], times)
 
 
