@@ -231,3 +231,113 @@ def test_a_model_trained_with_recent_frames_generates_with_them(tmp_path):
     with pytest.raises(ValueError, match="--recent-latents must be >= 0, and needs --segment-starts shots"):
         train(TrainConfig(stage="finetune", init="tiny", out=str(tmp_path / "u"), recent_latents=1,
                           segment_starts="uniform"))
+
+
+# ---- a return given the frames the shot it repeats began with (train --repeat-share --return-frames) --------------
+
+def test_repeated_shot_start_finds_the_latest_earlier_shot_with_the_same_prompt():
+    from pfp_app.train.data import repeated_shot_start
+
+    p = ["a"] * 3 + ["b"] * 2 + ["a"] * 2 + ["c"] * 2 + ["a"] * 2
+    assert repeated_shot_start(p, 5) == 0  # the second "a" shot repeats the first, which began at 0
+    assert repeated_shot_start(p, 9) == 5  # the third repeats the latest earlier one, which began at 5
+    assert repeated_shot_start(p, 3) is None  # "b" is new
+    assert repeated_shot_start(p, 6) is None  # not a shot start
+    assert repeated_shot_start(p, 0) is None
+
+
+def test_repeat_batches_are_returns_and_the_trainer_gives_them_the_repeated_shots_opening():
+    """With repeat_share 1, every shot-start batch is a shot that repeats an earlier prompt, and G gets the first
+    latent of the repeated shot (from the clip, per sample) placed just before the segment; other batches get none."""
+    prompts = [["a"] * 4 + ["b"] * 4 + ["a"] * 4, ["c"] * 3 + ["a"] * 5 + ["c"] * 4]  # repeats at 8 and at 8
+    clips = LatentClips(torch.randn(2, 4, 12, 2, 2), prompts)
+    starts = ShotAlignedStarts(prompts, 3, cut_share=1.0, repeat_share=1.0)
+    assert starts.at_repeat.keys() == {8} and starts.openings(8, torch.tensor([0, 1, 1])).tolist() == [0, 0, 0]
+    seen = []
+
+    class Text:
+        def encode(self, ps):
+            return torch.zeros(len(ps), 2, 3)
+
+        def null(self, b):
+            return torch.zeros(b, 2, 3)
+
+    def module(x0, text, history, positions, t, noise, recent=0, reference=None):
+        seen.append((int(positions[0]), reference))
+        return torch.zeros(())
+
+    cfg = TrainConfig(stage="finetune", batch_size=3, retrieval_share=0.0, caption_dropout=0.0, repeat_share=1.0,
+                      return_frames=1)
+    gen = torch.Generator().manual_seed(0)
+    idx_seen = []
+    real_draw = starts.draw_kind
+
+    def draw_kind(batch, g):
+        s, idx, kind = real_draw(batch, g)
+        idx_seen.append(idx)
+        return s, idx, kind
+
+    starts.draw_kind = draw_kind
+    for _ in range(5):
+        _memory_step(module, clips, Text(), cfg, gen, "cpu", 3, clips, None, starts)
+    for (s, ref), idx in zip(seen, idx_seen):
+        assert s == 8 and ref.shape == (3, 4, 1, 2, 2)
+        torch.testing.assert_close(ref, clips.latents[idx][:, :, 0:1])  # both clips' repeated shots began at 0
+    # without repeat batches (and at repeat_share 0.5 on the "inside" batches) no reference is given
+    seen.clear()
+    mixed = ShotAlignedStarts(prompts, 3, cut_share=0.5, repeat_share=0.5)
+    plain = TrainConfig(stage="finetune", batch_size=3, retrieval_share=0.0, caption_dropout=0.0, repeat_share=0.5,
+                        return_frames=1)
+    for _ in range(30):
+        _memory_step(module, clips, Text(), plain, gen, "cpu", 3, clips, None, mixed)
+    assert {s for s, ref in seen if ref is not None} == {8}
+    assert any(ref is None for s, ref in seen)
+
+
+def test_the_reference_frames_sit_just_before_the_segment_as_recent_tokens():
+    from pfp_app.train.trainer import MemoryTrainingModule
+
+    model = build_random_model("tiny")
+    module = MemoryTrainingModule(model)
+    captured = []
+    import pfp_app.train.trainer as trainer_module
+
+    real = trainer_module.velocity_loss
+
+    def spy(fn, x0, noise, t, text, memory, positions):
+        captured.append(memory)
+        return real(fn, x0, noise, t, text, memory, positions)
+
+    trainer_module.velocity_loss = spy
+    try:
+        c = model.transformer.config.in_channels
+        x0, history = torch.randn(1, c, 3, 8, 8), torch.randn(1, c, 6, 8, 8)
+        positions = torch.arange(6, 9, dtype=torch.float32)
+        module(x0, torch.zeros(1, 2, model.transformer.config.text_dim), history, positions, torch.tensor([0.5]),
+               torch.randn_like(x0), 0, history[:, :, 1:2])
+    finally:
+        trainer_module.velocity_loss = real
+    memory = captured[0]
+    g = model.transformer
+    expected = recent_tokens(g, history[:, :, 1:2], torch.tensor([5.0]))
+    n = expected.tokens.shape[1]
+    torch.testing.assert_close(memory.tokens[:, -n:], expected.tokens)
+    assert torch.all(memory.coords[-n:, 0] == 5.0)
+
+
+def test_return_frames_need_repeat_batches(tmp_path):
+    with pytest.raises(ValueError, match="--return-frames must be >= 0, and needs --repeat-share > 0"):
+        train(TrainConfig(stage="finetune", init="tiny", out=str(tmp_path / "r"), return_frames=1))
+    with pytest.raises(ValueError, match="repeat share must be in"):
+        ShotAlignedStarts([["a"] * 4 + ["b"] * 4 + ["a"] * 4], 3, return_share=0.7, repeat_share=0.5)
+    with pytest.raises(ValueError, match="no shot of these clips repeats an earlier shot's prompt"):
+        ShotAlignedStarts([["a"] * 4 + ["b"] * 8], 3, repeat_share=0.5)
+
+
+def test_a_model_trained_with_return_frames_generates_returns_with_them(tmp_path):
+    out = tmp_path / "ft"
+    train(TrainConfig(stage="finetune", init="tiny", out=str(out), num_clips=6, clip_seconds=20.0, batch_size=2,
+                      workers=0, max_steps=2, recent_latents=1, repeat_share=0.5, return_frames=1,
+                      retrieval_share=0.0, log_every=1))
+    video = json.loads((out / "model" / "pfp_model.json").read_text())["video"]
+    assert (video["return_latents"], video["return_latents_from"], video["return_latents_as_recent"]) == (1, "start", True)

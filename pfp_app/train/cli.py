@@ -52,6 +52,11 @@ TRAIN_OPTION_HELP = {
                     "after an absence (the memory must give back how it looked)",
     "recent_latents": "stage 2: within a shot, G also sees the history's last K latent frames at full resolution "
                       "(the exported model generates with them; 0: φ's memory alone)",
+    "repeat_share": "with --segment-starts shots: share of the shot-start batches whose shot repeats an earlier "
+                    "shot's prompt (the app's return)",
+    "return_frames": "stage 2: those repeat batches also give G the first K latent frames of the shot they repeat, "
+                     "placed where a continued shot's recent frames sit (the exported model gives them at every "
+                     "return: pipeline return_latents, from the start, as recent; needs --repeat-share)",
 }
 
 

@@ -258,6 +258,19 @@ def np_seed(*keys: int) -> int:
     return int(np.random.default_rng(list(keys)).integers(0, 2**31 - 1))
 
 
+def repeated_shot_start(prompts: list[str], s: int) -> int | None:
+    """For a shot starting at latent s whose prompt repeats an earlier shot's (prompts: every latent frame's
+    caption), the first latent of the latest such earlier shot, as the app finds it (`pipeline`: the shot of the
+    last earlier segment with the same prompt); None when s starts no shot or repeats none."""
+    p = prompts[s]
+    if s == 0 or p == prompts[s - 1] or p not in prompts[:s]:
+        return None
+    j = max(k for k in range(s) if prompts[k] == p)
+    while j > 0 and prompts[j - 1] == p:
+        j -= 1
+    return j
+
+
 def character_returns_at(prompts: list[str], s: int) -> bool:
     """Whether the shot whose first latent frame is s asks for a character that appears earlier in the clip but
     not in the shot just before it (prompts: every latent frame's caption; world captions only)."""
@@ -297,12 +310,14 @@ class ShotAlignedStarts:
     """
 
     def __init__(self, prompts: list[list[str]], segment_frames: int, cut_share: float = 0.5,
-                 return_share: float = 0.0):
+                 return_share: float = 0.0, repeat_share: float = 0.0):
         if not 0.0 <= cut_share <= 1.0:
             raise ValueError(f"cut share must be in [0, 1], not {cut_share}")
         if not 0.0 <= return_share <= 1.0:
             raise ValueError(f"return share must be in [0, 1], not {return_share}")
-        self.cut_share, self.return_share = cut_share, return_share
+        if not 0.0 <= repeat_share <= 1.0 or return_share + repeat_share > 1.0:
+            raise ValueError(f"repeat share must be in [0, 1] and at most 1 - return share, not {repeat_share}")
+        self.cut_share, self.return_share, self.repeat_share = cut_share, return_share, repeat_share
         num_latents = len(prompts[0])
         if num_latents < segment_frames:
             raise ValueError(f"clips of {num_latents} latent frames are too short for a {segment_frames}-frame segment")
@@ -329,20 +344,42 @@ class ShotAlignedStarts:
                 self.at_return[s] = torch.tensor(back)
         if return_share > 0 and not self.at_return:
             raise ValueError("a return share was asked, but no shot of these clips brings back a character")
+        # s -> clips whose shot starting at s repeats an earlier shot's prompt (the app's return, which it can give
+        # the frames that earlier shot began with: pipeline `return_latents`); (clip, s) -> that shot's first latent
+        self.at_repeat: dict[int, torch.Tensor] = {}
+        self.repeat_opening: dict[tuple[int, int], int] = {}
+        for s, clips in self.at_cut.items():
+            rep = [i for i in clips.tolist() if s > 0 and repeated_shot_start(prompts[i], s) is not None]
+            if rep:
+                self.at_repeat[s] = torch.tensor(rep)
+                self.repeat_opening.update({(i, s): repeated_shot_start(prompts[i], s) for i in rep})
+        if repeat_share > 0 and not self.at_repeat:
+            raise ValueError("a repeat share was asked, but no shot of these clips repeats an earlier shot's prompt")
         # s weighted by its clips: uniform over the (clip, start) pairs, so the first segment (a start in every
         # clip) is about a quarter of the shot starts of 20-s clips, as the first shot is of their shots
         self._tables = {kind: (table, sorted(table), torch.tensor([len(table[k]) for k in sorted(table)],
                                                                    dtype=torch.float64))
                         for kind, table in (("cut", self.at_cut), ("inside", self.inside),
-                                              ("return", self.at_return)) if table}
+                                              ("return", self.at_return), ("repeat", self.at_repeat)) if table}
 
     def draw(self, batch: int, generator: torch.Generator) -> tuple[int, torch.Tensor, bool]:
         """(s, clip indices (batch,) drawn with replacement, whether s starts a shot in every one of them)."""
+        s, idx, kind = self.draw_kind(batch, generator)
+        return s, idx, kind != "inside"
+
+    def draw_kind(self, batch: int, generator: torch.Generator) -> tuple[int, torch.Tensor, str]:
+        """(s, clip indices (batch,), kind): 'inside' a shot, or a shot start: 'cut' (any), 'return' (a character
+        comes back) or 'repeat' (the shot repeats an earlier shot's prompt; see `openings`)."""
         at_cut = (torch.rand(1, generator=generator).item() < self.cut_share or not self.inside) and bool(self.at_cut)
         kind = "cut" if at_cut else "inside"
-        if at_cut and self.return_share > 0 and torch.rand(1, generator=generator).item() < self.return_share:
-            kind = "return"
+        if at_cut and (self.return_share > 0 or self.repeat_share > 0):  # one draw picks among the kinds
+            u = torch.rand(1, generator=generator).item()
+            kind = "return" if u < self.return_share else "repeat" if u < self.return_share + self.repeat_share else kind
         table, splits, weights = self._tables[kind]
         s = splits[int(torch.multinomial(weights, 1, generator=generator))]
         clips = table[s]
-        return s, clips[torch.randint(len(clips), (batch,), generator=generator)], at_cut
+        return s, clips[torch.randint(len(clips), (batch,), generator=generator)], kind
+
+    def openings(self, s: int, idx: torch.Tensor) -> torch.Tensor:
+        """(B,) for a 'repeat' batch at s: the first latent of the earlier shot each clip's shot repeats."""
+        return torch.tensor([self.repeat_opening[(i, s)] for i in idx.tolist()])

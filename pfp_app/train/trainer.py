@@ -94,6 +94,8 @@ class TrainConfig:
     cut_share: float = 0.5  # segment_starts 'shots': share of segment batches that start a shot
     return_share: float = 0.0  # segment_starts 'shots': share of the shot-start batches where a character returns
     recent_latents: int = 0  # stage 2: within a shot, the last k history latents beside φ's memory, at full resolution
+    repeat_share: float = 0.0  # segment_starts 'shots': share of the shot-start batches that repeat an earlier prompt
+    return_frames: int = 0  # stage 2: repeat batches get the repeated shot's first k latents, placed as recent ones
 
 
 class MemoryTrainingModule(nn.Module):
@@ -103,14 +105,20 @@ class MemoryTrainingModule(nn.Module):
         super().__init__()
         self.transformer, self.memory_encoder = model.transformer, model.memory_encoder
 
-    def forward(self, x0, text, history, frame_positions, t, noise, recent: int = 0):
+    def forward(self, x0, text, history, frame_positions, t, noise, recent: int = 0, reference=None):
         """x0 (B, C, n, H, W) target latents; history (B, C, Th, H, W) or None; t (B,) in [0, 1]; recent: the
-        history's last `recent` latents join the memory as full-resolution tokens (memory_dit.recent_tokens)."""
-        from ..backbone.memory_dit import history_recent_tokens, join_memory, memory_dit_forward
+        history's last `recent` latents join the memory as full-resolution tokens (memory_dit.recent_tokens);
+        reference (B, C, k, H, W): latents that join it the same way, placed just before the segment (a return
+        given the frames the shot it repeats began with, as the app gives them)."""
+        from ..backbone.memory_dit import history_recent_tokens, join_memory, memory_dit_forward, recent_tokens
 
         memory = self.memory_encoder(history) if history is not None else None
         if recent and history is not None:
             memory = join_memory(memory, history_recent_tokens(self.transformer, history, recent))
+        if reference is not None:
+            k, first = reference.shape[2], frame_positions[0]
+            times = first - torch.arange(k, 0, -1, dtype=frame_positions.dtype, device=frame_positions.device)
+            memory = join_memory(memory, recent_tokens(self.transformer, reference, times))
         return velocity_loss(functools.partial(memory_dit_forward, self.transformer), x0, noise, t, text, memory,
                              frame_positions)
 
@@ -303,6 +311,9 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.recent_latents < 0 or (cfg.recent_latents and cfg.segment_starts != "shots"):
         raise ValueError("--recent-latents must be >= 0, and needs --segment-starts shots (recent frames are given "
                          "within a shot only; a uniform split may cross a cut)")
+    if cfg.return_frames < 0 or (cfg.return_frames and (cfg.repeat_share <= 0 or cfg.segment_starts != "shots")):
+        raise ValueError("--return-frames must be >= 0, and needs --repeat-share > 0 with --segment-starts shots "
+                         "(they are given in the batches whose shot repeats an earlier prompt)")
     t_start = time.time()
     on_gpu = torch.cuda.is_available()
     # cpu=True without a GPU: under torchrun, accelerate then joins the ranks over gloo (MULTI_CPU)
@@ -315,6 +326,9 @@ def train(cfg: TrainConfig) -> dict:
     model = _init_model(cfg)
     if cfg.stage == "finetune":  # the exported model generates as it was last trained: with recent frames or not
         model.video.recent_latents = cfg.recent_latents
+        if cfg.return_frames:  # and at a return with the frames it was trained with
+            model.video.return_latents = cfg.return_frames
+            model.video.return_latents_from, model.video.return_latents_as_recent = "start", True
     if cfg.stage == "finetune" and cfg.lora_rank > 0:
         from peft import LoraConfig
 
@@ -351,7 +365,7 @@ def train(cfg: TrainConfig) -> dict:
         num_clips = len(clips)
         trainer_module = MemoryTrainingModule(model)
         starts = (ShotAlignedStarts(clips.prompts, model.video.segment_latent_frames, cfg.cut_share,
-                                    cfg.return_share)
+                                    cfg.return_share, cfg.repeat_share)
                   if cfg.segment_starts == "shots" and cfg.stage != "pretrain" else None)
 
     params = _trainable(model, cfg)
@@ -469,9 +483,10 @@ def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen
     retrieval = cfg.stage == "pretrain" or (cfg.stage == "finetune"
                                             and torch.rand(1, generator=gen).item() < cfg.retrieval_share)
     source = retrieval_clips if retrieval and retrieval_clips is not None else clips
-    at_cut = False
+    at_cut, drawn = False, None
     if starts is not None and not retrieval:
-        split, idx, at_cut = starts.draw(cfg.batch_size, gen)
+        split, idx, drawn = starts.draw_kind(cfg.batch_size, gen)
+        at_cut = drawn != "inside"
     else:
         split, idx = None, torch.randint(0, len(source), (cfg.batch_size,), generator=gen)
     lat = source.latents[idx.to(source.latents.device)]  # (B, C, T', H', W')
@@ -491,6 +506,11 @@ def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen
         prompts = [p if torch.rand(1, generator=gen).item() >= cfg.caption_dropout else "" for p in prompts]
         text = text_encoder.encode(prompts)
         kind = "next_segment" if cfg.stage == "finetune" else "segment"
+    reference = None
+    if cfg.return_frames and drawn == "repeat" and history is not None:  # the frames the repeated shot began with
+        opening = starts.openings(split, idx).to(lat.device)  # (B,)
+        steps = (opening[:, None] + torch.arange(cfg.return_frames, device=lat.device)).clamp(max=split - 1)  # (B, k)
+        reference = torch.stack([lat[i, :, steps[i]] for i in range(b)]).to(device)  # (B, C, k, H', W')
     # the frames a segment continues, at full resolution: within a shot only, as the app gives them (a shot's
     # first segment must follow its new prompt, not the last frame); retrieval never gets them (recall is φ's)
     recent = cfg.recent_latents if kind == "next_segment" and not at_cut else 0
@@ -499,6 +519,8 @@ def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen
         noise = torch.randn(x0.shape, generator=gen).to(device)
     else:
         noise = torch.randn(x0.shape, generator=noise_gen, device=noise_gen.device)
+    if reference is not None:
+        return module(x0, text.to(device), history, positions, t, noise, recent, reference), kind
     return module(x0, text.to(device), history, positions, t, noise, recent), kind
 
 
