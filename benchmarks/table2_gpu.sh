@@ -4,6 +4,7 @@
 #
 #   P=400 bash benchmarks/table2_gpu.sh          # on the device, carrying .whl and .carry/captions.safetensors
 #   ARM=with_pretrain bash benchmarks/table2_gpu.sh   # one arm, both seeds (merge with the other arm's parts)
+#   ARM=with_pretrain SEEDS=0 bash benchmarks/table2_gpu.sh   # one arm, one seed
 #
 # The call's working tree must fit 64 MiB: leave assets/pfp-default/memory_encoder, benchmarks/results and
 # docs/screenshot.png behind (move them aside before the call; both arms get a fresh φ, so the shipped φ is unused).
@@ -20,7 +21,8 @@ C="consistency.py --g-from assets/pfp-default --pretrain-steps ${P:-400} --finet
 if [ -n "${ARM:-}" ]; then  # ARM=with_pretrain: that arm alone, both seeds (the other arm's parts came from an
   # earlier call: on an H100, with gradient checkpointing, the four groups of one call finished only the arms without
   # stage 1, 2026-12-05; stage 1's retrieval batches ran at 46-57 samples/s beside the others' 76)
-  groups=("$C --seeds 0 --arms $ARM --workers 8" "$C --seeds 1 --arms $ARM --workers 2")
+  groups=(); w=8  # SEEDS="0": one seed alone (when less device time is left than two need)
+  for sd in ${SEEDS:-0 1}; do groups+=("$C --seeds $sd --arms $ARM --workers $w"); w=2; done
 else
   groups=("$C --seeds 0 --arms with_pretrain --workers 8" "$C --seeds 0 --arms without_pretrain --workers 2"
           "$C --seeds 1 --arms with_pretrain --workers 2" "$C --seeds 1 --arms without_pretrain --workers 2")
