@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Does stage 2 with more character returns teach G to read a returning character from φ? One device call (issue 13):
 #   A: stage 2 from the shipped model with RETURNS=${RET:-0.7} of its shot-start batches bringing a character back
+#   (or A="REPEATS=0.5 RFRAMES=1": half the shot-start batches repeat an earlier prompt and G gets the repeated
+#   shot's first latent, as the app then gives it at a return; judge it by return_from_truth.py and fidelity.py's drift)
 #   B: the control, the same run with RETURNS=0 (same seed, data, batch, minutes)
 # side by side on one GPU (B waits for A's latent caches, shared through a symlink, then gets A's deadline); then
 # benchmarks/return_loss.py on the shipped model, A and B (48 held-out clips, paired, on this GPU).
@@ -25,7 +27,7 @@ MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -
 B=${BATCH:-$([ "$MEM" -lt 100000 ] && echo 48 || echo 64)}
 common="BANK=data/bank-lite BATCH=$B LR=${LR:-2e-4} DATA_SEED=10 WARMUP=30 RSHARE=0.5 STARTS=shots CUTS=0.5 RECENT=1 EVAL_TIMEOUT=0"
 M=${MIN:-7.0}; t0=$(date +%s)
-env $common RUNS=/tmp/ra RETURNS=${RET:-0.7} timeout $((${M%.*} * 60 + 90)) bash benchmarks/train_default_gpu.sh \
+env $common RUNS=/tmp/ra ${A:-RETURNS=${RET:-0.7}} timeout $((${M%.*} * 60 + 90)) bash benchmarks/train_default_gpu.sh \
   finetune /tmp/oa assets/pfp-default "$M" > /tmp/oa/train.log 2>&1 &
 pa=$!
 # the trainer caches two latent files (the segment data and the retrieval data); B starts once both are there

@@ -69,14 +69,15 @@ case "$phase" in
   finetune)  # BATCH, LR, DATA_SEED, WARMUP, RSHARE override v2's settings (96, 3e-4, 4, 100, 0.3); STARTS, CUTS
              # the segment sampling (v2-v5 were trained with STARTS=uniform); RECENT=1: G also sees the history's
              # last latent frame at full resolution within a shot (v7); RETURNS: share of the shot-start batches
-             # in which a character comes back after an absence
+             # in which a character comes back after an absence; REPEATS: share of them whose shot repeats an
+             # earlier prompt, RFRAMES=1: those get the repeated shot's first latent, as the app then gives it
     a=${4:-5.0}
     $py -m pfp_app train --stage finetune --init "$init" --workers "${WORKERS:-14}" --text-table "$caps" \
       --batch-size "${BATCH:-96}" --log-every 50 --latent-cache $runs/latents --out $runs/ft2 --data world \
       --retrieval-data "world+bank:$bank" --num-clips 1024 --data-seed "${DATA_SEED:-4}" --lr "${LR:-3e-4}" \
       --warmup-steps "${WARMUP:-100}" --retrieval-share "${RSHARE:-0.3}" --time-budget-min "$a" --checkpoint-every-min 30 \
       --segment-starts "${STARTS:-shots}" --cut-share "${CUTS:-0.5}" --recent-latents "${RECENT:-0}" \
-      --return-share "${RETURNS:-0}"
+      --return-share "${RETURNS:-0}" --repeat-share "${REPEATS:-0}" --return-frames "${RFRAMES:-0}"
     final=$runs/ft2/model ;;
   codec-video)  # WINDOW, LR, WARMUP, MIX (world, photo motion, real clips); v4's settings; WIDTH widens the decoder;
                 # FREEZE=1 trains the decoder alone (the latents, and so G and φ, stay valid); VAE=DIR with INIT=default
