@@ -135,6 +135,29 @@ def make_storyboard(index: int, s: Settings, segment_seconds: float):
 
 # ---------------------------------------------------------------------------------------------- scoring
 
+def add_return_sampler_args(ap) -> None:
+    """The sampler's options at a return (a shot that repeats an earlier shot's prompt), shared by fidelity.py and
+    return_consistency.py; see `return_sampler_settings`."""
+    ap.add_argument("--return-latents", type=int, default=None,
+                    help="a shot that repeats an earlier shot's prompt gets that shot's last K latents at full "
+                         "resolution (default: the model's)")
+    ap.add_argument("--return-from", choices=("end", "start"), default=None,
+                    help="with --return-latents: the frames the earlier shot ended on or began with (default: the model's)")
+    ap.add_argument("--return-as-recent", action="store_true",
+                    help="with --return-latents: place those frames just before the returning segment, where a "
+                         "continuing segment's recent frames sit (default: at their own times)")
+    ap.add_argument("--return-memory-guidance", type=float, default=None,
+                    help="memory guidance at the first segment of a shot that repeats an earlier shot's prompt "
+                         "(default: the model's; other shot starts take none)")
+
+
+def return_sampler_settings(args) -> dict:
+    """GenerationSettings' fields of `add_return_sampler_args` (None: the model's)."""
+    return dict(return_latents=args.return_latents, return_latents_from=args.return_from,
+                return_latents_as_recent=True if args.return_as_recent else None,
+                return_memory_guidance_scale=args.return_memory_guidance)
+
+
 def _shot_frames(shot: tuple[float, float], fps: float, num_frames: int, skip: int = 4) -> list[int]:
     """Frame indices of a shot, minus its first `skip` frames: a generated segment's first 3 pixel frames
     precede its start time (latent j decodes frames 4j-3..4j), so they may still show the previous shot."""

@@ -55,7 +55,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from consistency import _shot_frames, _spread, locate_by_colour  # noqa: E402  (shared scoring helpers)
+from consistency import (  # noqa: E402  (shared scoring helpers, the sampler options at a return)
+    _shot_frames, _spread, add_return_sampler_args, locate_by_colour, return_sampler_settings)
 
 from pfp_app.data.world import (  # noqa: E402
     COLOURS,
@@ -338,10 +339,7 @@ def _scales(args) -> dict:
     return dict(guidance_scale_2=args.guidance_2, boundary_ratio=args.boundary,
                 shot_start_guidance_scale=args.start_guidance, shot_start_guidance_scale_2=args.start_guidance_2,
                 context_latents=args.context_latents, memory_guidance_scale=args.memory_guidance,
-                recent_latents=args.recent_latents, return_latents=args.return_latents,
-                return_memory_guidance_scale=args.return_memory_guidance,
-                return_latents_from=args.return_from,
-                return_latents_as_recent=True if args.return_as_recent else None)
+                recent_latents=args.recent_latents, **return_sampler_settings(args))
 
 
 def run(args) -> dict:
@@ -578,17 +576,7 @@ def parse_args(argv=None):
     ap.add_argument("--recent-latents", type=int, default=None,
                     help="history latents G sees at full resolution within a shot (default: the model's; only a "
                          "model trained with `train --recent-latents` knows them)")
-    ap.add_argument("--return-latents", type=int, default=None,
-                    help="a shot that repeats an earlier shot's prompt gets that shot's last K latents at full "
-                         "resolution (default: the model's)")
-    ap.add_argument("--return-from", choices=("end", "start"), default=None,
-                    help="with --return-latents: the frames the earlier shot ended on or began with (default: the model's)")
-    ap.add_argument("--return-as-recent", action="store_true",
-                    help="with --return-latents: place those frames just before the returning segment, where a "
-                         "continuing segment's recent frames sit (default: at their own times)")
-    ap.add_argument("--return-memory-guidance", type=float, default=None,
-                    help="memory guidance at the first segment of a shot that repeats an earlier shot's prompt "
-                         "(default: the model's; other shot starts take none)")
+    add_return_sampler_args(ap)
     ap.add_argument("--model", default="default")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",

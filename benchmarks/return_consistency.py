@@ -101,15 +101,7 @@ def parse_args(argv=None):
     ap.add_argument("--context-latents", type=int, default=None, help="(default: the model's)")
     ap.add_argument("--memory-guidance", type=float, default=None, help="within a shot (default: the model's)")
     ap.add_argument("--recent-latents", type=int, default=None, help="within a shot (default: the model's)")
-    ap.add_argument("--return-latents", type=int, default=None,
-                    help="a shot that repeats an earlier shot's prompt gets that shot's last K latents (default: the model's)")
-    ap.add_argument("--return-from", choices=("end", "start"), default=None,
-                    help="with --return-latents: the frames the earlier shot ended on or began with (default: the model's)")
-    ap.add_argument("--return-as-recent", action="store_true",
-                    help="with --return-latents: place those frames just before the returning segment, where a "
-                         "continuing segment's recent frames sit (default: at their own times)")
-    ap.add_argument("--return-memory-guidance", type=float, default=None,
-                    help="memory guidance at such a return's first segment (default: the model's)")
+    cons.add_return_sampler_args(ap)
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",
                     help="only write the caption embeddings of these storyboards to PATH (run where MiniLM is)")
@@ -185,10 +177,7 @@ def _settings(s: cons.Settings, args, seed: int = 0):
 
     return GenerationSettings(seed=seed, steps=s.gen_steps or None, context_latents=args.context_latents,
                               memory_guidance_scale=args.memory_guidance, recent_latents=args.recent_latents,
-                              return_latents=args.return_latents,
-                              return_memory_guidance_scale=args.return_memory_guidance,
-                return_latents_from=args.return_from,
-                return_latents_as_recent=True if args.return_as_recent else None)
+                              **cons.return_sampler_settings(args))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,19 @@ def test_join_memory_keeps_phi_tokens_first_and_skips_what_is_missing():
         recent_tokens(build_random_model("tiny", seed=0).transformer, torch.zeros(1, 8, 1, 8, 8), torch.tensor([1.0, 2.0]))
 
 
+class ZeroText:
+    """A text encoder stand-in for the trainer's batches: every caption is (2, dim) zeros."""
+
+    def __init__(self, dim: int = 3):
+        self.dim = dim
+
+    def encode(self, ps):
+        return torch.zeros(len(ps), 2, self.dim)
+
+    def null(self, b):
+        return torch.zeros(b, 2, self.dim)
+
+
 def spy_on_sampler(monkeypatch) -> list:
     """From here on, every segment the pipeline samples appends (memory, frame positions) to the returned list."""
     import pfp_app.pipeline as pipeline_module
@@ -198,12 +211,6 @@ def test_the_trainer_gives_recent_frames_to_segments_inside_a_shot_only():
     clips = LatentClips(torch.randn(6, 4, 12, 2, 2), prompts)
     seen = []
 
-    class Text:
-        def encode(self, ps):
-            return torch.zeros(len(ps), 2, 3)
-
-        def null(self, b):
-            return torch.zeros(b, 2, 3)
 
     def module(x0, text, history, positions, t, noise, recent=0):
         seen.append((int(positions[0]), history is not None, recent))
@@ -213,13 +220,13 @@ def test_the_trainer_gives_recent_frames_to_segments_inside_a_shot_only():
     starts = ShotAlignedStarts(prompts, 3, cut_share=0.5)
     gen = torch.Generator().manual_seed(0)
     for _ in range(40):
-        _memory_step(module, clips, Text(), cfg, gen, "cpu", 3, clips, None, starts)
+        _memory_step(module, clips, ZeroText(), cfg, gen, "cpu", 3, clips, None, starts)
     at_cut = [r for s, h, r in seen if s in (0, 4)]
     inside = [r for s, h, r in seen if s not in (0, 4)]
     assert at_cut and inside and set(at_cut) == {0} and set(inside) == {1}
     seen.clear()
     retrieval = TrainConfig(stage="finetune", batch_size=2, retrieval_share=1.0, recent_latents=1, num_query=2)
-    _memory_step(module, clips, Text(), retrieval, gen, "cpu", 3, clips, None, starts)
+    _memory_step(module, clips, ZeroText(), retrieval, gen, "cpu", 3, clips, None, starts)
     assert seen[0][2] == 0  # recall is φ's alone
 
 
@@ -255,12 +262,6 @@ def test_repeat_batches_are_returns_and_the_trainer_gives_them_the_repeated_shot
     assert starts.at_repeat.keys() == {8} and starts.openings(8, torch.tensor([0, 1, 1])).tolist() == [0, 0, 0]
     seen = []
 
-    class Text:
-        def encode(self, ps):
-            return torch.zeros(len(ps), 2, 3)
-
-        def null(self, b):
-            return torch.zeros(b, 2, 3)
 
     def module(x0, text, history, positions, t, noise, recent=0, reference=None):
         seen.append((int(positions[0]), reference))
@@ -279,7 +280,7 @@ def test_repeat_batches_are_returns_and_the_trainer_gives_them_the_repeated_shot
 
     starts.draw_kind = draw_kind
     for _ in range(5):
-        _memory_step(module, clips, Text(), cfg, gen, "cpu", 3, clips, None, starts)
+        _memory_step(module, clips, ZeroText(), cfg, gen, "cpu", 3, clips, None, starts)
     for (s, ref), idx in zip(seen, idx_seen):
         assert s == 8 and ref.shape == (3, 4, 1, 2, 2)
         torch.testing.assert_close(ref, clips.latents[idx][:, :, 0:1])  # both clips' repeated shots began at 0
@@ -289,7 +290,7 @@ def test_repeat_batches_are_returns_and_the_trainer_gives_them_the_repeated_shot
     plain = TrainConfig(stage="finetune", batch_size=3, retrieval_share=0.0, caption_dropout=0.0, repeat_share=0.5,
                         return_frames=1)
     for _ in range(30):
-        _memory_step(module, clips, Text(), plain, gen, "cpu", 3, clips, None, mixed)
+        _memory_step(module, clips, ZeroText(), plain, gen, "cpu", 3, clips, None, mixed)
     assert {s for s, ref in seen if ref is not None} == {8}
     assert any(ref is None for s, ref in seen)
 
@@ -355,12 +356,7 @@ def test_g_learns_to_draw_a_return_from_the_repeated_shots_opening():
     prompts = [["a"] * 3 + ["b"] * 3 + ["a"] * 6 for _ in range(16)]
     clips = LatentClips(lat, prompts)
 
-    class Text:
-        def encode(self, ps):
-            return torch.zeros(len(ps), 2, 384)
-
-        def null(self, b):
-            return torch.zeros(b, 2, 384)
+    text = ZeroText(dim=384)
 
     def final_loss(return_frames: int) -> float:
         model = build_random_model("tiny", seed=0)
@@ -372,7 +368,7 @@ def test_g_learns_to_draw_a_return_from_the_repeated_shots_opening():
         gen = torch.Generator().manual_seed(1)
         losses = []
         for _ in range(120):
-            loss, _ = _memory_step(module, clips, Text(), cfg, gen, "cpu", 3, clips, None, starts)
+            loss, _ = _memory_step(module, clips, text, cfg, gen, "cpu", 3, clips, None, starts)
             opt.zero_grad()
             loss.backward()
             opt.step()
