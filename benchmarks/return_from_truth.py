@@ -17,6 +17,8 @@ with `--films K`, the whole generated film of the first K storyboards (the drift
 
 If the returns drawn from the true history come back close to the first appearance, the drift comes from the
 generated history; if they stay as far as in the film, G does not read the place from its memory at a return.
+Each return is drawn as a new shot after footage, so a model that gives a return its earlier shot's frames or
+memory guidance (`return_latents`, `return_memory_guidance_scale`) cannot be measured here: it is refused.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ MEASURES = ("place", "place_colour", "character")
 
 
 def history_latents_before(frame: int, temporal: int) -> int:
-    """How many latent frames lie wholly before pixel frame `frame` (latent 0 is frame 0, latent j >= 1 frames
-    temporal*(j-1)+1 .. temporal*j): the history a shot starting at that frame continues."""
-    return 1 + max(0, (frame - 1) // temporal)
+    """How many latent frames lie wholly before pixel frame `frame` >= 1 (latent 0 is frame 0, latent j >= 1
+    frames temporal*(j-1)+1 .. temporal*j): the history a shot starting at that frame continues."""
+    if frame < 1:
+        raise ValueError("a return starts after the first frame")
+    return 1 + (frame - 1) // temporal
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -85,6 +89,13 @@ def run(args) -> dict:
         from pfp_app.train.data import use_caption_table
 
         use_caption_table(model, args.text_table)
+    v = model.video
+    if v.return_latents or v.return_memory_guidance_scale:
+        # each return is drawn as a new shot after footage: the pipeline sees no earlier shot with its prompt
+        raise SystemExit(f"{args.model} gives a return frames or guidance (return_latents {v.return_latents}, "
+                         f"return_memory_guidance_scale {v.return_memory_guidance_scale:g}), which this benchmark "
+                         "cannot give (it draws each return after footage, with no earlier shot); judge it by "
+                         "fidelity.py's drift and return_consistency.py")
     pipe = PFPPipeline(model, device=device)
     size, fps = model.video.height, model.video.fps
     settings = GenerationSettings(seed=0, steps=args.steps)

@@ -2,7 +2,7 @@
 # Does stage 2 with more character returns teach G to read a returning character from φ? One device call (issue 13):
 #   A: stage 2 from the shipped model with RETURNS=${RET:-0.7} of its shot-start batches bringing a character back
 #   (or A="REPEATS=0.5 RFRAMES=1": half the shot-start batches repeat an earlier prompt and G gets the repeated
-#   shot's first latent, as the app then gives it at a return; judge it by return_from_truth.py and fidelity.py's drift)
+#   shot's first latent, as the app then gives it at a return; judge it by fidelity.py's drift and return_consistency.py)
 #   B: the control, the same run with RETURNS=0 (same seed, data, batch, minutes)
 # side by side on one GPU (B waits for A's latent caches, shared through a symlink, then gets A's deadline); then
 # benchmarks/return_loss.py on the shipped model, A and B (48 held-out clips, paired, on this GPU).

@@ -34,6 +34,10 @@ class ExportRecord:
     context_latents: int = 0  # within a shot (flow.SamplerSettings); exports from before it was recorded used none
     memory_guidance: float = 0.0  # within a shot (flow.SamplerSettings); likewise
     recent_latents: int = 0  # within a shot (flow.SamplerSettings); likewise
+    return_latents: int = 0  # at a return (flow.SamplerSettings); likewise
+    return_start: bool = False  # return_latents_from == "start"
+    return_recent: bool = False  # return_latents_as_recent
+    return_memory_guidance: float = 0.0
 
     def generation_settings(self, seed: int):
         """The settings that made the export's segments (with `seed`). A record with one guidance scale keeps one
@@ -45,7 +49,10 @@ class ExportRecord:
                                   shot_start_guidance_scale=self.start_guidance,
                                   shot_start_guidance_scale_2=self.start_guidance_2,
                                   context_latents=self.context_latents, memory_guidance_scale=self.memory_guidance,
-                                  recent_latents=self.recent_latents)
+                                  recent_latents=self.recent_latents, return_latents=self.return_latents,
+                                  return_latents_from="start" if self.return_start else "end",
+                                  return_latents_as_recent=self.return_recent,
+                                  return_memory_guidance_scale=self.return_memory_guidance)
 
     @property
     def seed(self) -> int:
@@ -75,6 +82,12 @@ class ExportRecord:
             context += f", memory guidance {self.memory_guidance:g} within a shot"
         if self.recent_latents:
             context += f", {self.recent_latents} recent latent(s) at full resolution within a shot"
+        if self.return_latents:
+            which = "first" if self.return_start else "last"
+            context += f", a return gets its earlier shot's {which} {self.return_latents} latent(s)"
+            context += " as the frames it continues" if self.return_recent else ""
+        if self.return_memory_guidance:
+            context += f", memory guidance {self.return_memory_guidance:g} at a return"
         return f"model {self.model}, {seeds}, {self.steps or 'default'} steps{guidance}{context}, {shots} shots{foot}"
 
 
@@ -92,7 +105,8 @@ def _per_segment(value: str) -> dict[int, int]:
 def guidance_comment(sampler: dict) -> str:
     """The guidance fields of an export's first comment line (read back by parse_export_comment), from a project's
     recorded sampler settings (asdict of flow.SamplerSettings): ' guidance=3 start_guidance=6 start_guidance2=1
-    boundary=0.6 context=1 memory_guidance=2 recent=1'; '' where none was recorded."""
+    boundary=0.6 context=1 memory_guidance=2 recent=1' (and return=1 return_start=1 return_recent=1 return_guidance=2
+    where a return was given frames or guidance); '' where none was recorded."""
     values = {"guidance": sampler.get("guidance_scale"), "guidance2": sampler.get("guidance_scale_2"),
               "start_guidance": sampler.get("shot_start_guidance_scale")}
     if values["start_guidance"] is not None:
@@ -105,6 +119,12 @@ def guidance_comment(sampler: dict) -> str:
         values["memory_guidance"] = sampler["memory_guidance_scale"]
     if sampler.get("recent_latents"):
         values["recent"] = sampler["recent_latents"]
+    if sampler.get("return_latents"):
+        values["return"] = sampler["return_latents"]
+        values["return_start"] = 1 if sampler.get("return_latents_from") == "start" else None
+        values["return_recent"] = 1 if sampler.get("return_latents_as_recent") else None
+    if sampler.get("return_memory_guidance_scale"):
+        values["return_guidance"] = sampler["return_memory_guidance_scale"]
     return "".join(f" {k}={v:g}" for k, v in values.items() if v is not None)
 
 
@@ -127,13 +147,16 @@ def parse_export_comment(comment: str | None, path: str | Path = "") -> ExportRe
         context = int(fields.get("context", 0))
         memory_guidance = float(fields.get("memory_guidance", 0.0))
         recent = int(fields.get("recent", 0))
-        if context < 0 or recent < 0:
+        returns = (int(fields.get("return", 0)), fields.get("return_start") == "1", fields.get("return_recent") == "1",
+                   float(fields.get("return_guidance", 0.0)))
+        if context < 0 or recent < 0 or returns[0] < 0:
             raise ValueError("negative context")
     except (ValueError, KeyError):
         raise ValueError(f"'{Path(path).name}' has a PFP Studio comment that cannot be read: {head!r}") from None
     return ExportRecord(Path(path), fields.get("model"), seeds, steps, storyboard, frames,
                         fields.get("footage") == "excluded", fields, guidance, scales["guidance2"], scales["boundary"],
-                        scales["start_guidance"], scales["start_guidance2"], context, memory_guidance, recent)
+                        scales["start_guidance"], scales["start_guidance2"], context, memory_guidance, recent,
+                        *returns)
 
 
 def read_export_record(path: str | Path) -> ExportRecord | None:

@@ -211,7 +211,6 @@ def test_the_trainer_gives_recent_frames_to_segments_inside_a_shot_only():
     clips = LatentClips(torch.randn(6, 4, 12, 2, 2), prompts)
     seen = []
 
-
     def module(x0, text, history, positions, t, noise, recent=0):
         seen.append((int(positions[0]), history is not None, recent))
         return torch.zeros(())
@@ -256,12 +255,11 @@ def test_repeated_shot_start_finds_the_latest_earlier_shot_with_the_same_prompt(
 def test_repeat_batches_are_returns_and_the_trainer_gives_them_the_repeated_shots_opening():
     """With repeat_share 1, every shot-start batch is a shot that repeats an earlier prompt, and G gets the first
     latent of the repeated shot (from the clip, per sample) placed just before the segment; other batches get none."""
-    prompts = [["a"] * 4 + ["b"] * 4 + ["a"] * 4, ["c"] * 3 + ["a"] * 5 + ["c"] * 4]  # repeats at 8 and at 8
+    prompts = [["a"] * 4 + ["b"] * 4 + ["a"] * 4, ["b"] * 2 + ["c"] * 2 + ["d"] * 4 + ["c"] * 4]  # repeats at 8
     clips = LatentClips(torch.randn(2, 4, 12, 2, 2), prompts)
     starts = ShotAlignedStarts(prompts, 3, cut_share=1.0, repeat_share=1.0)
-    assert starts.at_repeat.keys() == {8} and starts.openings(8, torch.tensor([0, 1, 1])).tolist() == [0, 0, 0]
+    assert starts.at_repeat.keys() == {8} and starts.openings(8, torch.tensor([0, 1, 1])).tolist() == [0, 2, 2]
     seen = []
-
 
     def module(x0, text, history, positions, t, noise, recent=0, reference=None):
         seen.append((int(positions[0]), reference))
@@ -283,7 +281,8 @@ def test_repeat_batches_are_returns_and_the_trainer_gives_them_the_repeated_shot
         _memory_step(module, clips, ZeroText(), cfg, gen, "cpu", 3, clips, None, starts)
     for (s, ref), idx in zip(seen, idx_seen):
         assert s == 8 and ref.shape == (3, 4, 1, 2, 2)
-        torch.testing.assert_close(ref, clips.latents[idx][:, :, 0:1])  # both clips' repeated shots began at 0
+        opening = torch.tensor([0, 2])[idx]  # clip 0's repeated shot began at latent 0, clip 1's at 2
+        torch.testing.assert_close(ref, torch.stack([clips.latents[i, :, o : o + 1] for i, o in zip(idx, opening)]))
     # without repeat batches (and at repeat_share 0.5 on the "inside" batches) no reference is given
     seen.clear()
     mixed = ShotAlignedStarts(prompts, 3, cut_share=0.5, repeat_share=0.5)
@@ -381,3 +380,24 @@ def test_g_learns_to_draw_a_return_from_the_repeated_shots_opening():
     report(f"return frames: tiny G's loss on returns {with_frame:.3f} given the repeated shot's opening, "
            f"{without:.3f} from φ's memory alone (120 steps)")
     assert with_frame < 0.8 * without, (with_frame, without)
+
+
+def test_an_export_records_the_return_settings_and_regenerates_with_them():
+    from dataclasses import asdict
+
+    from pfp_app.export_record import guidance_comment, parse_export_comment
+    from pfp_app.flow import SamplerSettings
+
+    sampler = asdict(SamplerSettings(recent_latents=1, return_latents=1, return_latents_from="start",
+                                     return_latents_as_recent=True, return_memory_guidance_scale=1.5))
+    comment = f"PFP Studio | model=default seed=0 steps=8{guidance_comment(sampler)}\n0s: a fox\nend: 2s"
+    rec = parse_export_comment(comment, "film.mp4")
+    s = rec.generation_settings(seed=0)
+    assert (s.return_latents, s.return_latents_from, s.return_latents_as_recent, s.return_memory_guidance_scale) == (
+        1, "start", True, 1.5)
+    assert "a return gets its earlier shot's first 1 latent(s) as the frames it continues" in rec.describe()
+    # an export made before they were recorded (or without them) regenerates with none
+    old = parse_export_comment("PFP Studio | model=default seed=0 steps=8 recent=1\n0s: a fox\nend: 2s", "old.mp4")
+    s = old.generation_settings(seed=0)
+    assert (s.return_latents, s.return_latents_from, s.return_latents_as_recent, s.return_memory_guidance_scale) == (
+        0, "end", False, 0.0)

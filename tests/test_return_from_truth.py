@@ -51,7 +51,7 @@ def test_a_return_is_drawn_after_the_true_history_and_the_rest_is_the_ground_tru
     footage_frames = 1 + 4 * (k - 1)
     assert video.shape == gt.frames.shape and video.dtype == np.uint8
     assert np.array_equal(video[:footage_frames], gt.frames[:footage_frames])
-    assert np.array_equal(video[end + 1 :], gt.frames[end + 1 :])
+    assert np.array_equal(video[end:], gt.frames[end:])
     assert not np.array_equal(video[first:end], gt.frames[first:end])
 
 

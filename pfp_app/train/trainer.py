@@ -326,9 +326,10 @@ def train(cfg: TrainConfig) -> dict:
     model = _init_model(cfg)
     if cfg.stage == "finetune":  # the exported model generates as it was last trained: with recent frames or not
         model.video.recent_latents = cfg.recent_latents
-        if cfg.return_frames:  # and at a return with the frames it was trained with
-            model.video.return_latents = cfg.return_frames
-            model.video.return_latents_from, model.video.return_latents_as_recent = "start", True
+        # and at a return with the frames it was trained with, or none (not what an --init model was trained with)
+        model.video.return_latents = cfg.return_frames
+        model.video.return_latents_from = "start" if cfg.return_frames else "end"
+        model.video.return_latents_as_recent = bool(cfg.return_frames)
     if cfg.stage == "finetune" and cfg.lora_rank > 0:
         from peft import LoraConfig
 
@@ -508,8 +509,12 @@ def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen
         kind = "next_segment" if cfg.stage == "finetune" else "segment"
     reference = None
     if cfg.return_frames and drawn == "repeat" and history is not None:  # the frames the repeated shot began with
+        # as the app takes them (memory_dit.history_recent_tokens): K frames ending at opening + K, or at the
+        # history's end when the shot before the cut is shorter
         opening = starts.openings(split, idx).to(lat.device)  # (B,)
-        steps = (opening[:, None] + torch.arange(cfg.return_frames, device=lat.device)).clamp(max=split - 1)  # (B, k)
+        k = min(cfg.return_frames, split)
+        end = (opening + cfg.return_frames).clamp(max=split)  # (B,)
+        steps = end[:, None] - k + torch.arange(k, device=lat.device)  # (B, k)
         reference = torch.stack([lat[i, :, steps[i]] for i in range(b)]).to(device)  # (B, C, k, H', W')
     # the frames a segment continues, at full resolution: within a shot only, as the app gives them (a shot's
     # first segment must follow its new prompt, not the last frame); retrieval never gets them (recall is φ's)
