@@ -401,3 +401,16 @@ def test_an_export_records_the_return_settings_and_regenerates_with_them():
     s = old.generation_settings(seed=0)
     assert (s.return_latents, s.return_latents_from, s.return_latents_as_recent, s.return_memory_guidance_scale) == (
         0, "end", False, 0.0)
+
+
+def test_without_repeat_batches_the_draws_are_those_of_the_trainer_before_them():
+    """repeat_share 0 draws exactly the random numbers ShotAlignedStarts drew before it had repeat batches
+    (expected values recorded from the trainer of 8ed710b), so earlier runs stay reproducible."""
+    prompts = [["a"] * 4 + ["b"] * 4 + ["a"] * 4, ["b"] * 2 + ["c"] * 2 + ["d"] * 4 + ["c"] * 4, ["e"] * 6 + ["f"] * 6]
+    g = torch.Generator().manual_seed(3)
+    starts = ShotAlignedStarts(prompts, 3, cut_share=0.3)
+    draws = [(s, idx.tolist(), c) for s, idx, c in (starts.draw(2, g) for _ in range(10))]
+    assert draws == [(4, [1, 0], True), (1, [2, 0], False), (8, [0, 0], True), (3, [2, 2], False),
+                     (5, [0, 1], False), (9, [2, 1], False), (0, [2, 2], True), (9, [1, 1], False),
+                     (9, [0, 1], False), (5, [0, 0], False)]
+    assert abs(torch.rand(1, generator=g).item() - 0.5759071707725525) < 1e-7
