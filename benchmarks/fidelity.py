@@ -321,11 +321,12 @@ def generate(pipe, sb, settings) -> tuple[np.ndarray, list[tuple[int, int, int]]
     shot index) of each segment."""
     import torch
 
+    from pfp_app.video_io import tensor_to_frames
+
     results = pipe.generate(sb, settings)
     ends = np.cumsum([r.frames.shape[1] for r in results]).tolist()  # film frames (3, n, H, W) per segment
     segments = [(e - r.frames.shape[1], e, r.segment.shot_index) for r, e in zip(results, ends)]
-    frames = torch.cat([r.frames for r in results], dim=1)  # (3, T, H, W) in [-1, 1]
-    return frames.permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy(), segments
+    return tensor_to_frames(torch.cat([r.frames for r in results], dim=1)), segments
 
 
 def _settings(args, seed: int):

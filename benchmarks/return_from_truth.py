@@ -40,9 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity import drift_scores, drift_storyboard, generate  # noqa: E402
 from return_consistency import zeroed_memory  # noqa: E402
 
-from pfp_app.data.world import render_storyboard  # noqa: E402
+from pfp_app.data.world import clip_to_item, render_storyboard  # noqa: E402
+from pfp_app.footage import encode_frames  # noqa: E402
 from pfp_app.metrics import mean_and_ci95  # noqa: E402
 from pfp_app.storyboard import parse_storyboard  # noqa: E402
+from pfp_app.video_io import tensor_to_frames  # noqa: E402
 
 MEASURES = ("place", "place_colour", "character")
 
@@ -53,11 +55,6 @@ def history_latents_before(frame: int, temporal: int) -> int:
     if frame < 1:
         raise ValueError("a return starts after the first frame")
     return 1 + (frame - 1) // temporal
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """(3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
-    return frames.permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def return_from_history(pipe, latents: torch.Tensor, gt, shot, settings) -> np.ndarray:
@@ -72,7 +69,7 @@ def return_from_history(pipe, latents: torch.Tensor, gt, shot, settings) -> np.n
     seconds = float(shot.end) - footage_frames / fps
     sb = parse_storyboard(f"0s: {shot.prompt}\nend: {seconds:g}s\n")
     results = pipe.generate(sb, settings, footage=latents[:, :, :k])
-    drawn = to_uint8(torch.cat([r.frames for r in results], dim=1))
+    drawn = tensor_to_frames(torch.cat([r.frames for r in results], dim=1))
     video = gt.frames.copy()
     end = min(footage_frames + len(drawn), len(video))
     video[footage_frames:end] = drawn[: end - footage_frames]
@@ -112,8 +109,7 @@ def run(args) -> dict:
         seed = args.seed + i
         sb, ch, place = drift_storyboard(args.seconds, args.period, seed)
         gt = render_storyboard(sb, size, fps, seed=seed + 999)
-        frames = torch.from_numpy(gt.frames).permute(3, 0, 1, 2).float().div(127.5).sub(1)  # (3, T, H, W)
-        latents = pipe.model.codec.encode(frames[None].to(device)).cpu()  # (1, C, T', H', W'), causal in time
+        latents = encode_frames(pipe, clip_to_item(gt)["frames"])  # (1, C, T', H', W'), causal in time
         returns = [s for s, sc in zip(sb.shots, gt.scenes)
                    if sc is not None and sc.place == place and ch in sc.characters][1:]
         film = None

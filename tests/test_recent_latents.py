@@ -211,7 +211,7 @@ def test_the_trainer_gives_recent_frames_to_segments_inside_a_shot_only():
     clips = LatentClips(torch.randn(6, 4, 12, 2, 2), prompts)
     seen = []
 
-    def module(x0, text, history, positions, t, noise, recent=0):
+    def module(x0, text, history, positions, t, noise, recent=0, reference=None):
         seen.append((int(positions[0]), history is not None, recent))
         return torch.zeros(())
 

@@ -62,7 +62,7 @@ def test_the_trainer_step_gives_g_the_shot_prompt_and_the_history_before_the_cut
         def null(self, b):
             return torch.zeros(b, 2, 3)
 
-    def module(x0, text, history, positions, t, noise, recent=0):
+    def module(x0, text, history, positions, t, noise, recent=0, reference=None):
         seen.update(x0=x0, history=history, positions=positions, recent=recent)
         return torch.zeros(())
 

@@ -349,10 +349,11 @@ class ShotAlignedStarts:
         self.at_repeat: dict[int, torch.Tensor] = {}
         self.repeat_opening: dict[tuple[int, int], int] = {}
         for s, clips in self.at_cut.items():
-            rep = [i for i in clips.tolist() if s > 0 and repeated_shot_start(prompts[i], s) is not None]
+            openings = {i: repeated_shot_start(prompts[i], s) for i in clips.tolist()}
+            rep = [i for i, j in openings.items() if j is not None]
             if rep:
                 self.at_repeat[s] = torch.tensor(rep)
-                self.repeat_opening.update({(i, s): repeated_shot_start(prompts[i], s) for i in rep})
+                self.repeat_opening.update({(i, s): openings[i] for i in rep})
         if repeat_share > 0 and not self.at_repeat:
             raise ValueError("a repeat share was asked, but no shot of these clips repeats an earlier shot's prompt")
         # s weighted by its clips: uniform over the (clip, start) pairs, so the first segment (a start in every

@@ -524,9 +524,7 @@ def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen
         noise = torch.randn(x0.shape, generator=gen).to(device)
     else:
         noise = torch.randn(x0.shape, generator=noise_gen, device=noise_gen.device)
-    if reference is not None:
-        return module(x0, text.to(device), history, positions, t, noise, recent, reference), kind
-    return module(x0, text.to(device), history, positions, t, noise, recent), kind
+    return module(x0, text.to(device), history, positions, t, noise, recent, reference), kind
 
 
 @torch.no_grad()
