@@ -723,10 +723,14 @@ def sample_storyboard(
     return first
 
 
+def clip_storyboard(seed: int, seconds: float = 20.0) -> Storyboard:
+    """The storyboard of `sample_clip(seed, seconds)`, without rendering it."""
+    return sample_storyboard(np.random.default_rng([int(seed), 7919]), seconds=seconds)
+
+
 def sample_clip(seed: int, seconds: float = 20.0, size: int = 128, fps: float = 8) -> WorldClip:
     """``render_storyboard(sample_storyboard(rng(seed), seconds), size, fps, seed)``."""
-    sb = sample_storyboard(np.random.default_rng([int(seed), 7919]), seconds=seconds)
-    return render_storyboard(sb, size=size, fps=fps, seed=int(seed))
+    return render_storyboard(clip_storyboard(seed, seconds), size=size, fps=fps, seed=int(seed))
 
 
 # --------------------------------------------------------------------------- dataset
@@ -770,10 +774,13 @@ class WorldClipDataset(_TorchDataset):
         return self.num_clips
 
     def clip(self, i: int) -> WorldClip:
+        return sample_clip(self.clip_seed(i), seconds=self.seconds, size=self.size, fps=self.fps)
+
+    def clip_seed(self, i: int) -> int:
+        """The seed of clip i (its storyboard: `clip_storyboard(clip_seed(i), seconds)`)."""
         if not 0 <= i < self.num_clips:
             raise IndexError(i)
-        clip_seed = int(_stable_rng("clip", self.seed, i).integers(0, 2**31 - 1))
-        return sample_clip(clip_seed, seconds=self.seconds, size=self.size, fps=self.fps)
+        return int(_stable_rng("clip", self.seed, i).integers(0, 2**31 - 1))
 
     def __getitem__(self, i: int) -> dict:
         return clip_to_item(self.clip(int(i)))
