@@ -93,6 +93,28 @@ def format_table(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_comparison(res: dict, base: dict, base_name: str) -> str:
+    """This run's memory arm against another run's (`base`, e.g. the shipped sampler's record), paired per
+    storyboard over the storyboards both scored; and how closely their φ-zeroed arms agree (the same storyboards
+    and seeds drawn twice: a check that the two runs pair)."""
+    other = {sb["index"]: sb for sb in base["storyboards"]}
+    both = [(sb, other[sb["index"]]) for sb in res["storyboards"] if sb["index"] in other]
+    zeroed = [abs(a["zeroed"][k] - b["zeroed"][k]) for a, b in both for k, _ in cons.METRICS
+              if a["zeroed"].get(k) is not None and b["zeroed"].get(k) is not None]
+    lines = [f"This run's memory arm against `{base_name}`'s, paired over {len(both)} storyboards (×100, mean ± 95% "
+             f"interval); their φ-zeroed arms differ by at most {100 * max(zeroed, default=float('nan')):.2f}.", "",
+             "| score | this run | that run | Δ (this − that) | verdict |", "|---|---|---|---|---|"]
+    for key, title in cons.METRICS:
+        pairs = [(a["memory"][key], b["memory"][key]) for a, b in both
+                 if a["memory"].get(key) is not None and b["memory"].get(key) is not None]
+        o = ra.compare([x for x, _ in pairs], [y for _, y in pairs], True)
+        d = ra.fmt(o["diff"] * 100, o["ci95"] * 100, 1) if o["diff"] is not None else "–"
+        mean = lambda xs: f"{100 * sum(xs) / len(xs):.1f}" if xs else "–"  # noqa: E731
+        verdict = {"reproduced": "this run higher", "reversed": "this run lower"}.get(o["verdict"], o["verdict"])
+        lines.append(f"| {title} | {mean([x for x, _ in pairs])} | {mean([y for _, y in pairs])} | {d} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default")
@@ -108,7 +130,11 @@ def parse_args(argv=None):
     ap.add_argument("--tiny", action="store_true", help="tiny-random model, 2 short storyboards (smoke test)")
     ap.add_argument("--out", default=None, help="results JSON; the markdown table is written beside it (.md)")
     ap.add_argument("--report", action="store_true", help="only rewrite the table from --out")
+    ap.add_argument("--compare", nargs="+", default=[], metavar="JSON",
+                    help="with --report: also this run's memory arm against each other run's, paired per storyboard")
     args = ap.parse_args(argv)
+    if args.compare and not args.report:
+        ap.error("--compare goes with --report")
     if args.storyboards < 1:
         ap.error("--storyboards must be at least 1")
     if not args.out and not args.write_captions:
@@ -132,7 +158,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if args.report:
         res = json.loads(out.read_text())
-        print(format_table(res))
+        text = format_table(res)
+        for path in args.compare:
+            text += "\n" + format_comparison(res, json.loads(Path(path).read_text()), Path(path).name)
+        out.with_suffix(".md").write_text(text)
+        print(text)
         return 0
     from pfp_app.model import load_model
     from pfp_app.pipeline import PFPPipeline

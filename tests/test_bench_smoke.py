@@ -283,3 +283,24 @@ def test_return_consistency_zeroes_phi_only_inside_its_block_and_pairs_the_arms(
     md = (tmp_path / "rc.md").read_text()
     for label in ("| as shipped (φ's memory) |", "| φ's output zeroed |", "Δ (memory − zeroed)"):
         assert label in md, label
+
+
+def test_return_consistency_compares_two_runs_memory_arms_per_storyboard():
+    """--compare: Δ is the mean of the per-storyboard differences of the memory arms over the storyboards both
+    runs scored, and the zeroed arms' largest difference is reported."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import consistency as cons
+    from return_consistency import format_comparison
+
+    keys = [k for k, _ in cons.METRICS]
+
+    def run(memory, zeroed, indices):
+        return {"storyboards": [{"index": i, "memory": {k: m for k in keys}, "zeroed": {k: z for k in keys}}
+                                for i, m, z in zip(indices, memory, zeroed)]}
+
+    this = run([0.5, 0.6, 0.7], [0.2, 0.2, 0.2], [0, 1, 2])
+    that = run([0.3, 0.5, 0.4, 0.9], [0.2, 0.2, 0.203, 0.2], [0, 1, 2, 3])  # storyboard 3: this run lacks it
+    text = format_comparison(this, that, "base.json")
+    assert "paired over 3 storyboards" in text and "differ by at most 0.30" in text
+    # Δ = mean(0.2, 0.1, 0.3) = 0.2 -> 20.0 ×100; means 60.0 against 40.0
+    assert f"| {cons.METRICS[0][1]} | 60.0 | 40.0 | 20.0 ±" in text
