@@ -173,7 +173,14 @@ def format_table(res: dict) -> str:
         d = s[m]
         lines.append(f"| {names[m]} | {_fmt(d['memory'])} | {_fmt(d['zeroed'])} | {_fmt(d['delta'])} | "
                      f"{_fmt(d['truth'])} | {_fmt(d['film'])} |")
-    return head + "\n".join(lines) + "\n"
+    by_return = ["", "By return (mean over storyboards; true history, memory / φ zeroed):", "",
+                 "| return | at | " + " | ".join(names[m] for m in MEASURES) + " |", "|---|---|" + "---|" * len(MEASURES)]
+    for r in sorted({row["return"] for row in res["returns"]}):
+        rows = [row for row in res["returns"] if row["return"] == r]
+        cells = [f"{np.mean([x[f'{m}_memory'] for x in rows]):.2f} / {np.mean([x[f'{m}_zeroed'] for x in rows]):.2f}"
+                 for m in MEASURES]
+        by_return.append(f"| {r} | {rows[0]['at_s']:g} s | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines + by_return) + "\n"
 
 
 def _save(out: str, res: dict) -> None:

@@ -56,7 +56,7 @@ def test_a_return_is_drawn_after_the_true_history_and_the_rest_is_the_ground_tru
 
 
 def test_the_table_pairs_memory_and_zeroed_per_return():
-    rows = [{"place_memory": a, "place_zeroed": b, "place_truth": 0.1, "place_colour_memory": 0.5,
+    rows = [{"return": 1, "at_s": 12.0, "place_memory": a, "place_zeroed": b, "place_truth": 0.1, "place_colour_memory": 0.5,
              "place_colour_zeroed": 0.5, "place_colour_truth": 0.0, "character_memory": 0.3,
              "character_zeroed": 0.3, "character_truth": 0.0} for a, b in ((0.9, 0.95), (0.5, 0.6), (0.7, 0.72))]
     s = rft.summarise({"returns": rows})
@@ -64,4 +64,6 @@ def test_the_table_pairs_memory_and_zeroed_per_return():
     assert abs(mean - np.mean([-0.05, -0.1, -0.02])) < 1e-9
     assert s["place"]["film"][0] != s["place"]["film"][0]  # no film: nan, shown as a dash
     meta = {"storyboards": 1, "seconds": 12, "period": 6, "machine": "cpu", "argv": []}
-    assert "| place view | 0.700" in rft.format_table({"returns": rows, "meta": meta})
+    table = rft.format_table({"returns": rows, "meta": meta})
+    assert "| place view | 0.700" in table
+    assert "| 1 | 12 s | 0.70 / 0.76 | 0.50 / 0.50 | 0.30 / 0.30 |" in table  # by return: memory / zeroed means
