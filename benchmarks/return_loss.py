@@ -19,6 +19,11 @@ characters the shot brings in. Shot starts are of two kinds:
 If the memory lowers the loss in a returning character's box clearly more than in a new character's box, G already
 reads the character from φ and the failure is the sampler's; if not, G has not learned to, and the training
 (`--return-share`) is where to look. Δ = memory − zeroed, mean ± 95% t interval over shot starts (paired).
+
+With `--return-frames K` it asks instead whether G reads the frames the app gives at a return (`train --repeat-share
+--return-frames`): at every shot start whose prompt repeats an earlier shot's (`train.data.repeated_shot_start`),
+the loss with φ's memory plus the first K latents of the repeated shot, placed just before the segment as the
+trainer and the exported model place them, against φ's memory alone (same noise and t).
 t is fixed at four quantiles of the trainer's t distribution (logit-normal, shift 3), one noise draw each.
 """
 
@@ -37,12 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import retrieval_ablation as ra  # noqa: E402  (statistics, results files)
 
-from pfp_app.backbone.memory_dit import MemoryTokens  # noqa: E402
+from pfp_app.backbone.memory_dit import MemoryTokens, history_recent_tokens, join_memory  # noqa: E402
 from pfp_app.data.world import parse_caption, sample_clip  # noqa: E402
 from pfp_app.flow import NUM_TRAIN_TIMESTEPS, add_noise  # noqa: E402
 from pfp_app.storyboard import format_storyboard  # noqa: E402
 from pfp_app.train.data import (  # noqa: E402
-    cached_latents, character_returns_at, encode_clips, latent_prompts, module_fingerprint)
+    cached_latents, character_returns_at, encode_clips, latent_prompts, module_fingerprint, repeated_shot_start)
 
 T_QUANTILES = (0.125, 0.375, 0.625, 0.875)  # of the standard normal behind the trainer's logit-normal t
 CLIP_SEED = 90000  # held out: training uses data seeds < 20, evaluation 10000+, fidelity 50000+, Table 2 20000+
@@ -96,21 +101,29 @@ def shot_starts(prompts: list[str], n: int) -> list[tuple[int, str, list[str]]]:
 
 @torch.no_grad()
 def losses_at(model, latents: torch.Tensor, prompt: str, s: int, n: int, mask: torch.Tensor, ts: torch.Tensor,
-              gen: torch.Generator, text_encoder=None) -> dict:
+              gen: torch.Generator, text_encoder=None, return_frames: int = 0, opening: int | None = None) -> dict:
     """Flow loss of latents[:, s:s+n] given φ(latents[:, :s]) and given φ's tokens × 0, paired (same noise, t):
-    {'memory': (whole, box), 'zeroed': (whole, box)}; box None when the mask is empty. Runs where `latents` are;
-    the noise is drawn on the CPU (`gen`), so a GPU and the CPU see the same noise."""
+    {'memory': (whole, box), 'zeroed': (whole, box)}; box None when the mask is empty. With `return_frames` K and
+    `opening` (the repeated shot's first latent) the second arm is instead 'frame': φ's memory plus latents
+    opening .. opening+K-1 (clamped to the history) at times s-K .. s-1, as the trainer places them. Runs where
+    `latents` are; the noise is drawn on the CPU (`gen`), so a GPU and the CPU see the same noise."""
     k, device = len(ts), latents.device
     ts, mask = ts.to(device), mask.to(device)
     x0 = latents[None, :, s : s + n].expand(k, -1, -1, -1, -1)  # (K, C, n, h, w)
     noise = torch.randn(x0.shape, generator=gen).to(device)
     x_t = add_noise(x0, noise, ts)
     text = (text_encoder or model.text_encoder).encode([prompt] * k).to(device)
-    memory = model.memory_encoder(latents[None, :, :s])
+    history = latents[None, :, :s]  # (1, C, s, h, w)
+    memory = model.memory_encoder(history)
     memory = MemoryTokens(memory.tokens.expand(k, -1, -1), memory.coords)
+    if return_frames:
+        ref = history_recent_tokens(model.transformer, history, return_frames, end=opening + return_frames, at=s)
+        other = ("frame", join_memory(memory, MemoryTokens(ref.tokens.expand(k, -1, -1), ref.coords)))
+    else:
+        other = ("zeroed", MemoryTokens(memory.tokens * 0, memory.coords))
     positions = torch.arange(s, s + n, dtype=torch.float32, device=device)
     out = {}
-    for arm, mem in (("memory", memory), ("zeroed", MemoryTokens(memory.tokens * 0, memory.coords))):
+    for arm, mem in (("memory", memory), other):
         v = model.velocity(x_t, ts * NUM_TRAIN_TIMESTEPS, text, mem, positions)
         err = (v.float() - (noise - x0)).pow(2).mean(dim=1)  # (K, n, h, w): over channels
         box = err[:, mask].mean().item() if mask.any() else None
@@ -126,40 +139,51 @@ def place_returns_at(prompts: list[str], s: int) -> bool:
     return any((sc := parse_caption(p)) is not None and sc.place == scene.place for p in dict.fromkeys(prompts[:s]))
 
 
-def summarise(items: list[dict], bucket_s: float = 20.0) -> dict:
-    """Paired rows per kind (whole segment, incoming box); for clips longer than `bucket_s`, also the place returns'
-    whole segment per history length (does the memory still help a place come back after a long history?)."""
+def summarise(items: list[dict], bucket_s: float = 20.0, arms: tuple[str, str] = ("memory", "zeroed")) -> dict:
+    """Paired rows per kind (whole segment, incoming box), Δ = arms[0] − arms[1]; for clips longer than `bucket_s`,
+    also the place returns' whole segment per history length (does the memory still help a place come back after a
+    long history?)."""
+    a, b = arms
+    kinds = list(dict.fromkeys(it["kind"] for it in items if it["kind"] not in ("return", "new")))
     groups = [(f"{kind}/{where}", [it for it in items if it["kind"] == kind], i)
-              for kind in ("return", "new") for where, i in (("segment", 0), ("box", 1))]
+              for kind in ("return", "new", *kinds) for where, i in (("segment", 0), ("box", 1))]
     if items and max(it["history_s"] for it in items) > bucket_s:
         top = int(max(it["history_s"] for it in items) // bucket_s) + 1
-        groups += [(f"place return, history {b * bucket_s:g}-{(b + 1) * bucket_s:g} s/segment",
-                    [it for it in items if it["place_return"] and b * bucket_s <= it["history_s"] < (b + 1) * bucket_s], 0)
-                   for b in range(top)]
+        groups += [(f"place return, history {k * bucket_s:g}-{(k + 1) * bucket_s:g} s/segment",
+                    [it for it in items if it["place_return"] and k * bucket_s <= it["history_s"] < (k + 1) * bucket_s], 0)
+                   for k in range(top)]
     rows = {}
     for key, sel, i in groups:
-        pairs = [(it["memory"][i], it["zeroed"][i]) for it in sel if it["memory"][i] is not None]
+        pairs = [(it[a][i], it[b][i]) for it in sel if it[a][i] is not None]
         if len(pairs) < 2:
             continue
-        mem, zer = zip(*pairs)
-        rows[key] = {"n": len(pairs), "memory": ra.mean_ci(mem), "zeroed": ra.mean_ci(zer),
-                     "delta": ra.mean_ci([a - b for a, b in pairs]),
-                     "relative": ra.mean_ci([(a - b) / b for a, b in pairs if b > 0])}
+        with_, without = zip(*pairs)
+        rows[key] = {"n": len(pairs), a: ra.mean_ci(with_), b: ra.mean_ci(without),
+                     "delta": ra.mean_ci([x - y for x, y in pairs]),
+                     "relative": ra.mean_ci([(x - y) / y for x, y in pairs if y > 0])}
     return rows
+
+
+ARM_NAMES = {"memory": "loss with memory", "zeroed": "loss, φ zeroed",
+             "frame": "loss, memory + the repeated shot's opening"}
 
 
 def format_table(res: dict) -> str:
     m = res["meta"]
-    lines = [f"### Stage-2 loss at shot starts: `{m['model']}` with its memory vs φ zeroed",
-             "", f"{m['clips']} held-out world clips of {m['seconds']:g} s (seeds {CLIP_SEED}+), every shot start "
-             f"after the first; t at 4 quantiles of the trainer's distribution; {m['device']}, {m['date']}, "
-             f"{m['wall_s']:.0f} s. Loss ×100, mean ± 95% interval; Δ = memory − zeroed, paired.", "",
-             "| shot start | where | n | loss with memory | loss, φ zeroed | Δ | Δ relative |", "|---|---|---|---|---|---|---|"]
+    a, b = m.get("arms", ("memory", "zeroed"))
+    title = ("with its memory vs φ zeroed" if a == "memory" else
+             f"the repeated shot's first {m['return_frames']} latent(s) given vs not (φ's memory in both)")
+    lines = [f"### Stage-2 loss at shot starts: `{m['model']}` {title}",
+             "", f"{m['clips']} held-out world clips of {m['seconds']:g} s (seeds {CLIP_SEED}+), every "
+             f"{'shot start after the first' if a == 'memory' else 'shot start that repeats an earlier shot'}; "
+             f"t at 4 quantiles of the trainer's distribution; {m['device']}, {m['date']}, "
+             f"{m['wall_s']:.0f} s. Loss ×100, mean ± 95% interval; Δ = {a} − {b}, paired.", "",
+             f"| shot start | where | n | {ARM_NAMES[a]} | {ARM_NAMES[b]} | Δ | Δ relative |", "|---|---|---|---|---|---|---|"]
     for key, r in res["summary"].items():
         kind, where = key.rsplit("/", 1)
         where = "whole segment" if where == "segment" else "the incoming characters' box"
         f = lambda mc: f"{100 * mc[0]:.2f} ± {100 * mc[1]:.2f}"  # noqa: E731
-        lines.append(f"| {kind} | {where} | {r['n']} | {f(r['memory'])} | {f(r['zeroed'])} | {f(r['delta'])} | "
+        lines.append(f"| {kind} | {where} | {r['n']} | {f(r[a])} | {f(r[b])} | {f(r['delta'])} | "
                      f"{100 * r['relative'][0]:+.1f}% ± {100 * r['relative'][1]:.1f} |")
     return "\n".join(lines)
 
@@ -193,7 +217,12 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu or cuda")
     p.add_argument("--text-table", help="precomputed caption embeddings (from --write-captions) instead of MiniLM")
     p.add_argument("--write-captions", metavar="PATH", help="only encode the clips' captions into PATH and stop")
+    p.add_argument("--return-frames", type=int, default=0, metavar="K",
+                   help="only shot starts that repeat an earlier shot's prompt: memory + that shot's first K latents "
+                        "vs memory alone (does G read what `train --return-frames K` gives it?)")
     args = p.parse_args(argv)
+    if args.return_frames < 0:
+        p.error("--return-frames must be >= 0")
     if not args.out and not args.write_captions:
         p.error("--out is required (or --write-captions)")
     return args
@@ -231,18 +260,23 @@ def main(argv=None) -> int:
         clip = renders[i]  # tracks for the boxes
         prompts = latent_prompts(storyboards[i], latents.shape[2], v.fps, codec.temporal_ratio)
         for s, kind, phrases in shot_starts(prompts, n):
+            opening = repeated_shot_start(prompts, s)
+            if args.return_frames and opening is None:
+                continue
             mask = latent_box_mask(clip.tracks, phrases, s, n, codec.temporal_ratio, codec.spatial_ratio,
                                    tuple(latents.shape[3:]))
-            rec = losses_at(model, latents[i], prompts[s], s, n, mask, ts, gen, text_encoder)
-            items.append({"clip": i, "s": s, "kind": kind, "characters": phrases, **rec,
-                          "history_s": (1 + codec.temporal_ratio * (s - 1)) / v.fps,
-                          "place_return": place_returns_at(prompts, s)})
+            rec = losses_at(model, latents[i], prompts[s], s, n, mask, ts, gen, text_encoder, args.return_frames,
+                            opening)
+            items.append({"clip": i, "s": s, "kind": "repeat" if args.return_frames else kind, "characters": phrases,
+                          **rec, "history_s": (1 + codec.temporal_ratio * (s - 1)) / v.fps,
+                          "place_return": place_returns_at(prompts, s), "opening": opening})
         print(f"clip {i + 1}/{clips}: {len(items)} shot starts", flush=True)
+    arms = ("frame", "memory") if args.return_frames else ("memory", "zeroed")
     res = {"meta": {"model": "tiny (random)" if args.tiny else args.model, "clips": clips, "seconds": seconds,
                     "device": device if device == "cpu" else torch.cuda.get_device_name(),
                     "date": datetime.date.today().isoformat(), "wall_s": time.time() - t_start,
-                    "t": ts.tolist()},
-           "items": items, "summary": summarise(items)}
+                    "t": ts.tolist(), "return_frames": args.return_frames, "arms": arms},
+           "items": items, "summary": summarise(items, arms=arms)}
     out = Path(args.out)
     ra.save_json(out, res)
     table = format_table(res)

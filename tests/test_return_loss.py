@@ -138,3 +138,43 @@ def test_place_returns_and_history_buckets():
     assert mid["n"] == 2 and abs(mid["delta"][0] + 0.075) < 1e-9
     assert "place return, history 40-60 s/segment" not in rows  # one place return there: no interval
     assert "place return" not in " ".join(rl.summarise(items[:2]))  # short clips: no buckets
+
+
+def test_return_frames_arm_adds_the_repeated_shots_opening_just_before_the_segment():
+    """--return-frames: the 'frame' arm's memory is φ's tokens plus G's tokens of the repeated shot's first latent,
+    placed at time s - 1 (as the trainer places them); the 'memory' arm is the default mode's, same noise and t."""
+    from pfp_app.backbone.memory_dit import recent_tokens
+
+    model = build_random_model("tiny", seed=0)
+    latents = torch.randn(model.codec.vae.config.z_dim, 12, 8, 8)
+    mask = torch.zeros(3, 8, 8, dtype=torch.bool)
+    ts = rl.train_t_quantiles()
+    seen = []
+    velocity = model.velocity
+
+    def spy(x, t, text, memory, positions):
+        seen.append(memory)
+        return velocity(x, t, text, memory, positions)
+
+    model.velocity = spy
+    out = rl.losses_at(model, latents, "", 8, 3, mask, ts, torch.Generator().manual_seed(1), return_frames=1, opening=2)
+    base = rl.losses_at(model, latents, "", 8, 3, mask, ts, torch.Generator().manual_seed(1))
+    assert set(out) == {"memory", "frame"} and out["memory"] == base["memory"]
+    assert out["frame"][0] != out["memory"][0]
+    mem, frame = seen[0], seen[1]
+    extra = frame.num_tokens - mem.num_tokens
+    want = recent_tokens(model.transformer, latents[None, :, 2:3], torch.tensor([7.0]))
+    assert extra == want.num_tokens > 0
+    assert torch.equal(frame.tokens[:, : mem.num_tokens], mem.tokens)
+    assert torch.allclose(frame.tokens[:1, mem.num_tokens :], want.tokens) and torch.equal(frame.coords[mem.num_tokens :], want.coords)
+
+
+def test_return_frames_rows_pair_frame_against_memory():
+    items = [{"kind": "repeat", "history_s": 10.0, "place_return": True, "frame": (f, None), "memory": (1.0, None)}
+             for f in (0.5, 0.7, 0.6)]
+    rows = rl.summarise(items, arms=("frame", "memory"))
+    assert set(rows) == {"repeat/segment"} and rows["repeat/segment"]["n"] == 3
+    assert abs(rows["repeat/segment"]["delta"][0] + 0.4) < 1e-9
+    res = {"meta": {"model": "m", "clips": 1, "seconds": 20.0, "device": "cpu", "date": "d", "wall_s": 1.0,
+                    "return_frames": 1, "arms": ["frame", "memory"]}, "summary": rows}
+    assert "| repeat | whole segment | 3 | 60.00" in rl.format_table(res)
