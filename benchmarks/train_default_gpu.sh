@@ -70,11 +70,11 @@ case "$phase" in
              # the segment sampling (v2-v5 were trained with STARTS=uniform); RECENT=1: G also sees the history's
              # last latent frame at full resolution within a shot (v7); RETURNS: share of the shot-start batches
              # in which a character comes back after an absence; REPEATS: share of them whose shot repeats an
-             # earlier prompt, RFRAMES=1: those get the repeated shot's first latent, as the app then gives it
+             # earlier prompt, RFRAMES=1: those get the repeated shot's first latent, as the app then gives it; NUM_CLIPS: training clips (1024)
     a=${4:-5.0}
     $py -m pfp_app train --stage finetune --init "$init" --workers "${WORKERS:-14}" --text-table "$caps" \
       --batch-size "${BATCH:-96}" --log-every 50 --latent-cache $runs/latents --out $runs/ft2 --data world \
-      --retrieval-data "world+bank:$bank" --num-clips 1024 --data-seed "${DATA_SEED:-4}" --lr "${LR:-3e-4}" \
+      --retrieval-data "world+bank:$bank" --num-clips "${NUM_CLIPS:-1024}" --data-seed "${DATA_SEED:-4}" --lr "${LR:-3e-4}" \
       --warmup-steps "${WARMUP:-100}" --retrieval-share "${RSHARE:-0.3}" --time-budget-min "$a" --checkpoint-every-min 30 \
       --segment-starts "${STARTS:-shots}" --cut-share "${CUTS:-0.5}" --recent-latents "${RECENT:-0}" \
       --return-share "${RETURNS:-0}" --repeat-share "${REPEATS:-0}" --return-frames "${RFRAMES:-0}"
