@@ -24,7 +24,9 @@ With `--return-frames K` it asks instead whether G reads the frames the app give
 --return-frames`): at every shot start whose prompt repeats an earlier shot's (`train.data.repeated_shot_start`),
 the loss with φ's memory plus the first K latents of the repeated shot, placed just before the segment as the
 trainer and the exported model place them, against φ's memory alone (same noise and t).
-t is fixed at four quantiles of the trainer's t distribution (logit-normal, shift 3), one noise draw each.
+
+In both modes t is fixed at four quantiles of the trainer's t distribution (logit-normal, shift 3), one noise draw
+each.
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ case "$phase" in
              # the segment sampling (v2-v5 were trained with STARTS=uniform); RECENT=1: G also sees the history's
              # last latent frame at full resolution within a shot (v7); RETURNS: share of the shot-start batches
              # in which a character comes back after an absence; REPEATS: share of them whose shot repeats an
-             # earlier prompt, RFRAMES=1: those get the repeated shot's first latent, as the app then gives it; NUM_CLIPS: training clips (1024)
+             # earlier prompt, RFRAMES=1: those get the repeated shot's first latent, as the app then gives it;
+             # NUM_CLIPS: training clips (1024)
     a=${4:-5.0}
     $py -m pfp_app train --stage finetune --init "$init" --workers "${WORKERS:-14}" --text-table "$caps" \
       --batch-size "${BATCH:-96}" --log-every 50 --latent-cache $runs/latents --out $runs/ft2 --data world \
