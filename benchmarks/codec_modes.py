@@ -1,6 +1,6 @@
 """Where the codec loses on held-out world clips: video mode (the app's path) against image mode (each frame alone).
 
-    python benchmarks/codec_modes.py [--model assets/pfp-default] [--clips 4] [--seconds 20] [--seed 10000]
+    python benchmarks/codec_modes.py [--model assets/pfp-default] [--clips 4] [--seconds 20] [--seed 10000] [--device cuda]
 
 Video mode encodes and decodes a whole clip at once, as the app does (`evaluate`'s "codec, video mode"); image
 mode encodes and decodes each frame on its own, so only the spatial path works. Their gap is what the codec's
@@ -31,7 +31,7 @@ def clip_modes(model, frames: torch.Tensor, chunk: int = 16) -> tuple[float, flo
     `evaluate`'s own score; image mode encodes the frames as a batch of one-frame clips, `chunk` at a time."""
     video = codec_clip_scores(model, frames, model.codec.device)["codec_psnr"]
     x = trim_to_codec(frames, model.codec.temporal_ratio).transpose(0, 1)[:, :, None]  # (T, 3, 1, H, W)
-    image = torch.cat([model.codec.decode(model.codec.encode(x[k:k + chunk])) for k in range(0, len(x), chunk)])
+    image = torch.cat([model.codec.decode(model.codec.encode(x[k:k + chunk])).cpu() for k in range(0, len(x), chunk)])
     return video, sum(psnr(image[k, :, 0], x[k, :, 0]) for k in range(len(x))) / len(x)
 
 
@@ -41,9 +41,13 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--seed", type=int, default=10_000, help="world data seed (held out: training used < 10000)")
+    ap.add_argument("--device", default="cpu", help="cpu (oneDNN conv3d, as the app) or cuda")
     args = ap.parse_args()
     model = load_model(args.model, torch_dtype=torch.float32)
-    use_onednn_conv3d(model.codec.vae)  # as the app's pipeline does: PyTorch's native CPU conv3d is ~4x slower
+    if args.device == "cpu":
+        use_onednn_conv3d(model.codec.vae)  # as the app's pipeline does: PyTorch's native CPU conv3d is ~4x slower
+    else:  # fp32 on a GPU: the same numbers as the CPU's up to rounding, for a check inside a training call
+        model.codec.vae.to(args.device)
     v = model.video
     ds = WorldClipDataset(args.clips, seconds=args.seconds, size=v.height, fps=v.fps, seed=args.seed)
     rows = [clip_modes(model, ds[i]["frames"]) for i in range(args.clips)]

@@ -45,8 +45,9 @@ if command -v nvidia-smi >/dev/null; then
 fi
 # codec_video INIT OUT MINUTES WINDOW LR WARMUP WORKERS MIX: the codec of INIT trained further in video mode
 codec_video() {
-  $py -m pfp_app train --stage codec --init "$1" --out "$2" --data "world+bank:$bank" --num-clips 96 --batch-size 48 \
-    --codec-window "$4" --lr "$5" --warmup-steps "$6" --time-budget-min "$3" --workers "$7" --codec-mix "$8" --log-every 50 \
+  $py -m pfp_app train --stage codec --init "$1" --out "$2" --data "world+bank:$bank" --num-clips "${NUM_CLIPS:-96}" \
+    --batch-size "${BATCH:-48}" --codec-window "$4" --lr "$5" --warmup-steps "$6" --time-budget-min "$3" --workers "$7" \
+    --codec-mix "$8" --log-every 50 --codec-loss "${LOSS:-l1+mse}" --lr-schedule "${SCHEDULE:-constant}" \
     ${WIDTH:+--codec-decoder-width "$WIDTH"} ${FREEZE:+--codec-freeze-encoder} ${VAE:+--vae "$VAE"}
 }
 case "$phase" in
@@ -83,6 +84,7 @@ case "$phase" in
   codec-video)  # WINDOW, LR, WARMUP, MIX (world, photo motion, real clips); v4's settings; WIDTH widens the decoder;
                 # FREEZE=1 trains the decoder alone (the latents, and so G and φ, stay valid); VAE=DIR with INIT=default
                 # trains the codec folder DIR on a fresh G (a call that carries no G: only the exported vae/ is kept)
+                # LOSS=mse, SCHEDULE=cosine (v8's decoder); BATCH (48) and NUM_CLIPS (world clips, 96) as in codec_video
     a=${4:-7.0}
     codec_video "$init" $runs/codec_more "$a" "${WINDOW:-13}" "${LR:-2e-4}" "${WARMUP:-50}" "${WORKERS:-12}" \
       "${MIX:-0.4,0.35,0.25}"

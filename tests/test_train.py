@@ -116,6 +116,51 @@ def test_codec_with_a_frozen_encoder_trains_the_decoder_and_keeps_every_latent(t
         train(TrainConfig(stage="finetune", out=str(tmp_path / "c"), codec_freeze_encoder=True, **TINY_DATA))
 
 
+def test_cosine_schedule_warms_up_then_decays_to_its_floor_and_bad_names_are_refused():
+    from pfp_app.train.trainer import COSINE_FLOOR, lr_at
+
+    cfg = TrainConfig(stage="codec", lr=1e-3, warmup_steps=10, lr_schedule="cosine")
+    assert lr_at(0, cfg, 0.0) == pytest.approx(1e-4)  # warm-up: step 1 of 10
+    assert lr_at(50, cfg, 0.0) == pytest.approx(1e-3)
+    assert lr_at(50, cfg, 0.5) == pytest.approx(1e-3 * (COSINE_FLOOR + (1 - COSINE_FLOOR) / 2))
+    assert lr_at(50, cfg, 1.0) == lr_at(50, cfg, 7.0) == pytest.approx(1e-3 * COSINE_FLOOR)
+    rates = [lr_at(50, cfg, p / 10) for p in range(11)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    constant = TrainConfig(stage="codec", lr=1e-3, warmup_steps=10)
+    assert lr_at(50, constant, 0.9) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="--lr-schedule must be one of constant, cosine, not 'linear'"):
+        train(TrainConfig(stage="codec", out="unused", lr_schedule="linear", **TINY_DATA))
+
+
+def test_codec_mse_loss_is_the_squared_error_and_a_cosine_run_logs_a_falling_rate(tmp_path):
+    """--codec-loss mse trains for what PSNR measures: its loss is the squared error (plus the tiny KL term) of
+    the same reconstruction that 'l1+mse' adds L1 to; a cosine run's logged learning rate falls step by step."""
+    from pfp_app.train.trainer import CodecTrainingModule
+
+    model = load_model(_tiny_codec_model(tmp_path))
+    clip = torch.rand(2, 3, 9, 64, 64) * 2 - 1
+    losses = {}
+    for name in ("l1+mse", "mse"):
+        torch.manual_seed(0)  # the same latent sample in both
+        losses[name], parts = CodecTrainingModule(model.codec.vae, loss=name)(clip)
+    kl = 1e-4 * parts["kl"]
+    assert losses["mse"].item() == pytest.approx((parts["mse"] + kl).item(), rel=1e-5)
+    assert losses["l1+mse"].item() == pytest.approx((parts["l1"] + parts["mse"] + kl).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="--codec-loss must be one of l1\\+mse, mse, not 'l2'"):
+        CodecTrainingModule(model.codec.vae, loss="l2")
+    out = tmp_path / "cos"
+    train(TrainConfig(stage="codec", out=str(out), max_steps=8, codec_window=9, codec_loss="mse", lr_schedule="cosine",
+                      **{**TINY_DATA, "warmup_steps": 1, "log_every": 2}))
+    rates = [r["lr"] for r in metrics(out)]
+    assert len(rates) == 4 and all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 0.2 * 1e-3
+
+
+def _tiny_codec_model(tmp_path) -> Path:
+    out = tmp_path / "tiny"
+    train(TrainConfig(stage="codec", out=str(out), max_steps=1, codec_window=9, **TINY_DATA))
+    return out / "model"
+
+
 def test_pretrain_loss_decreases(tmp_path):
     out = tmp_path / "pre"
     t0 = time.time()

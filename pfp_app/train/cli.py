@@ -45,6 +45,10 @@ TRAIN_OPTION_HELP = {
                            "computes and every latent (0: keep its width)",
     "codec_freeze_encoder": "stage codec: train the decoder alone; every latent stays as it is, so G and φ trained on "
                             "the --init codec's latents need no new training",
+    "codec_loss": "stage codec: 'l1+mse' (L1 plus squared error, as v1-v5 were trained) or 'mse' (the squared error "
+                  "alone: what PSNR measures)",
+    "lr_schedule": "after the warm-up: 'constant' or 'cosine' (from --lr down to 5%% of it at the run's end: "
+                   "--max-steps or --time-budget-min, whichever comes first)",
     "segment_starts": "stage 2 / base: 'shots' draws only segments the app generates (within one shot, a share "
                       "starting a shot) or 'uniform' (any split, across cuts too: models before v6)",
     "cut_share": "with --segment-starts shots: share of segment batches that start a shot (or the film)",

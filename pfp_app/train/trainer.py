@@ -90,6 +90,8 @@ class TrainConfig:
     codec_mix: str = "0.25,0.5,0.25"  # video-mode batch shares: world/folder clips, photo motion, real clips
     codec_decoder_width: int = 0  # stage codec: first widen the --init codec's decoder to this base width (0: keep)
     codec_freeze_encoder: bool = False  # stage codec: train the decoder alone (every latent, and so G, stays valid)
+    codec_loss: str = "l1+mse"  # stage codec: 'l1+mse' (v1-v5) or 'mse' (what PSNR measures)
+    lr_schedule: str = "constant"  # after warm-up: 'constant' or 'cosine' (down to 5% of --lr by the run's end)
     segment_starts: str = "shots"  # stage 2 / base: 'shots' (the app's segments, see ShotAlignedStarts) or 'uniform'
     cut_share: float = 0.5  # segment_starts 'shots': share of segment batches that start a shot
     return_share: float = 0.0  # segment_starts 'shots': share of the shot-start batches where a character returns
@@ -124,9 +126,15 @@ class MemoryTrainingModule(nn.Module):
 
 
 class CodecTrainingModule(nn.Module):
-    def __init__(self, vae, freeze_encoder: bool = False):
+    """The codec's reconstruction loss of a batch of windows. loss 'l1+mse' (how v1-v5 were trained): at the
+    codec's error level (L1 ~0.05, MSE ~0.008) L1's gradient is ~10x MSE's, so the codec is trained mostly for
+    the median error; 'mse' trains for the mean squared error alone, the quantity PSNR measures."""
+
+    def __init__(self, vae, freeze_encoder: bool = False, loss: str = "l1+mse"):
         super().__init__()
-        self.vae, self.freeze_encoder = vae, freeze_encoder
+        if loss not in CODEC_LOSSES:
+            raise ValueError(f"--codec-loss must be one of {', '.join(CODEC_LOSSES)}, not {loss[:40]!r}")
+        self.vae, self.freeze_encoder, self.loss = vae, freeze_encoder, loss
 
     def forward(self, x):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
@@ -135,11 +143,24 @@ class CodecTrainingModule(nn.Module):
         l1, mse = (recon.float() - x).abs().mean(), F.mse_loss(recon.float(), x)
         kl = dist.kl().mean() / x[0].numel()
         # detached 0-d tensors, read only on log lines: three .item() calls here were three syncs per step
-        return l1 + mse + 1e-4 * kl, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
+        recon_loss = l1 + mse if self.loss == "l1+mse" else mse
+        return recon_loss + 1e-4 * kl, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+CODEC_LOSSES = ("l1+mse", "mse")
+LR_SCHEDULES = ("constant", "cosine")
+COSINE_FLOOR = 0.05  # the cosine schedule ends at this share of --lr
+
+
+def lr_at(step: int, cfg: TrainConfig, progress: float = 0.0) -> float:
+    """Learning rate at `step`: linear warm-up, then --lr ('constant') or a cosine from --lr down to
+    COSINE_FLOOR x --lr ('cosine'); progress in [0, 1] is how much of this run is done (steps of --max-steps or
+    time of --time-budget-min, whichever is further: runs here are mostly time-boxed)."""
+    warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+    if cfg.lr_schedule == "constant":
+        return cfg.lr * warm
+    p = min(max(progress, 0.0), 1.0)
+    return cfg.lr * warm * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
 def _init_model(cfg: TrainConfig) -> PFPModel:
@@ -289,10 +310,15 @@ def _load_ema(cfg: TrainConfig, ema, device) -> bool:
 def _agree(accelerator, *flags: bool) -> list[bool]:
     """Flags true on any rank are true on all (one tiny all-reduce), so every rank leaves the loop,
     or checkpoints, at the same step."""
+    return [bool(v) for v in _max_over_ranks(accelerator, *flags)]
+
+
+def _max_over_ranks(accelerator, *values: float) -> list[float]:
+    """Each value's maximum over all ranks (one tiny all-reduce; one process: the values)."""
     if accelerator.num_processes == 1:
-        return list(flags)
-    t = torch.tensor([float(f) for f in flags], device=accelerator.device)
-    return [bool(v) for v in accelerator.reduce(t, "max").tolist()]
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], device=accelerator.device)
+    return accelerator.reduce(t, "max").tolist()
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -306,6 +332,8 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError(f"unknown stage {cfg.stage!r}; choose one of {', '.join(STAGES)}")
     if cfg.grad_accum < 1:
         raise ValueError("--grad-accum must be at least 1")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, not {cfg.lr_schedule[:40]!r}")
     if cfg.segment_starts not in ("shots", "uniform"):
         raise ValueError(f"--segment-starts must be 'shots' or 'uniform', not {cfg.segment_starts[:40]!r}")
     if cfg.recent_latents < 0 or (cfg.recent_latents and cfg.segment_starts != "shots"):
@@ -354,7 +382,8 @@ def train(cfg: TrainConfig) -> dict:
                                      accelerator.process_index, accelerator.num_processes, cfg.workers, device,
                                      mix=parse_codec_mix(cfg.codec_mix))
         num_clips = codec_batches.num_clips
-        trainer_module, starts = CodecTrainingModule(model.codec.vae, cfg.codec_freeze_encoder), None
+        trainer_module, starts = CodecTrainingModule(model.codec.vae, cfg.codec_freeze_encoder,
+                                                      cfg.codec_loss), None
     else:
         text_encoder = _text_encoder(model, cfg)
         clips = _training_latents(model, cfg, accelerator, text_encoder)
@@ -397,9 +426,10 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.print(f"{cfg.stage}: {world} process(es) x batch {cfg.batch_size} x grad-accum {cfg.grad_accum} "
                       f"= {cfg.batch_size * world * cfg.grad_accum} samples per step, {num_clips} clips on this rank")
     stop = _agree(accelerator, state["step"] >= cfg.max_steps or time.time() - t_start >= budget_s)[0]
+    progress = 0.0  # share of this run done (steps of max_steps or time of the budget), for lr_at
     while not stop:
         for g in optimizer.param_groups:
-            g["lr"] = lr_at(state["step"], cfg)
+            g["lr"] = lr_at(state["step"], cfg, progress)
         micro_losses = []
         for _ in range(cfg.grad_accum):  # the last micro-batch syncs the gradients and steps the optimizer
             with accelerator.accumulate(trainer_module):
@@ -429,14 +459,17 @@ def train(cfg: TrainConfig) -> dict:
             mean_loss = accelerator.reduce(torch.tensor(local, device=device), "mean").item()  # over all ranks
             if accelerator.is_main_process:
                 rate = (state["samples"] - run_samples0) / max(time.time() - run_t0, 1e-6)
-                rec = {"step": state["step"], "loss": mean_loss, "kind": kind, "lr": lr_at(state["step"], cfg),
+                rec = {"step": state["step"], "loss": mean_loss, "kind": kind, "lr": lr_at(state["step"], cfg, progress),
                        "samples": state["samples"], "samples_per_s": rate, "world_size": world,
                        "grad_accum": cfg.grad_accum, "time": time.time(), **{k: float(v) for k, v in extra.items()}}
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rate:.1f}")
                 with log_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
-        out_of_time, checkpoint_due = _agree(accelerator, time.time() - t_start >= budget_s,
-                                             time.time() - last_ckpt > cfg.checkpoint_every_min * 60)
+        # progress (for --lr-schedule cosine) is the same on every rank, so their weights stay equal
+        out_of_time, checkpoint_due, progress = _max_over_ranks(
+            accelerator, time.time() - t_start >= budget_s, time.time() - last_ckpt > cfg.checkpoint_every_min * 60,
+            max(state["step"] / cfg.max_steps, (time.time() - t_start) / budget_s))
+        out_of_time, checkpoint_due = bool(out_of_time), bool(checkpoint_due)
         stop = out_of_time or state["step"] >= cfg.max_steps
         if checkpoint_due and not stop:  # the final checkpoint follows the loop
             _summarise(state, losses, state["samples"] - run_samples0, time.time() - run_t0)
