@@ -174,6 +174,26 @@ def test_evaluate_scores_heldout_real_clips_clip_by_clip(bank):
         heldout_real_clips(str(root), 128, 8)
 
 
+def test_a_bank_without_real_clips_warns_and_evaluate_refuses_it_before_any_recall(tmp_path, capsys):
+    """Without opencv-doc the bank holds photographs only: the build says so, and `evaluate --bank` stops at once
+    with what to install instead of after the world's minutes of recall (it once crashed there)."""
+    from pfp_app.cli import main
+
+    lines = []
+    build_bank(tmp_path / "b", size=64, fps=8, crop=96, per_scale=1, sources=SKIMAGE_ONLY, clip_paths=[],
+               log=lines.append)
+    assert any(line.startswith("warning: no real clips found") and "apt-get install opencv-doc" in line for line in lines)
+    from pfp_app.train.evaluate import evaluate_clips, heldout_real_clips
+
+    with pytest.raises(ValueError, match="has no held-out real clips .* `apt-get install opencv-doc`"):
+        heldout_real_clips(str(tmp_path / "b"), 64, 8)
+    with pytest.raises(ValueError, match="no clips to evaluate"):
+        evaluate_clips(None, {})
+    assert main(["evaluate", "--model", "tiny-random", "--num-clips", "1", "--bank", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr()
+    assert "has no held-out real clips" in err.err and "recall on" not in err.out  # nothing of the world was run
+
+
 def test_codec_mix_sets_the_shares_of_a_video_batch_and_rejects_nonsense(bank):
     from pfp_app.train.codec_data import CodecBatches, parse_codec_mix
 

@@ -187,7 +187,11 @@ def build_bank(out: str | Path, size: int = 128, fps: float = 8.0, crop: int = 1
             manifest["photos"].append({"name": name, "package": package, "source": str(path), "licence": licence,
                                        "split": split, "crops": len(crops)})
         if clips:
-            for path in (_clip_paths() if clip_paths is None else clip_paths):
+            paths = _clip_paths() if clip_paths is None else clip_paths
+            if not paths:  # a bank without them trains codecs on no real motion and cannot score `evaluate --bank`
+                log(f"warning: no real clips found in {OPENCV_CLIPS} or {OPENCV_HTML} (`apt-get install opencv-doc`): "
+                    "this bank holds photographs only")
+            for path in paths:
                 stem = path.name.split(".")[0]
                 if stem in DROPPED_CLIPS:
                     continue

@@ -221,6 +221,8 @@ def _cmd_evaluate(args) -> int:
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
     model = load_model(args.model).to(device)
     scores = {}
+    # the bank's clips first: a bank without them fails here, not after the world's minutes of recall
+    real_clips = heldout_real_clips(args.bank, model.video.height, model.video.fps) if args.bank else None
     if not args.skip_world:
         scores = evaluate_recall(model, num_clips=args.num_clips, seconds=args.clip_seconds, seed=args.data_seed,
                                  steps=args.steps, queries=args.queries, device=device,
@@ -234,8 +236,7 @@ def _cmd_evaluate(args) -> int:
               f"{world_codec['video_codec_psnr']['ci95']:.2f} dB (clip's mean frame {world_codec['video_mean_psnr']['mean']:.2f} dB)")
     if args.bank:
         v = model.video
-        real = evaluate_clips(model, heldout_real_clips(args.bank, v.height, v.fps), args.steps, args.queries,
-                              args.data_seed, device, args.memory_guidance)
+        real = evaluate_clips(model, real_clips, args.steps, args.queries, args.data_seed, device, args.memory_guidance)
         print(format_clip_scores(real, "held-out real clips (recall over the whole clip as history)"))
         photos = evaluate_clips(model, heldout_photo_clips(args.bank, args.photo_clips, args.clip_seconds, v.height, v.fps,
                                                            args.data_seed), args.steps, args.queries, args.data_seed, device,

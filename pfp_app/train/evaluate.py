@@ -146,6 +146,9 @@ def heldout_real_clips(bank_root: str, size: int, fps: float) -> dict[str, torch
     if bank.size != size or abs(bank.fps - fps) > 1e-6:
         raise ValueError(f"the bank's clips are {bank.size}x{bank.size} at {bank.fps:g} fps, the model makes "
                          f"{size}x{size} at {fps:g} fps; rebuild it with `python -m pfp_app bank --size {size} --fps {fps:g}`")
+    if not bank.clips:
+        raise ValueError(f"the bank {bank_root} has no held-out real clips (it was built without opencv-doc's "
+                         "examples): `apt-get install opencv-doc`, then `python -m pfp_app bank --out DIR` again")
     return {name: c.float().div(127.5).sub(1.0) for name, c in zip(bank.clip_names, bank.clips)}
 
 
@@ -165,6 +168,8 @@ def evaluate_clips(model: PFPModel, clips: dict[str, torch.Tensor], steps: int |
     """Per clip: recall from memory, φ zeroed, the history mean and the codec on the recalled frames (mean ±
     95% interval over the clip's recalled frames), and the codec over every frame of the clip in video mode
     beside the clip's mean frame. Also the mean over clips with its interval."""
+    if not clips:
+        raise ValueError("no clips to evaluate")
     steps = steps or model.video.steps
     per_clip: dict[str, dict] = {}
     for k, (name, frames) in enumerate(clips.items()):
