@@ -24,6 +24,9 @@
 # v7 (2026-12-05, one call on an H100): `RUNS=/tmp/r BANK=data/bank-lite BATCH=128 LR=3e-4 DATA_SEED=9 WARMUP=50
 #   RSHARE=0.5 STARTS=shots CUTS=0.5 RECENT=1 EVAL_TIMEOUT=0 ... finetune OUT assets/pfp-default 7.9` (v6 in assets/,
 #   the same stand-in codec; batch 192 ran out of the H100's 80 GB); v5's codec kept.
+# v8 (2026-12-06, three calls on an H100, each from the last call's vae/; the first from v7's): `FREEZE=1 VAE=<vae/>
+#   LOSS=mse SCHEDULE=cosine BATCH=40 NUM_CLIPS=192 MIX=0.6,0.2,0.2 WINDOW=17 LR=2e-4 WARMUP=30 EVAL_TIMEOUT=0
+#   RUNS=/tmp/r BANK=data/bank-lite ... codec-video OUT default MIN` (MIN 8.0, 8.1, 7.2); shipped: v7 with that vae/.
 # Each phase then evaluates on held-out data (world clips, the bank's held-out real clips and photographs).
 # Usage: bash benchmarks/train_default_gpu.sh PHASE OUT [INIT] [MINUTES...]
 # Needs: data/bank (`python -m pfp_app bank`) and .carry/captions.safetensors (`python -m pfp_app captions
