@@ -178,13 +178,12 @@ def test_a_bank_without_real_clips_warns_and_evaluate_refuses_it_before_any_reca
     """Without opencv-doc the bank holds photographs only: the build says so, and `evaluate --bank` stops at once
     with what to install instead of after the world's minutes of recall (it once crashed there)."""
     from pfp_app.cli import main
+    from pfp_app.train.evaluate import evaluate_clips, heldout_real_clips
 
     lines = []
     build_bank(tmp_path / "b", size=64, fps=8, crop=96, per_scale=1, sources=SKIMAGE_ONLY, clip_paths=[],
                log=lines.append)
     assert any(line.startswith("warning: no real clips found") and "apt-get install opencv-doc" in line for line in lines)
-    from pfp_app.train.evaluate import evaluate_clips, heldout_real_clips
-
     with pytest.raises(ValueError, match="has no held-out real clips .* `apt-get install opencv-doc`"):
         heldout_real_clips(str(tmp_path / "b"), 64, 8)
     with pytest.raises(ValueError, match="no clips to evaluate"):

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 from pfp_app.cli import main
-from pfp_app.model import load_model
+from pfp_app.model import build_random_model, load_model
 from pfp_app.train.trainer import TrainConfig, train
 
 from conftest import TEST_THREADS, report
@@ -137,7 +137,7 @@ def test_codec_mse_loss_is_the_squared_error_and_a_cosine_run_logs_a_falling_rat
     the same reconstruction that 'l1+mse' adds L1 to; a cosine run's logged learning rate falls step by step."""
     from pfp_app.train.trainer import CodecTrainingModule
 
-    model = load_model(_tiny_codec_model(tmp_path))
+    model = build_random_model("tiny")
     clip = torch.rand(2, 3, 9, 64, 64) * 2 - 1
     losses = {}
     for name in ("l1+mse", "mse"):
@@ -146,19 +146,16 @@ def test_codec_mse_loss_is_the_squared_error_and_a_cosine_run_logs_a_falling_rat
     kl = 1e-4 * parts["kl"]
     assert losses["mse"].item() == pytest.approx((parts["mse"] + kl).item(), rel=1e-5)
     assert losses["l1+mse"].item() == pytest.approx((parts["l1"] + parts["mse"] + kl).item(), rel=1e-5)
-    with pytest.raises(ValueError, match="--codec-loss must be one of l1\\+mse, mse, not 'l2'"):
-        CodecTrainingModule(model.codec.vae, loss="l2")
+    for refused in (lambda: CodecTrainingModule(model.codec.vae, loss="l2"),  # and train refuses it before any data
+                    lambda: train(TrainConfig(stage="codec", out=str(tmp_path / "l2"), codec_loss="l2", **TINY_DATA))):
+        with pytest.raises(ValueError, match="--codec-loss must be one of l1\\+mse, mse, not 'l2'"):
+            refused()
+    assert not (tmp_path / "l2").exists()
     out = tmp_path / "cos"
     train(TrainConfig(stage="codec", out=str(out), max_steps=8, codec_window=9, codec_loss="mse", lr_schedule="cosine",
                       **{**TINY_DATA, "warmup_steps": 1, "log_every": 2}))
     rates = [r["lr"] for r in metrics(out)]
     assert len(rates) == 4 and all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 0.2 * 1e-3
-
-
-def _tiny_codec_model(tmp_path) -> Path:
-    out = tmp_path / "tiny"
-    train(TrainConfig(stage="codec", out=str(out), max_steps=1, codec_window=9, **TINY_DATA))
-    return out / "model"
 
 
 def test_pretrain_loss_decreases(tmp_path):

@@ -132,8 +132,7 @@ class CodecTrainingModule(nn.Module):
 
     def __init__(self, vae, freeze_encoder: bool = False, loss: str = "l1+mse"):
         super().__init__()
-        if loss not in CODEC_LOSSES:
-            raise ValueError(f"--codec-loss must be one of {', '.join(CODEC_LOSSES)}, not {loss[:40]!r}")
+        _require_choice("--codec-loss", loss, CODEC_LOSSES)
         self.vae, self.freeze_encoder, self.loss = vae, freeze_encoder, loss
 
     def forward(self, x):
@@ -150,6 +149,11 @@ class CodecTrainingModule(nn.Module):
 CODEC_LOSSES = ("l1+mse", "mse")
 LR_SCHEDULES = ("constant", "cosine")
 COSINE_FLOOR = 0.05  # the cosine schedule ends at this share of --lr
+
+
+def _require_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{flag} must be one of {', '.join(choices)}, not {value[:40]!r}")
 
 
 def lr_at(step: int, cfg: TrainConfig, progress: float = 0.0) -> float:
@@ -332,8 +336,9 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError(f"unknown stage {cfg.stage!r}; choose one of {', '.join(STAGES)}")
     if cfg.grad_accum < 1:
         raise ValueError("--grad-accum must be at least 1")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, not {cfg.lr_schedule[:40]!r}")
+    # checked before any data is rendered or loaded (a codec run spends minutes on that first)
+    _require_choice("--lr-schedule", cfg.lr_schedule, LR_SCHEDULES)
+    _require_choice("--codec-loss", cfg.codec_loss, CODEC_LOSSES)
     if cfg.segment_starts not in ("shots", "uniform"):
         raise ValueError(f"--segment-starts must be 'shots' or 'uniform', not {cfg.segment_starts[:40]!r}")
     if cfg.recent_latents < 0 or (cfg.recent_latents and cfg.segment_starts != "shots"):
