@@ -27,6 +27,14 @@
 # v8 (2026-12-06, three calls on an H100, each from the last call's vae/; the first from v7's): `FREEZE=1 VAE=<vae/>
 #   LOSS=mse SCHEDULE=cosine BATCH=40 NUM_CLIPS=192 MIX=0.6,0.2,0.2 WINDOW=17 LR=2e-4 WARMUP=30 EVAL_TIMEOUT=0
 #   RUNS=/tmp/r BANK=data/bank-lite ... codec-video OUT default MIN` (MIN 8.0, 8.1, 7.2); shipped: v7 with that vae/.
+# v9 (2026-12-06, two calls on an H100): the whole codec (encoder too) from v8's vae/: `VAE=<v8 vae/> LOSS=mse
+#   SCHEDULE=cosine BATCH=32 NUM_CLIPS=192 MIX=0.6,0.2,0.2 WINDOW=17 LR=1.5e-4 WARMUP=30 EVAL_TIMEOUT=0 RUNS=/tmp/r
+#   BANK=data/bank-lite ... codec-video OUT default 7.9` (batch 32: 64 GB with the encoder's gradients); then, with
+#   that codec's encoder-only stand-in in assets/pfp-default/vae (`device_carry.py --encoder-only-vae`) and v8's G
+#   and φ: `RUNS=/tmp/r BANK=data/bank-lite BATCH=128 LR=3e-4 DATA_SEED=10 WARMUP=50 RSHARE=0.5 STARTS=shots
+#   CUTS=0.5 RECENT=1 EVAL_TIMEOUT=0 ... finetune OUT assets/pfp-default 7.9`; a third call continued the codec
+#   (`VAE=<call 1's vae/> ... LR=1.2e-4 ... codec-video OUT default 6.0`). Shipped: call 2's G and φ with call 3's
+#   codec (G trained on call 1's latents: recall measured equal or higher than with call 1's codec, see the card).
 # Each phase then evaluates on held-out data (world clips, the bank's held-out real clips and photographs).
 # Usage: bash benchmarks/train_default_gpu.sh PHASE OUT [INIT] [MINUTES...]
 # Needs: data/bank (`python -m pfp_app bank`) and .carry/captions.safetensors (`python -m pfp_app captions
