@@ -34,7 +34,7 @@
 #   and φ: `RUNS=/tmp/r BANK=data/bank-lite BATCH=128 LR=3e-4 DATA_SEED=10 WARMUP=50 RSHARE=0.5 STARTS=shots
 #   CUTS=0.5 RECENT=1 EVAL_TIMEOUT=0 ... finetune OUT assets/pfp-default 7.9`; a third call continued the codec
 #   (`VAE=<call 1's vae/> ... LR=1.2e-4 ... codec-video OUT default 6.0`). Shipped: call 2's G and φ with call 3's
-#   codec (G trained on call 1's latents: recall measured equal or higher than with call 1's codec, see the card).
+#   codec (G trained on call 1's latents: its recalls measured within 0.03 dB of those with call 1's codec, see the card).
 # Each phase then evaluates on held-out data (world clips, the bank's held-out real clips and photographs).
 # Usage: bash benchmarks/train_default_gpu.sh PHASE OUT [INIT] [MINUTES...]
 # Needs: data/bank (`python -m pfp_app bank`) and .carry/captions.safetensors (`python -m pfp_app captions
