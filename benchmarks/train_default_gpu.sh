@@ -27,7 +27,7 @@
 # v8 (2026-12-06, three calls on an H100, each from the last call's vae/; the first from v7's): `FREEZE=1 VAE=<vae/>
 #   LOSS=mse SCHEDULE=cosine BATCH=40 NUM_CLIPS=192 MIX=0.6,0.2,0.2 WINDOW=17 LR=2e-4 WARMUP=30 EVAL_TIMEOUT=0
 #   RUNS=/tmp/r BANK=data/bank-lite ... codec-video OUT default MIN` (MIN 8.0, 8.1, 7.2); shipped: v7 with that vae/.
-# v9 (2026-12-06, two calls on an H100): the whole codec (encoder too) from v8's vae/: `VAE=<v8 vae/> LOSS=mse
+# v9 (2026-12-06, three calls on an H100): the whole codec (encoder too) from v8's vae/: `VAE=<v8 vae/> LOSS=mse
 #   SCHEDULE=cosine BATCH=32 NUM_CLIPS=192 MIX=0.6,0.2,0.2 WINDOW=17 LR=1.5e-4 WARMUP=30 EVAL_TIMEOUT=0 RUNS=/tmp/r
 #   BANK=data/bank-lite ... codec-video OUT default 7.9` (batch 32: 64 GB with the encoder's gradients); then, with
 #   that codec's encoder-only stand-in in assets/pfp-default/vae (`device_carry.py --encoder-only-vae`) and v8's G
