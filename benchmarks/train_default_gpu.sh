@@ -35,6 +35,10 @@
 #   CUTS=0.5 RECENT=1 EVAL_TIMEOUT=0 ... finetune OUT assets/pfp-default 7.9`; a third call continued the codec
 #   (`VAE=<call 1's vae/> ... LR=1.2e-4 ... codec-video OUT default 6.0`). Shipped: call 2's G and φ with call 3's
 #   codec (G trained on call 1's latents: its recalls measured within 0.03 dB of those with call 1's codec, see the card).
+# v10 (2026-12-06, three calls on an H100, each from the last call's vae/, the first from v9's): the decoder alone
+#   again (G, φ and every latent stay v9's) on a world-heavy mix: `FREEZE=1 VAE=<vae/> LOSS=mse SCHEDULE=cosine
+#   BATCH=40 NUM_CLIPS=192 MIX=0.85,0.1,0.05 WINDOW=17 LR=L WARMUP=30 EVAL_TIMEOUT=0 RUNS=/tmp/r BANK=data/bank-lite
+#   ... codec-video OUT default MIN` with (L, MIN) = (2e-4, 7.6), (1.5e-4, 7.6), (1.2e-4, 4.6). Shipped: v9 with that vae/.
 # Each phase then evaluates on held-out data (world clips, the bank's held-out real clips and photographs).
 # Usage: bash benchmarks/train_default_gpu.sh PHASE OUT [INIT] [MINUTES...]
 # Needs: data/bank (`python -m pfp_app bank`) and .carry/captions.safetensors (`python -m pfp_app captions
