@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default",
                    help="'default' (the embedded model in assets/; falls back to the untrained 'tiny-random' when "
                         "missing), 'tiny-random', a PFP model folder or a Wan 2.1 diffusers folder")
-    p.add_argument("--profile", default="auto", help="runtime profile (when pfp_app.runtime is installed)")
+    p.add_argument("--profile", default="auto", help="runtime profile (when pfp_app.runtime.profiles is installed)")
     p.add_argument("--projects", default="projects", help="folder holding the projects (default ./projects)")
     p.add_argument("--listen", nargs="?", const="0.0.0.0", default=False, metavar="HOST",
                    help="serve on HOST, or on all interfaces (0.0.0.0) when no HOST is given, instead of 127.0.0.1; "
@@ -34,12 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-    from pfp_app.model import ModelLoadError
-    from pfp_app.ui import Studio, build_demo
+    from pfp_app.model.bundle import ModelLoadError
+    from pfp_app.app.studio import Studio, build_demo
     from starlette.middleware import Middleware
 
-    from pfp_app.ui.host_guard import HostGuard, allowed_hosts
-    from pfp_app.ui.layout import launch_kwargs
+    from pfp_app.app.studio.host_guard import HostGuard, allowed_hosts
+    from pfp_app.app.studio.layout import launch_kwargs
 
     projects = Path(args.projects).resolve()
     projects.mkdir(parents=True, exist_ok=True)

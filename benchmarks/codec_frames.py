@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from pfp_app.codec_widen import widen_decoder  # noqa: E402
+from pfp_app.model.codec_widen import widen_decoder  # noqa: E402
 from pfp_app.data.world import WorldClipDataset  # noqa: E402
-from pfp_app.fast_conv import use_onednn_conv3d  # noqa: E402
-from pfp_app.model import load_model  # noqa: E402
-from pfp_app.train.evaluate import trim_to_codec  # noqa: E402
+from pfp_app.model.fast_conv import use_onednn_conv3d  # noqa: E402
+from pfp_app.model.bundle import load_model  # noqa: E402
+from pfp_app.evaluation.evaluate import trim_to_codec  # noqa: E402
 
 CUT_CHANGE = 0.1
 

@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from pfp_app.data.world import WorldClipDataset  # noqa: E402
-from pfp_app.fast_conv import use_onednn_conv3d  # noqa: E402
-from pfp_app.metrics import mean_and_ci95, psnr  # noqa: E402
-from pfp_app.model import load_model  # noqa: E402
-from pfp_app.train.evaluate import codec_clip_scores, trim_to_codec  # noqa: E402
+from pfp_app.model.fast_conv import use_onednn_conv3d  # noqa: E402
+from pfp_app.evaluation.metrics import mean_and_ci95, psnr  # noqa: E402
+from pfp_app.model.bundle import load_model  # noqa: E402
+from pfp_app.evaluation.evaluate import codec_clip_scores, trim_to_codec  # noqa: E402
 
 
 @torch.no_grad()

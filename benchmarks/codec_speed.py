@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from pfp_app.causal_decode import StreamingDecoder  # noqa: E402
-from pfp_app.fast_conv import use_onednn_conv3d  # noqa: E402
-from pfp_app.model import load_model  # noqa: E402
+from pfp_app.model.causal_decode import StreamingDecoder  # noqa: E402
+from pfp_app.model.fast_conv import use_onednn_conv3d  # noqa: E402
+from pfp_app.model.bundle import load_model  # noqa: E402
 
 
 def main() -> None:

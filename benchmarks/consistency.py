@@ -113,7 +113,7 @@ def make_storyboard(index: int, s: Settings, segment_seconds: float):
     import numpy as np
 
     from pfp_app.data.world import PLACES, ShotScene, all_characters, caption_for, storyboard_returns
-    from pfp_app.storyboard import parse_storyboard
+    from pfp_app.film.storyboard import parse_storyboard
 
     rng = np.random.default_rng([s.storyboard_seed, index])
     chars = all_characters()
@@ -263,7 +263,7 @@ def generate_and_score(pipe, index: int, s: Settings, settings=None) -> dict:
     import fidelity
 
     from pfp_app.data.world import render_storyboard
-    from pfp_app.pipeline import GenerationSettings
+    from pfp_app.sampling.pipeline import GenerationSettings
 
     t0 = time.time()
     sb, truth = make_storyboard(index, s, pipe.segment_seconds)
@@ -286,7 +286,7 @@ def timing_records(results: dict, s: Settings) -> list[dict]:
 def load_arm_model(model_dir: Path, s: Settings, device: str):
     import torch
 
-    from pfp_app.model import load_model
+    from pfp_app.model.bundle import load_model
 
     model = load_model(model_dir, torch_dtype=torch.float32).to(device)
     if s.text_table:  # GPU machines carry precomputed caption embeddings instead of the text encoder
@@ -539,7 +539,7 @@ def main(argv=None) -> int:
             if not rec["trained"]:
                 break  # arms in order: the next call continues here
         if len(rec["storyboards"]) < s.storyboards:
-            from pfp_app.pipeline import PFPPipeline
+            from pfp_app.sampling.pipeline import PFPPipeline
 
             model = load_arm_model(final / "model", s, device)
             pipe = PFPPipeline(model, device=device)

@@ -24,18 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from pfp_app.causal_decode import StreamingDecoder  # noqa: E402
-from pfp_app.model import load_model  # noqa: E402
-from pfp_app.pipeline import GenerationSettings, PFPPipeline  # noqa: E402
-from pfp_app.project import Project  # noqa: E402
-from pfp_app.recall_clip import encode_clip, prepare_clip  # noqa: E402
-from pfp_app.storyboard import Shot, Storyboard, parse_storyboard  # noqa: E402
-from pfp_app.video_io import read_video, write_mp4  # noqa: E402
+from pfp_app.model.causal_decode import StreamingDecoder  # noqa: E402
+from pfp_app.model.bundle import load_model  # noqa: E402
+from pfp_app.sampling.pipeline import GenerationSettings, PFPPipeline  # noqa: E402
+from pfp_app.film.project import Project  # noqa: E402
+from pfp_app.film.recall_clip import encode_clip, prepare_clip  # noqa: E402
+from pfp_app.film.storyboard import Shot, Storyboard, parse_storyboard  # noqa: E402
+from pfp_app.io.video import read_video, write_mp4  # noqa: E402
 
 
 def step_times() -> None:
     """Median seconds of one denoising step (a segment after 4 segments of history) per config, random weights."""
-    from pfp_app.model import build_random_model
+    from pfp_app.model.bundle import build_random_model
 
     print("| config | segment latents | memory tokens | median step (s) |\n|---|---|---|---|")
     for name in ("tiny", "default"):
@@ -89,7 +89,7 @@ def main() -> None:
     sb = Storyboard(tuple(Shot(x.start, min(x.end, args.seconds), x.prompt) for x in full.shots if x.start < args.seconds),
                     args.seconds)  # cut to --seconds
     with tempfile.TemporaryDirectory() as tmp:
-        from pfp_app.ui.studio import Studio
+        from pfp_app.app.studio.callbacks import Studio
 
         studio = Studio(Path(tmp) / "projects", model_spec=args.model)
         studio.pipe = pipe

@@ -42,8 +42,8 @@ def reset_peak() -> None:
 
 def make_project(folder: Path, pipe, minutes: float):
     """A project with ceil(minutes * 60 / segment seconds) segments of synthetic frames; returns it."""
-    from pfp_app.project import Project
-    from pfp_app.video_io import write_mp4
+    from pfp_app.film.project import Project
+    from pfp_app.io.video import write_mp4
 
     v = pipe.model.video
     project = Project(folder)
@@ -61,10 +61,10 @@ def make_project(folder: Path, pipe, minutes: float):
 
 def child(args) -> None:
     """Runs in a fresh process: load the model, export the project one way, print a JSON line."""
-    from pfp_app.model import load_model
-    from pfp_app.pipeline import PFPPipeline
-    from pfp_app.project import Project
-    from pfp_app.video_io import frames_to_tensor, read_video, write_mp4
+    from pfp_app.model.bundle import load_model
+    from pfp_app.sampling.pipeline import PFPPipeline
+    from pfp_app.film.project import Project
+    from pfp_app.io.video import frames_to_tensor, read_video, write_mp4
 
     pipe = PFPPipeline(load_model(args.model).to("cpu"), device="cpu")
     project = Project(args.project)
@@ -93,8 +93,8 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    from pfp_app.model import load_model
-    from pfp_app.pipeline import PFPPipeline
+    from pfp_app.model.bundle import load_model
+    from pfp_app.sampling.pipeline import PFPPipeline
 
     pipe = PFPPipeline(load_model(args.model).to("cpu"), device="cpu")
     v = pipe.model.video

@@ -72,8 +72,8 @@ from pfp_app.data.world import (  # noqa: E402
     signature_agreement,
     view_agreement,
 )
-from pfp_app.metrics import mean_and_ci95  # noqa: E402
-from pfp_app.storyboard import parse_storyboard  # noqa: E402
+from pfp_app.evaluation.metrics import mean_and_ci95  # noqa: E402
+from pfp_app.film.storyboard import parse_storyboard  # noqa: E402
 
 REFERENCE_SEED = 90_000  # render seeds of the reference views / sprites (no storyboard uses them)
 REFERENCE_VIEWS = 16  # camera starts per place
@@ -198,7 +198,7 @@ def read_pattern_and_shape(frames: list[np.ndarray], ch: Character, side: int, r
 
 def prompted_frames(segments: list[tuple[int, int, int]], shot: int) -> set[int]:
     """Film frames generated with the prompt of `shot`. segments: (first frame, end frame, shot index) per
-    segment. On the shot-aligned timeline (`pfp_app.timeline`) these are the shot's frames; the check keeps
+    segment. On the shot-aligned timeline (`pfp_app.film.timeline`) these are the shot's frames; the check keeps
     the scores honest for a pipeline whose segments do not start at the cuts."""
     return {i for a, b, si in segments if si == shot for i in range(a, b)}
 
@@ -321,7 +321,7 @@ def generate(pipe, sb, settings) -> tuple[np.ndarray, list[tuple[int, int, int]]
     shot index) of each segment."""
     import torch
 
-    from pfp_app.video_io import tensor_to_frames
+    from pfp_app.io.video import tensor_to_frames
 
     results = pipe.generate(sb, settings)
     ends = np.cumsum([r.frames.shape[1] for r in results]).tolist()  # film frames (3, n, H, W) per segment
@@ -330,7 +330,7 @@ def generate(pipe, sb, settings) -> tuple[np.ndarray, list[tuple[int, int, int]]
 
 
 def _settings(args, seed: int):
-    from pfp_app.pipeline import GenerationSettings
+    from pfp_app.sampling.pipeline import GenerationSettings
 
     return GenerationSettings(seed=seed, steps=args.steps, guidance_scale=args.guidance, **_scales(args))
 
@@ -346,8 +346,8 @@ def _scales(args) -> dict:
 def run(args) -> dict:
     from dataclasses import asdict
 
-    from pfp_app.model import load_model
-    from pfp_app.pipeline import PFPPipeline
+    from pfp_app.model.bundle import load_model
+    from pfp_app.sampling.pipeline import PFPPipeline
 
     t_start = time.time()
     device = "cuda" if _cuda() else "cpu"

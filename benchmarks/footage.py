@@ -69,13 +69,13 @@ def seam_scores(footage: np.ndarray, segments: list[np.ndarray]) -> dict:
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    from pfp_app.video_io import tensor_to_frames
+    from pfp_app.io.video import tensor_to_frames
 
     return tensor_to_frames(frames)
 
 
 def seam_case(pipe, footage, prompt: str, steps: int, seed: int) -> dict:
-    from pfp_app.pipeline import GenerationSettings
+    from pfp_app.sampling.pipeline import GenerationSettings
 
     seg_s = pipe.segment_seconds
     t0 = time.time()
@@ -93,9 +93,9 @@ def seam_case(pipe, footage, prompt: str, steps: int, seed: int) -> dict:
 def consistency_case(pipe, index: int, steps: int, storyboard_seed: int, ret: int = 2) -> dict:
     """Footage 'A in front of P', then 'B in front of Q', then 'A in front of P': with vs without the footage."""
     from pfp_app.data.world import PLACES, ShotScene, all_characters, caption_for, render_storyboard
-    from pfp_app.footage import footage_from_frames
-    from pfp_app.pipeline import GenerationSettings
-    from pfp_app.storyboard import parse_storyboard
+    from pfp_app.film.footage import footage_from_frames
+    from pfp_app.sampling.pipeline import GenerationSettings
+    from pfp_app.film.storyboard import parse_storyboard
 
     v, codec = pipe.model.video, pipe.model.codec
     t0 = time.time()
@@ -234,9 +234,9 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     from pfp_app.data.world import sample_clip
-    from pfp_app.footage import footage_from_frames, video_tail
-    from pfp_app.model import load_model
-    from pfp_app.pipeline import PFPPipeline
+    from pfp_app.film.footage import footage_from_frames, video_tail
+    from pfp_app.model.bundle import load_model
+    from pfp_app.sampling.pipeline import PFPPipeline
 
     model = load_model(args.model)
     pipe = PFPPipeline(model.to("cpu"))
@@ -281,7 +281,7 @@ def main(argv=None) -> int:
 
 
 def cv_duration(path: str) -> float:
-    from pfp_app.video_io import video_info
+    from pfp_app.io.video import video_info
 
     return video_info(path).duration
 

@@ -170,8 +170,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.tiny:
         args.model, args.batches, args.stages, args.legacy_batch, args.steps, args.warmup = "tiny", "2", "finetune", 2, 2, 1
-    from pfp_app.model import build_random_model
-    from pfp_app.text_encoder import PrecomputedTextEncoder
+    from pfp_app.model.bundle import build_random_model
+    from pfp_app.model.text_encoder import PrecomputedTextEncoder
     from pfp_app.train.trainer import TrainConfig
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -9,7 +9,7 @@ segment of 9 latent frames (1, 16, 9, 60, 104) and 20 s of history (80 latent fr
   (a) seconds per denoising step: segment alone, + φ memory at each rate, + the full uncompressed history;
   (b) φ: compressing 20 s of history, and adding one segment to an existing memory (encode_incremental);
   (c) the whole pipeline (text encoder, φ, DiT steps, VAE decode) under each runtime profile: peak VRAM
-      and step time relative to `resident`, through pfp_app.runtime.apply_profile exactly as the app runs.
+      and step time relative to `resident`, through pfp_app.runtime.profiles.apply_profile exactly as the app runs.
 Every measurement is time-boxed (--budget-s in all), OOMs are recorded as 'OOM', and the JSON in --out is
 rewritten after every measurement, so a timeout still leaves data. The markdown tables are printed last.
 """
@@ -201,9 +201,9 @@ def build_transformer(shape: Shape, device, seed: int = 0):
     from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
 
-    from pfp_app.backbone import enable_memory_blocks
-    from pfp_app.model import MODEL_CONFIGS
-    from pfp_app.runtime import cast_for_compute
+    from pfp_app.model.memory_dit import enable_memory_blocks
+    from pfp_app.model.bundle import MODEL_CONFIGS
+    from pfp_app.runtime.profiles import cast_for_compute
 
     with init_empty_weights(include_buffers=False):
         # the app's own blocks: memory tokens at t = 0 through the two-group timestep path
@@ -217,7 +217,7 @@ def build_text_encoder(shape: Shape, device, seed: int = 1):
     from accelerate import init_empty_weights
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from pfp_app.text_encoder import _HFTextEncoder
+    from pfp_app.model.text_encoder import _HFTextEncoder
 
     with init_empty_weights(include_buffers=False):
         model = UMT5EncoderModel(UMT5Config(**shape.text))
@@ -241,8 +241,8 @@ def build_vae(shape: Shape, device):
 
 
 def build_phi(shape: Shape, rate: str, device, dtype, transformer=None):
-    from pfp_app.memory.encoder import MemoryEncoder
-    from pfp_app.model import MODEL_CONFIGS
+    from pfp_app.model.memory_encoder import MemoryEncoder
+    from pfp_app.model.bundle import MODEL_CONFIGS
 
     cfg = MODEL_CONFIGS[shape.config]
     t = cfg.transformer
@@ -256,8 +256,8 @@ def build_phi(shape: Shape, rate: str, device, dtype, transformer=None):
 
 def build_model(shape: Shape, device, dtype, rate: str = "4x4x2"):
     """The PFPModel bundle the app runs, with random weights in `shape`; everything built on `device`."""
-    from pfp_app.codec import WanLatentCodec
-    from pfp_app.model import MODEL_CONFIGS, PFPModel
+    from pfp_app.model.codec import WanLatentCodec
+    from pfp_app.model.bundle import MODEL_CONFIGS, PFPModel
 
     cfg = MODEL_CONFIGS[shape.config]
     tr = build_transformer(shape, device)
@@ -275,7 +275,7 @@ class Inputs:
     """The fixed random inputs of one shape: segment latents, history latents, text, timestep, positions."""
 
     def __init__(self, shape: Shape, device, dtype):
-        from pfp_app.model import MODEL_CONFIGS
+        from pfp_app.model.bundle import MODEL_CONFIGS
 
         t = MODEL_CONFIGS[shape.config].transformer
         self.channels = t["in_channels"]
@@ -295,8 +295,8 @@ class Inputs:
 
 def full_history_tokens(inp: Inputs, hidden: int, device, dtype):
     """The uncompressed history as extra tokens: one per DiT token of every history frame, at its own position."""
-    from pfp_app.backbone.memory_dit import MemoryTokens
-    from pfp_app.backbone.rope import grid_coords
+    from pfp_app.model.memory_dit import MemoryTokens
+    from pfp_app.model.rope import grid_coords
 
     coords = grid_coords(torch.arange(inp.history_frames, dtype=torch.float64), inp.h // 2, inp.w // 2)
     tokens = torch.randn(1, coords.shape[0], hidden, generator=_generator(device, 11), device=device).to(dtype)
@@ -306,8 +306,8 @@ def full_history_tokens(inp: Inputs, hidden: int, device, dtype):
 def forward_shared_timestep(transformer, latents, timestep, text, memory, positions):
     """memory_dit_forward with one (B, 6, D) modulation for every token (memory at the queries' t): the cost
     of a step if modulation were applied per token *kind* instead of through a (B, N, 6, D) tensor."""
-    from pfp_app.backbone.memory_dit import patch_grid
-    from pfp_app.backbone.rope import grid_coords, rope_at_coords
+    from pfp_app.model.memory_dit import patch_grid
+    from pfp_app.model.rope import grid_coords, rope_at_coords
 
     batch = latents.shape[0]
     gt, gh, gw = patch_grid(transformer, latents.shape)
@@ -366,7 +366,7 @@ def section_phi(b: Bench, shape: Shape, rates) -> None:
 
 def _step_row(b: Bench, shape: Shape, tr, inp: "Inputs", row: str) -> dict:
     """One row of (a): build the memory for `row`, then time the step (all locals die with this frame)."""
-    from pfp_app.backbone.memory_dit import memory_dit_forward
+    from pfp_app.model.memory_dit import memory_dit_forward
 
     forward = memory_dit_forward
     hidden = tr.config.num_attention_heads * tr.config.attention_head_dim
@@ -427,7 +427,7 @@ def section_steps(b: Bench, shape: Shape, rows) -> None:
 
 def _profile_run(b: Bench, shape: Shape, name: str, inp: "Inputs", rec: dict, profiles=None) -> None:
     """One row of (c): build the bundle, apply the profile, run text -> φ -> DiT steps -> VAE decode."""
-    from pfp_app.runtime import apply_profile, estimate_peak_bytes, get_profile, model_footprint
+    from pfp_app.runtime.profiles import apply_profile, estimate_peak_bytes, get_profile, model_footprint
 
     t = time.perf_counter()
     model = build_model(shape, b.device, b.dtype)
@@ -487,7 +487,7 @@ def _profile_run(b: Bench, shape: Shape, name: str, inp: "Inputs", rec: dict, pr
 
 def section_profiles(b: Bench, shape: Shape, profiles) -> None:
     """The whole pipeline under each runtime profile: text -> φ -> DiT steps -> VAE decode, peak VRAM."""
-    from pfp_app.runtime import load_profiles
+    from pfp_app.runtime.profiles import load_profiles
 
     res = b.results["profiles"].setdefault(shape.label, {})
     inp = Inputs(shape, b.device, b.dtype)

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import retrieval_ablation as ra  # noqa: E402
 import return_loss as rl  # noqa: E402  (the same held-out clips and latent cache)
 
-from pfp_app.backbone.memory_dit import MemoryTokens  # noqa: E402
+from pfp_app.model.memory_dit import MemoryTokens  # noqa: E402
 from pfp_app.data.world import appearance_signature, signature_agreement, view_agreement  # noqa: E402
-from pfp_app.flow import SamplerSettings, sample  # noqa: E402
+from pfp_app.sampling.flow import SamplerSettings, sample  # noqa: E402
 
 
 def query_frames(tracks: dict, num_latents: int, temporal: int, per_clip: int) -> list[tuple[int, list[str]]]:
@@ -77,7 +77,7 @@ def recall_frames(model, latents: torch.Tensor, js: list[int], steps: int, seed:
 
 
 def main(argv=None) -> int:
-    from pfp_app.model import build_random_model, load_model
+    from pfp_app.model.bundle import build_random_model, load_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="assets/pfp-default")

@@ -25,7 +25,7 @@ Protocol (arXiv 2512.23851 Table 1, on the procedural storyboard world):
   EMA, training clips (one data seed) for every run; several seeds (each seed changes G's and φ's
   initial weights and the batch order).
 - Evaluation on held-out clips (another data seed): latent frames spread over the whole history are
-  retrieved from noise given φ(H) alone (no caption) with `pfp_app.train.evaluate.recall_clip_batch`,
+  retrieved from noise given φ(H) alone (no caption) with `pfp_app.evaluation.evaluate.recall_clip_batch`,
   decoded and compared with the true frames; PSNR/SSIM (LPIPS where the core reports it), averaged per
   clip over its queried frames, then over seeds; mean ± 95% t-interval over clips. The same clips and
   sampler seeds for every run, so orderings are PAIRED per-clip differences with their own interval.
@@ -237,7 +237,7 @@ def build_init_folder(folder: Path, s: Settings, variant: str, rate: str, seed: 
     """
     import torch
 
-    from pfp_app.model import BUNDLE_FILE, MODEL_CONFIGS, PFPModel, build_memory_encoder, build_random_model, load_model
+    from pfp_app.model.bundle import BUNDLE_FILE, MODEL_CONFIGS, PFPModel, build_memory_encoder, build_random_model, load_model
 
     if (folder / BUNDLE_FILE).exists():
         return folder
@@ -341,8 +341,8 @@ def evaluate_recall_per_clip(model_dir: Path, s: Settings, device: str) -> dict:
     """
     import torch
 
-    from pfp_app.model import load_model
-    from pfp_app.train.evaluate import recall_clip_batch
+    from pfp_app.model.bundle import load_model
+    from pfp_app.evaluation.evaluate import recall_clip_batch
 
     t0 = time.time()
     model = load_model(model_dir, torch_dtype=torch.float32).to(device)
@@ -374,7 +374,7 @@ def evaluate_recall_per_clip(model_dir: Path, s: Settings, device: str) -> dict:
 # ---------------------------------------------------------------------------------------------- statistics
 
 def mean_ci(values) -> tuple[float, float]:
-    from pfp_app.metrics import mean_and_ci95
+    from pfp_app.evaluation.metrics import mean_and_ci95
 
     return mean_and_ci95(values)
 

@@ -40,7 +40,7 @@ ARMS = (("memory", "as shipped (φ's memory)"), ("zeroed", "φ's output zeroed")
 def zeroed_memory(model):
     """Within the block, the model's φ returns its tokens multiplied by 0 (the positions stay): the memory is
     there in shape, empty in content, as `evaluate`'s "φ zeroed" reference."""
-    from pfp_app.memory.encoder import MemoryTokens
+    from pfp_app.model.memory_encoder import MemoryTokens
 
     enc = model.memory_encoder
     real = enc.encode_incremental
@@ -164,8 +164,8 @@ def main(argv=None) -> int:
         out.with_suffix(".md").write_text(text)
         print(text)
         return 0
-    from pfp_app.model import load_model
-    from pfp_app.pipeline import PFPPipeline
+    from pfp_app.model.bundle import load_model
+    from pfp_app.sampling.pipeline import PFPPipeline
 
     t_start = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
 
 
 def _settings(s: cons.Settings, args, seed: int = 0):
-    from pfp_app.pipeline import GenerationSettings
+    from pfp_app.sampling.pipeline import GenerationSettings
 
     return GenerationSettings(seed=seed, steps=s.gen_steps or None, context_latents=args.context_latents,
                               memory_guidance_scale=args.memory_guidance, recent_latents=args.recent_latents,

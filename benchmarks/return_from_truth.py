@@ -41,10 +41,10 @@ from fidelity import drift_scores, drift_storyboard, generate  # noqa: E402
 from return_consistency import zeroed_memory  # noqa: E402
 
 from pfp_app.data.world import clip_to_item, render_storyboard  # noqa: E402
-from pfp_app.footage import encode_frames  # noqa: E402
-from pfp_app.metrics import mean_and_ci95  # noqa: E402
-from pfp_app.storyboard import parse_storyboard  # noqa: E402
-from pfp_app.video_io import tensor_to_frames  # noqa: E402
+from pfp_app.film.footage import encode_frames  # noqa: E402
+from pfp_app.evaluation.metrics import mean_and_ci95  # noqa: E402
+from pfp_app.film.storyboard import parse_storyboard  # noqa: E402
+from pfp_app.io.video import tensor_to_frames  # noqa: E402
 
 MEASURES = ("place", "place_colour", "character")
 
@@ -60,7 +60,7 @@ def history_latents_before(frame: int, temporal: int) -> int:
 def return_from_history(pipe, latents: torch.Tensor, gt, shot, settings) -> np.ndarray:
     """The ground truth's video with return shot `shot` (a Shot of gt.storyboard) drawn by the pipeline after the
     true history before it: (T, H, W, 3) uint8, the ground truth outside that shot."""
-    from pfp_app.timeline import TimeGrid
+    from pfp_app.film.timeline import TimeGrid
 
     fps, temporal = gt.fps, TimeGrid.of(pipe.model, after_footage=True).temporal_ratio
     first = int(round(float(shot.start) * fps))
@@ -77,8 +77,8 @@ def return_from_history(pipe, latents: torch.Tensor, gt, shot, settings) -> np.n
 
 
 def run(args) -> dict:
-    from pfp_app.model import build_random_model, load_model
-    from pfp_app.pipeline import GenerationSettings, PFPPipeline
+    from pfp_app.model.bundle import build_random_model, load_model
+    from pfp_app.sampling.pipeline import GenerationSettings, PFPPipeline
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = (build_random_model("tiny") if args.tiny else load_model(args.model)).to(device)

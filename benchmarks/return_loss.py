@@ -44,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import retrieval_ablation as ra  # noqa: E402  (statistics, results files)
 
-from pfp_app.backbone.memory_dit import MemoryTokens, history_recent_tokens, join_memory  # noqa: E402
+from pfp_app.model.memory_dit import MemoryTokens, history_recent_tokens, join_memory  # noqa: E402
 from pfp_app.data.world import parse_caption, sample_clip  # noqa: E402
-from pfp_app.flow import NUM_TRAIN_TIMESTEPS, add_noise  # noqa: E402
-from pfp_app.storyboard import format_storyboard  # noqa: E402
+from pfp_app.sampling.flow import NUM_TRAIN_TIMESTEPS, add_noise  # noqa: E402
+from pfp_app.film.storyboard import format_storyboard  # noqa: E402
 from pfp_app.train.data import (  # noqa: E402
     cached_latents, character_returns_at, encode_clips, latent_prompts, module_fingerprint, repeated_shot_start)
 
@@ -231,7 +231,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from pfp_app.model import build_random_model, load_model
+    from pfp_app.model.bundle import build_random_model, load_model
 
     args = parse_args(argv)
     t_start = time.time()
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     model = build_random_model("tiny", seed=0) if args.tiny else load_model(args.model, torch_dtype=torch.float32)
     text_encoder = None
     if args.text_table:
-        from pfp_app.text_encoder import PrecomputedTextEncoder
+        from pfp_app.model.text_encoder import PrecomputedTextEncoder
         from pfp_app.train.data import caption_table_from_file
 
         text_encoder = PrecomputedTextEncoder(caption_table_from_file(args.text_table))

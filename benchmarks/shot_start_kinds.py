@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from return_loss import place_returns_at  # noqa: E402
 
 from pfp_app.data.world import WorldClipDataset, clip_storyboard  # noqa: E402
-from pfp_app.storyboard import format_storyboard  # noqa: E402
+from pfp_app.film.storyboard import format_storyboard  # noqa: E402
 from pfp_app.train.data import character_returns_at, latent_prompts, repeated_shot_start  # noqa: E402
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
-from pfp_app.backbone.memory_dit import enable_memory_blocks
+from pfp_app.model.memory_dit import enable_memory_blocks
 
 # One intra-op thread: every tensor here is tiny, so a second thread gains little, while on a busy
 # 2-core machine torch's spinning worker threads slowed the learning test more than tenfold
@@ -56,14 +56,14 @@ def small_transformer(
 @pytest.fixture(scope="session")
 def tiny_model():
     """The `tiny-random` bundle (G, φ, VAE, MiniLM text encoder), built once per session. Read-only!"""
-    from pfp_app.model import build_random_model
+    from pfp_app.model.bundle import build_random_model
 
     return build_random_model("tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_model):
-    from pfp_app.pipeline import PFPPipeline
+    from pfp_app.sampling.pipeline import PFPPipeline
 
     return PFPPipeline(tiny_model)
 

@@ -213,7 +213,7 @@ def test_consistency_verdicts_follow_the_numbers():
 def test_runs_of_a_seed_start_from_one_memory_free_g_shared_by_both_benchmarks(tmp_path):
     from safetensors.torch import load_file
 
-    from pfp_app.model import build_random_model
+    from pfp_app.model.bundle import build_random_model
 
     abl, cons_out, base_dir = tmp_path / "abl", tmp_path / "cons", tmp_path / "base"
     common = ["--tiny", "--base-steps", "3", "--base-dir", str(base_dir), "--latent-cache", str(tmp_path / "lat")]
@@ -266,7 +266,7 @@ def test_cpu_scale_tables_say_so():
 def _video_folder(root: Path, n: int, seed: int) -> Path:
     """n 5-s MP4s of world clips (any videos would do; these have texture and cuts)."""
     from pfp_app.data.world import WorldClipDataset
-    from pfp_app.video_io import write_mp4
+    from pfp_app.io.video import write_mp4
 
     root.mkdir(parents=True)
     ds = WorldClipDataset(n, seconds=5.0, size=64, fps=8, seed=seed)
@@ -391,7 +391,7 @@ def test_consistency_arms_can_start_from_a_trained_g(tmp_path):
     a memory-free G (--base-steps) cannot be asked for as well."""
     import torch
 
-    from pfp_app.model import build_random_model, load_model
+    from pfp_app.model.bundle import build_random_model, load_model
 
     g_dir = tmp_path / "trained"
     build_random_model("tiny", seed=7).save(g_dir)
@@ -416,7 +416,7 @@ def test_consistency_recent_latents_reach_stage_2_and_generation_only(tmp_path):
     """--recent-latents K (the shipped model's recipe): both arms' stage 2 trains with it and the exported model
     generates with it; stage 1 (retrieval) does not. The protocol records it, and every storyboard carries
     prompt fidelity beside the ground truth's, in the table's own column."""
-    from pfp_app.model import load_model
+    from pfp_app.model.bundle import load_model
 
     out = tmp_path / "cons"
     assert cons.main(["--tiny", "--out", str(out), "--recent-latents", "1"]) == 0

@@ -11,10 +11,10 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan
 
-from pfp_app.codec import init_temporal_identity
+from pfp_app.model.codec import init_temporal_identity
 from pfp_app.data.bank import BankClipDataset, BankError, build_bank, is_heldout_photo, load_bank
 from pfp_app.data.photo_motion import PhotoMotion, _object_path, camera_thetas, ping_pong
-from pfp_app.video_io import write_mp4
+from pfp_app.io.video import write_mp4
 
 SKIMAGE_ONLY = (("scikit-image", "skimage:data", "BSD-3-Clause", "file"),)
 
@@ -130,7 +130,7 @@ def test_identity_time_init_makes_video_mode_equal_image_mode_on_a_still():
 
 
 def test_codec_training_on_the_bank_learns_to_reconstruct_its_photos(bank, tmp_path):
-    from pfp_app.model import build_random_model, load_model
+    from pfp_app.model.bundle import build_random_model, load_model
     from pfp_app.train.trainer import TrainConfig, train
 
     root, _ = bank
@@ -154,8 +154,8 @@ def test_codec_training_on_the_bank_learns_to_reconstruct_its_photos(bank, tmp_p
 
 
 def test_evaluate_scores_heldout_real_clips_clip_by_clip(bank):
-    from pfp_app.model import build_random_model
-    from pfp_app.train.evaluate import codec_clip_scores, evaluate_clips, format_clip_scores, heldout_real_clips
+    from pfp_app.model.bundle import build_random_model
+    from pfp_app.evaluation.evaluate import codec_clip_scores, evaluate_clips, format_clip_scores, heldout_real_clips
 
     root, _ = bank
     model = build_random_model("tiny")
@@ -177,8 +177,8 @@ def test_evaluate_scores_heldout_real_clips_clip_by_clip(bank):
 def test_a_bank_without_real_clips_warns_and_evaluate_refuses_it_before_any_recall(tmp_path, capsys):
     """Without opencv-doc the bank holds photographs only: the build says so, and `evaluate --bank` stops at once
     with what to install instead of after the world's minutes of recall (it once crashed there)."""
-    from pfp_app.cli import main
-    from pfp_app.train.evaluate import evaluate_clips, heldout_real_clips
+    from pfp_app.app.cli import main
+    from pfp_app.evaluation.evaluate import evaluate_clips, heldout_real_clips
 
     lines = []
     build_bank(tmp_path / "b", size=64, fps=8, crop=96, per_scale=1, sources=SKIMAGE_ONLY, clip_paths=[],

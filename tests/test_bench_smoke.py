@@ -200,7 +200,7 @@ def test_codec_modes_separates_the_time_path_from_the_spatial_one():
     from codec_modes import clip_modes
     from diffusers import AutoencoderKLWan
 
-    from pfp_app.codec import WanLatentCodec, init_temporal_identity
+    from pfp_app.model.codec import WanLatentCodec, init_temporal_identity
 
     torch = __import__("torch")
     torch.manual_seed(0)
@@ -235,8 +235,8 @@ def test_device_carry_encoder_only_vae_encodes_exactly_as_the_full_codec(tmp_pat
     import device_carry
     from diffusers import AutoencoderKLWan
 
-    from pfp_app.codec import WanLatentCodec
-    from pfp_app.model import MODEL_CONFIGS
+    from pfp_app.model.codec import WanLatentCodec
+    from pfp_app.model.bundle import MODEL_CONFIGS
 
     torch.manual_seed(0)
     full = AutoencoderKLWan(**MODEL_CONFIGS["default"].vae)
@@ -259,7 +259,7 @@ def test_return_consistency_zeroes_phi_only_inside_its_block_and_pairs_the_arms(
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from return_consistency import zeroed_memory
 
-    from pfp_app.model import load_model
+    from pfp_app.model.bundle import load_model
 
     model = load_model("tiny-random", torch_dtype=torch.float32)
     c = model.codec.latent_channels

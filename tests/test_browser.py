@@ -115,7 +115,7 @@ def browser_page(timeout_ms: int, log: Path, failure_png: str, route=None):
 def test_studio_in_a_browser(server):
     from playwright.sync_api import expect
 
-    from pfp_app.video_io import read_mp4_comment, read_video
+    from pfp_app.io.video import read_mp4_comment, read_video
 
     url, projects, log = server
     external: list[str] = []
@@ -251,8 +251,8 @@ def segment_records(folder: Path) -> list[dict]:
 def test_cuts_land_at_the_typed_times_and_the_film_is_total_long(server):
     from playwright.sync_api import expect
 
-    from pfp_app.storyboard import parse_storyboard
-    from pfp_app.video_io import read_video
+    from pfp_app.film.storyboard import parse_storyboard
+    from pfp_app.io.video import read_video
 
     url, projects, log = server
     with studio_page(url, log, "cuts") as page:
@@ -277,7 +277,7 @@ def test_cuts_land_at_the_typed_times_and_the_film_is_total_long(server):
 def test_regenerate_after_loading_a_preset_uses_the_new_storyboard(server):
     from playwright.sync_api import expect
 
-    from pfp_app.storyboard import parse_storyboard
+    from pfp_app.film.storyboard import parse_storyboard
 
     url, projects, log = server
     preset = (ROOT / "presets" / "storyboards" / "two_friends.txt").read_text()
@@ -307,7 +307,7 @@ def test_upload_footage_and_continue_it_in_a_browser(server, tmp_path):
     import numpy as np
     from playwright.sync_api import expect
 
-    from pfp_app.video_io import read_mp4_comment, read_video, write_mp4
+    from pfp_app.io.video import read_mp4_comment, read_video, write_mp4
 
     url, projects, log = server
     clip = tmp_path / "my_clip.mp4"

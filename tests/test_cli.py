@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pfp_app.cli import main
-from pfp_app.model import MODEL_CONFIGS
-from pfp_app.storyboard import parse_storyboard
-from pfp_app.video_io import read_mp4_comment, read_video, video_info, write_mp4
+from pfp_app.app.cli import main
+from pfp_app.model.bundle import MODEL_CONFIGS
+from pfp_app.film.storyboard import parse_storyboard
+from pfp_app.io.video import read_mp4_comment, read_video, video_info, write_mp4
 
 from conftest import TEST_THREADS
 
@@ -295,7 +295,7 @@ def test_a_saved_model_folder_loads_and_behaves_as_saved(tiny_model, film, tmp_p
     """`--model DIR` with our folder layout: same weights (safetensors), same outputs, runs end to end."""
     import torch
 
-    from pfp_app.model import load_model
+    from pfp_app.model.bundle import load_model
 
     folder = tiny_model.save(tmp_path / "model")
     loaded = load_model(folder)
@@ -332,7 +332,7 @@ def test_recall_returns_the_asked_time_or_refuses(film, tmp_path, capsys):
 
 
 def test_help_does_not_import_torch_or_the_trainer():
-    code = ("import sys, contextlib, io\nfrom pfp_app.cli import main\n"
+    code = ("import sys, contextlib, io\nfrom pfp_app.app.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
             "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
             "print('pack-model' in out.getvalue(), 'torch' in sys.modules, 'pfp_app.train.trainer' in sys.modules)")
@@ -342,7 +342,7 @@ def test_help_does_not_import_torch_or_the_trainer():
 
 
 def test_every_train_option_has_a_help_line():
-    from pfp_app.cli import build_parser
+    from pfp_app.app.cli import build_parser
 
     train = build_parser(["train"])._subparsers._group_actions[0].choices["train"]
     options = [a for a in train._actions if a.option_strings and a.dest != "help"]
@@ -352,7 +352,7 @@ def test_every_train_option_has_a_help_line():
 
 
 def test_generate_writes_into_the_ignored_out_folder_by_default():
-    from pfp_app.cli import build_parser
+    from pfp_app.app.cli import build_parser
 
     args = build_parser(["generate"]).parse_args(["generate", "--storyboard", "x.txt"])
     assert Path(args.out).parts[0] == "out"
@@ -360,7 +360,7 @@ def test_generate_writes_into_the_ignored_out_folder_by_default():
 
 
 def test_pack_model_is_named_for_what_it_does_and_export_still_works():
-    from pfp_app.cli import build_parser
+    from pfp_app.app.cli import build_parser
 
     assert build_parser(["pack-model"]).parse_args(["pack-model", "--model", "m", "--out", "o"]).model == "m"
     assert build_parser(["export"]).parse_args(["export", "--model", "m", "--out", "o"]).out == "o"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan
 
-from pfp_app.codec_widen import decoder_width, widen_decoder
-from pfp_app.model import MODEL_CONFIGS, load_model
+from pfp_app.model.codec_widen import decoder_width, widen_decoder
+from pfp_app.model.bundle import MODEL_CONFIGS, load_model
 from pfp_app.train.trainer import TrainConfig, train
 
 from test_train import TINY_DATA

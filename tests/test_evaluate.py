@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from pfp_app import metrics
-from pfp_app.train.evaluate import evaluate_recall, format_scores, query_latents, recall_clip_batch
+from pfp_app.evaluation import metrics
+from pfp_app.evaluation.evaluate import evaluate_recall, format_scores, query_latents, recall_clip_batch
 
 
 def _frames(n: int = 2, t: int = 17, size: int = 64) -> torch.Tensor:
@@ -59,7 +59,7 @@ def test_evaluate_intervals_are_over_clips(tiny_model):
 def test_memory_guidance_reaches_the_recall_sampler_and_is_reported(tiny_model, monkeypatch):
     """`evaluate --memory-guidance 2` recalls as the studio's inspector does (G's answer with the memory pushed away
     from its answer without it): each step asks G twice, with and without the memory, and the table says so."""
-    from pfp_app.train import evaluate as ev
+    from pfp_app.evaluation import evaluate as ev
 
     calls = []
     real_velocity = tiny_model.velocity

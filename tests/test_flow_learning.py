@@ -16,8 +16,8 @@ import time
 import pytest
 import torch
 
-from pfp_app.backbone.memory_dit import MemoryTokens, memory_dit_forward
-from pfp_app.flow import (
+from pfp_app.model.memory_dit import MemoryTokens, memory_dit_forward
+from pfp_app.sampling.flow import (
     NUM_TRAIN_TIMESTEPS,
     SamplerSettings,
     add_noise,
@@ -29,8 +29,8 @@ from pfp_app.flow import (
     retrieval_loss,
     sample,
 )
-from pfp_app.memory.encoder import MemoryEncoder
-from pfp_app.metrics import psnr
+from pfp_app.model.memory_encoder import MemoryEncoder
+from pfp_app.evaluation.metrics import psnr
 
 from conftest import report, small_transformer
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pfp_app import footage as fm
-from pfp_app.cli import main
-from pfp_app.export_record import guidance_comment, parse_export_comment, read_export_record
-from pfp_app.footage import FootageError, check_footage, prepare_footage, save_footage
-from pfp_app.causal_decode import WARMUP_LATENTS
-from pfp_app.pipeline import GenerationSettings
-from pfp_app.project import Project
-from pfp_app.video_io import read_mp4_comment, read_video, write_mp4
+from pfp_app.film import footage as fm
+from pfp_app.app.cli import main
+from pfp_app.film.export import guidance_comment, parse_export_comment, read_export_record
+from pfp_app.film.footage import FootageError, check_footage, prepare_footage, save_footage
+from pfp_app.model.causal_decode import WARMUP_LATENTS
+from pfp_app.sampling.pipeline import GenerationSettings
+from pfp_app.film.project import Project
+from pfp_app.io.video import read_mp4_comment, read_video, write_mp4
 
 STORY = "0s: a red fox in the snow\n1.5s: the fox runs across a frozen lake\nend: 3s\n"
 
@@ -162,7 +162,7 @@ def test_generation_continues_the_footage_latents(tiny_pipeline, tmp_path):
 
     # regenerating a shot keeps the footage and everything before the shot
     seg0 = project.load_history(1).clone()
-    again = tiny_pipeline.regenerate_shot(project, __import__("pfp_app.storyboard", fromlist=["x"]).parse_storyboard(STORY),
+    again = tiny_pipeline.regenerate_shot(project, __import__("pfp_app.film.storyboard", fromlist=["x"]).parse_storyboard(STORY),
                                           1, GenerationSettings(seed=5, steps=1))
     assert again[0].segment.index == 1 and again[0].memory_tokens == res[1].memory_tokens
     assert torch.equal(project.load_history(1), seg0) and fm.has_footage(project)

@@ -18,14 +18,14 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from pfp_app.ui.host_guard import allowed_hosts, hostname_of
+from pfp_app.app.studio.host_guard import allowed_hosts, hostname_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def client():
-    from pfp_app.ui.host_guard import HostGuard
+    from pfp_app.app.studio.host_guard import HostGuard
 
     app = Starlette(routes=[Route("/", lambda r: PlainTextResponse("studio"))],
                     middleware=[Middleware(HostGuard, hosts=allowed_hosts(None), port=7860)])

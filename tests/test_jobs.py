@@ -1,4 +1,4 @@
-"""Issue 15 #7: jobs outlive the page. The queue (pfp_app.jobs) in the core, then the studio's use of it."""
+"""Issue 15 #7: jobs outlive the page. The queue (pfp_app.app.jobs) in the core, then the studio's use of it."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from pfp_app.jobs import QUEUE_FILE, JobQueue
-from pfp_app.project import Project
-from pfp_app.ui import Studio
-from pfp_app.ui.job_view import StudioJobs
+from pfp_app.app.jobs import QUEUE_FILE, JobQueue
+from pfp_app.film.project import Project
+from pfp_app.app.studio import Studio
+from pfp_app.app.studio.job_view import StudioJobs
 
 
 class Recorder:

@@ -5,8 +5,8 @@ import copy
 import torch
 from diffusers import WanTransformer3DModel
 
-from pfp_app.backbone import MemoryWanTransformerBlock, enable_memory_blocks, memory_dit_forward
-from pfp_app.memory import MemoryEncoder
+from pfp_app.model.memory_dit import MemoryWanTransformerBlock, enable_memory_blocks, memory_dit_forward
+from pfp_app.model.memory_encoder import MemoryEncoder
 
 
 def _models():

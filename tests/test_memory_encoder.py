@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pfp_app.backbone.memory_dit import memory_dit_forward
-from pfp_app.flow import retrieval_loss
-from pfp_app.memory.encoder import RATES, VARIANTS, MemoryEncoder, memory_grid, memory_token_count
+from pfp_app.model.memory_dit import memory_dit_forward
+from pfp_app.sampling.flow import retrieval_loss
+from pfp_app.model.memory_encoder import RATES, VARIANTS, MemoryEncoder, memory_grid, memory_token_count
 
 from conftest import report, small_transformer
 

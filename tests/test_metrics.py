@@ -1,4 +1,4 @@
-"""Tests for pfp_app.metrics against hand-computed values and scikit-image."""
+"""Tests for pfp_app.evaluation.metrics against hand-computed values and scikit-image."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from pfp_app import metrics
-from pfp_app.metrics import error_heatmap, history_mean_frame, lpips_or_none, mean_and_ci95, psnr, ssim
+from pfp_app.evaluation import metrics
+from pfp_app.evaluation.metrics import error_heatmap, history_mean_frame, lpips_or_none, mean_and_ci95, psnr, ssim
 
 
 def astronaut64() -> torch.Tensor:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pfp_app.pipeline import GenerationSettings, GenerationStopped
-from pfp_app.project import Project
-from pfp_app.storyboard import format_storyboard, parse_storyboard
-from pfp_app.video_io import read_mp4_comment, read_video, video_info
+from pfp_app.sampling.pipeline import GenerationSettings, GenerationStopped
+from pfp_app.film.project import Project
+from pfp_app.film.storyboard import format_storyboard, parse_storyboard
+from pfp_app.io.video import read_mp4_comment, read_video, video_info
 
 # tiny: 64x64 at 8 fps, at most 3 latent frames (1.5 s) per segment, cut at every shot -> segments at 0, 1 and 2.5 s
 # (shot 0: latents 0-2, 8 film frames; shot 1: latents 3-8 in two segments of 12 frames).
@@ -138,7 +138,7 @@ def test_sampler_settings_reach_the_sampler(tiny_pipeline, storyboard, generated
 def test_shot_start_guidance_applies_to_each_shots_first_segment_only(tiny_pipeline, storyboard, monkeypatch):
     """Segments 0 and 1 start shots 0 and 1 and take the shot-start scales; segment 2 continues shot 1 with the
     model's scales. A guidance scale given alone (the CLI's --guidance, a one-scale export) is one scale everywhere."""
-    import pfp_app.pipeline as pipeline_module
+    import pfp_app.sampling.pipeline as pipeline_module
 
     seen = []
     real_sample = pipeline_module.sample
@@ -163,7 +163,7 @@ def test_shot_start_guidance_applies_to_each_shots_first_segment_only(tiny_pipel
 def test_context_latents_continue_the_history_within_a_shot_only(tiny_pipeline, storyboard, generated, monkeypatch):
     """Segment 2 continues shot 1 and gets the history's last latents as context; segments 0 and 1 start shots and
     get none (a cut is meant to change the picture), so they are the very segments of the run without context."""
-    import pfp_app.pipeline as pipeline_module
+    import pfp_app.sampling.pipeline as pipeline_module
 
     seen = []
     real_sample = pipeline_module.sample

@@ -13,16 +13,16 @@ import json
 import pytest
 import torch
 
-from pfp_app.backbone.memory_dit import (
+from pfp_app.model.memory_dit import (
     MemoryTokens,
     history_recent_tokens,
     join_memory,
     memory_dit_forward,
     recent_tokens,
 )
-from pfp_app.model import build_random_model
-from pfp_app.pipeline import GenerationSettings
-from pfp_app.storyboard import parse_storyboard
+from pfp_app.model.bundle import build_random_model
+from pfp_app.sampling.pipeline import GenerationSettings
+from pfp_app.film.storyboard import parse_storyboard
 from pfp_app.train.data import LatentClips, ShotAlignedStarts
 from pfp_app.train.trainer import TrainConfig, _memory_step, train
 
@@ -78,7 +78,7 @@ class ZeroText:
 
 def spy_on_sampler(monkeypatch) -> list:
     """From here on, every segment the pipeline samples appends (memory, frame positions) to the returned list."""
-    import pfp_app.pipeline as pipeline_module
+    import pfp_app.sampling.pipeline as pipeline_module
 
     seen, real_sample = [], pipeline_module.sample
 
@@ -179,7 +179,7 @@ def test_memory_guidance_at_a_return_applies_to_the_returning_shots_first_segmen
     """return_memory_guidance_scale: the third shot repeats the first shot's prompt, so its first segment is
     sampled with that memory guidance; the second shot (a new prompt, also a shot start) gets none, so the first
     two segments are exactly as without it and the third is not. SamplerSettings says the same per segment."""
-    import pfp_app.pipeline as pipeline_module
+    import pfp_app.sampling.pipeline as pipeline_module
 
     scales, real_sample = [], pipeline_module.sample
 
@@ -196,7 +196,7 @@ def test_memory_guidance_at_a_return_applies_to_the_returning_shots_first_segmen
         torch.testing.assert_close(guided[i].latents, plain[i].latents)
     assert not torch.allclose(guided[2].latents, plain[2].latents)
 
-    from pfp_app.flow import SamplerSettings
+    from pfp_app.sampling.flow import SamplerSettings
 
     s = SamplerSettings(memory_guidance_scale=2.0, return_memory_guidance_scale=1.5)
     assert s.for_segment(False).memory_guidance_scale == 2.0  # within a shot: the within-shot scale
@@ -385,8 +385,8 @@ def test_g_learns_to_draw_a_return_from_the_repeated_shots_opening():
 def test_an_export_records_the_return_settings_and_regenerates_with_them():
     from dataclasses import asdict
 
-    from pfp_app.export_record import guidance_comment, parse_export_comment
-    from pfp_app.flow import SamplerSettings
+    from pfp_app.film.export import guidance_comment, parse_export_comment
+    from pfp_app.sampling.flow import SamplerSettings
 
     sampler = asdict(SamplerSettings(recent_latents=1, return_latents=1, return_latents_from="start",
                                      return_latents_as_recent=True, return_memory_guidance_scale=1.5))

@@ -13,12 +13,12 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from pfp_app import atomic
-from pfp_app.project import MARKER_FILE, Project
-from pfp_app.storyboard import StoryboardError, parse_storyboard
-from pfp_app.takes import list_takes
-from pfp_app.ui import Studio
-from pfp_app.video_io import MAX_COMMENT_CHARS, read_mp4_comment, video_info, write_mp4
+from pfp_app.io import atomic
+from pfp_app.film.project import MARKER_FILE, Project
+from pfp_app.film.storyboard import StoryboardError, parse_storyboard
+from pfp_app.film.takes import list_takes
+from pfp_app.app.studio import Studio
+from pfp_app.io.video import MAX_COMMENT_CHARS, read_mp4_comment, video_info, write_mp4
 
 from test_cli import expect_error, run_cli
 

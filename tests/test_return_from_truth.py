@@ -15,7 +15,7 @@ import return_from_truth as rft  # noqa: E402
 from fidelity import drift_storyboard  # noqa: E402
 
 from pfp_app.data.world import render_storyboard  # noqa: E402
-from pfp_app.pipeline import GenerationSettings  # noqa: E402
+from pfp_app.sampling.pipeline import GenerationSettings  # noqa: E402
 
 
 def test_the_history_is_the_latents_wholly_before_the_shot():

@@ -15,8 +15,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import return_loss as rl  # noqa: E402
 
 from pfp_app.data.world import sample_clip  # noqa: E402
-from pfp_app.model import build_random_model  # noqa: E402
-from pfp_app.storyboard import format_storyboard  # noqa: E402
+from pfp_app.model.bundle import build_random_model  # noqa: E402
+from pfp_app.film.storyboard import format_storyboard  # noqa: E402
 from pfp_app.train.data import character_returns_at, latent_prompts  # noqa: E402
 
 
@@ -143,7 +143,7 @@ def test_place_returns_and_history_buckets():
 def test_return_frames_arm_adds_the_repeated_shots_opening_just_before_the_segment():
     """--return-frames: the 'frame' arm's memory is φ's tokens plus G's tokens of the repeated shot's first latent,
     placed at time s - 1 (as the trainer places them); the 'memory' arm is the default mode's, same noise and t."""
-    from pfp_app.backbone.memory_dit import recent_tokens
+    from pfp_app.model.memory_dit import recent_tokens
 
     model = build_random_model("tiny", seed=0)
     latents = torch.randn(model.codec.vae.config.z_dim, 12, 8, 8)

@@ -15,8 +15,8 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
-from pfp_app.backbone.memory_dit import MemoryTokens, memory_dit_forward, patch_grid
-from pfp_app.backbone.rope import grid_coords, rope_at_coords, rope_axis_dims
+from pfp_app.model.memory_dit import MemoryTokens, memory_dit_forward, patch_grid
+from pfp_app.model.rope import grid_coords, rope_at_coords, rope_axis_dims
 
 from conftest import small_transformer
 

@@ -11,9 +11,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pfp_app import runtime as rt
-from pfp_app.backbone.memory_dit import MemoryTokens, memory_dit_forward
-from pfp_app.model import build_random_model
+from pfp_app.runtime import profiles as rt
+from pfp_app.model.memory_dit import MemoryTokens, memory_dit_forward
+from pfp_app.model.bundle import build_random_model
 
 GiB = 1024**3
 

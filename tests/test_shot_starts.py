@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pfp_app.data.world import parse_caption, sample_storyboard
-from pfp_app.flow import next_segment_batch
-from pfp_app.storyboard import format_storyboard
+from pfp_app.sampling.flow import next_segment_batch
+from pfp_app.film.storyboard import format_storyboard
 from pfp_app.train.data import LatentClips, ShotAlignedStarts, character_returns_at, latent_prompts
 from pfp_app.train.trainer import TrainConfig, _memory_step, train
 

@@ -1,4 +1,4 @@
-"""Tests for pfp_app.storyboard: parsing, errors, round trip, segment schedule."""
+"""Tests for pfp_app.film.storyboard: parsing, errors, round trip, segment schedule."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pfp_app.storyboard import (
+from pfp_app.film.storyboard import (
     MAX_SECONDS,
     Segment,
     Shot,

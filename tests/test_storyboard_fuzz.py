@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pfp_app.storyboard import MAX_STORYBOARD_CHARS, StoryboardError, parse_storyboard
+from pfp_app.film.storyboard import MAX_STORYBOARD_CHARS, StoryboardError, parse_storyboard
 
 BOUND_S = 0.2
 ONE_MB = 1_000_000

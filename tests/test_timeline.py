@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pfp_app.causal_decode import StreamingDecoder
-from pfp_app.pipeline import GenerationSettings
-from pfp_app.project import Project
-from pfp_app.storyboard import StoryboardError, parse_storyboard
-from pfp_app.timeline import TimeGrid, real_shot_times, shot_aligned_schedule
-from pfp_app.video_io import read_video
+from pfp_app.model.causal_decode import StreamingDecoder
+from pfp_app.sampling.pipeline import GenerationSettings
+from pfp_app.film.project import Project
+from pfp_app.film.storyboard import StoryboardError, parse_storyboard
+from pfp_app.film.timeline import TimeGrid, real_shot_times, shot_aligned_schedule
+from pfp_app.io.video import read_video
 
 CUTS = "0s: a red circle\n3.5s: a blue square\n6s: a green triangle\n11s: a white circle\ntotal: 14s\n"
 DEFAULT_GRID = TimeGrid(fps=8, temporal_ratio=4, lead_frames=1, segment_latent_frames=5)

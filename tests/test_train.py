@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from pfp_app.cli import main
-from pfp_app.model import build_random_model, load_model
+from pfp_app.app.cli import main
+from pfp_app.model.bundle import build_random_model, load_model
 from pfp_app.train.trainer import TrainConfig, train
 
 from conftest import TEST_THREADS, report
@@ -206,7 +206,7 @@ def test_cli_resume_continues_from_the_saved_step(tmp_path):
 def test_finetune_lora_merges_into_a_plain_wan_transformer(finetuned):
     from diffusers import WanTransformer3DModel
 
-    from pfp_app.model import build_random_model
+    from pfp_app.model.bundle import build_random_model
 
     out, first, resumed = finetuned
     assert first["step"] == 4 and resumed["step"] == 6
@@ -288,7 +288,7 @@ def _weights(module) -> dict[str, torch.Tensor]:
 def test_base_stage_trains_g_alone_and_leaves_phi_as_it_was(tmp_path):
     """Stage `base` (G without memory, the stand-in for a pretrained video model): G's denoising loss falls,
     φ is never touched, and no batch carried a memory."""
-    from pfp_app.model import build_random_model
+    from pfp_app.model.bundle import build_random_model
 
     out = tmp_path / "base"
     state = train(TrainConfig(stage="base", out=str(out), max_steps=60, **TINY_DATA))

@@ -1,4 +1,4 @@
-"""Unit tests for the studio's callbacks (pfp_app.ui.Studio) with the tiny untrained model: no browser."""
+"""Unit tests for the studio's callbacks (pfp_app.app.studio.Studio) with the tiny untrained model: no browser."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from pfp_app.project import Project
-from pfp_app.storyboard import parse_storyboard
-from pfp_app.ui import Studio
-from pfp_app.ui import project_state as ps
-from pfp_app.video_io import read_mp4_comment, read_video, write_mp4
+from pfp_app.film.project import Project
+from pfp_app.film.storyboard import parse_storyboard
+from pfp_app.app.studio import Studio
+from pfp_app.app.studio import project_state as ps
+from pfp_app.io.video import read_mp4_comment, read_video, write_mp4
 
 # tiny-random: at most 3 latent frames (1.5 s) per segment, cut at every shot; the first latent frame is the lead
 # frame, left out of the film -> shot 1 (0-1 s) is one segment of 8 frames, shot 2 (1-2.5 s) one of 12
@@ -335,7 +335,7 @@ def test_recall_from_an_uploaded_video(studio, tmp_path):
 
 
 def test_upload_recall_compresses_the_window_around_the_time_and_reuses_it(studio, tmp_path, monkeypatch):
-    from pfp_app.ui import studio as studio_module
+    from pfp_app.app.studio import callbacks as studio_module
 
     frames = np.broadcast_to(((np.arange(48) * 5) % 256).astype(np.uint8)[:, None, None, None], (48, 64, 64, 3))
     video = write_mp4(tmp_path / "ramp.mp4", frames, fps=8, crf=0)  # 6 s, frame i is grey level 5 i
@@ -377,7 +377,7 @@ def test_model_panel_says_when_the_model_is_untrained(studio):
 
 
 def test_missing_default_model_falls_back_to_tiny_random(tmp_path, monkeypatch):
-    import pfp_app.model as model_mod
+    import pfp_app.model.bundle as model_mod
 
     monkeypatch.setattr(model_mod, "DEFAULT_MODEL_DIR", tmp_path / "missing")
     s = Studio(tmp_path / "p", model_spec="default").load()
@@ -394,7 +394,7 @@ def test_app_flags_are_safe_by_default():
 
 
 def test_app_builds_the_blocks_without_launching(studio):
-    from pfp_app.ui import build_demo
+    from pfp_app.app.studio import build_demo
 
     demo = build_demo(studio)
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
@@ -405,7 +405,7 @@ def test_runtime_profiles_are_offered_when_installed(studio):
     runtime = studio.runtime
     if runtime is None:
         assert studio.profile_choices() == ["auto"]  # CPU only
-        pytest.skip("pfp_app.runtime (issue 5) is not installed: the studio runs on the CPU only")
+        pytest.skip("pfp_app.runtime.profiles (issue 5) is not installed: the studio runs on the CPU only")
     assert studio.profile_choices()[0] == "auto" and "cpu" in studio.profile_choices()
     out = run(studio.generate("profiled", STORYBOARD, 0, STEPS, "cpu"))
     assert "Done" in out[-1][1] and "cpu" in out[0][1]
@@ -427,7 +427,7 @@ def test_stop_when_idle_or_during_a_recall_says_so(studio):
 
 def test_loading_a_preset_after_generating_resets_the_shot_controls(studio, film):
     """The regenerate box shows the new storyboard's shot 1, so Regenerate cannot rewrite it with the old prompt."""
-    from pfp_app.storyboard import parse_storyboard
+    from pfp_app.film.storyboard import parse_storyboard
 
     assert studio.check(STORYBOARD)[4] == "a red striped circle"
     preset = studio.load_preset("two_friends")

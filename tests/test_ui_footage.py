@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pfp_app import footage as fm
-from pfp_app.project import Project
-from pfp_app.ui import Studio
-from pfp_app.video_io import read_mp4_comment, read_video, write_mp4
+from pfp_app.film import footage as fm
+from pfp_app.film.project import Project
+from pfp_app.app.studio import Studio
+from pfp_app.io.video import read_mp4_comment, read_video, write_mp4
 
 STORYBOARD = "0s: a red striped circle\n1.5s: a blue dotted square\nend: 3s\n"
 

@@ -12,7 +12,7 @@ import torch
 
 from pfp_app.data.video_folder import VideoFolderDataset, shift_storyboard
 from pfp_app.data.world import frames_for_seconds
-from pfp_app.storyboard import parse_storyboard
+from pfp_app.film.storyboard import parse_storyboard
 
 SRC_FPS = 24
 

@@ -1,4 +1,4 @@
-"""Tests for pfp_app.video_io: MP4 round trips, metadata, errors, tensor conversion."""
+"""Tests for pfp_app.io.video: MP4 round trips, metadata, errors, tensor conversion."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pfp_app import video_io
-from pfp_app.video_io import (
+from pfp_app.io import video as video_io
+from pfp_app.io.video import (
     VideoInfo,
     VideoReadError,
     frames_to_tensor,
@@ -239,7 +239,7 @@ def test_frames_are_read_without_ffmpeg(tmp_path: Path) -> None:
 
     p = write_mp4(tmp_path / "idx.mp4", index_clip(8), fps=8)
     code = ("import sys; sys.modules['imageio_ffmpeg'] = None\n"  # any `import imageio_ffmpeg` now fails
-            "from pfp_app.video_io import read_video\n"
+            "from pfp_app.io.video import read_video\n"
             f"frames, fps = read_video({str(p)!r})\n"
             "print(frames.shape[0], fps)")
     root = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ from pfp_app.data.world import (
     storyboard_returns,
     view_agreement,
 )
-from pfp_app.storyboard import format_storyboard, parse_storyboard
+from pfp_app.film.storyboard import format_storyboard, parse_storyboard
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "presets" / "storyboards").glob("*.txt"))
 

@@ -157,7 +157,7 @@ def build_bank(out: str | Path, size: int = 128, fps: float = 8.0, crop: int = 1
                clip_paths: list[Path] | None = None, log=print) -> dict:
     """Build the bank in `out` (replaced atomically); returns its manifest (also written as bank.json).
     `clip_paths`: the real clips (default: opencv-doc's); names in HELDOUT_CLIPS are held out."""
-    from ..video_io import write_mp4
+    from ..io.video import write_mp4
 
     out = Path(out)
     photos = find_photos(sources)
@@ -235,7 +235,7 @@ class Bank:
 
 
 def load_bank(root: str | Path, split: str = "train") -> Bank:
-    from ..video_io import read_video
+    from ..io.video import read_video
 
     root = Path(root)
     manifest_path = root / "bank.json"

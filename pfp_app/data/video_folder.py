@@ -12,7 +12,7 @@ same format as :class:`pfp_app.data.world.WorldClipDataset`:
 * ``captions``: list of prompts, one per shot (``[""]`` without a sidecar).
 
 Captions: an optional sidecar ``NAME.txt`` next to ``NAME.mp4`` in the storyboard
-format (``0s: prompt`` lines, see ``pfp_app.storyboard``); its times are in the
+format (``0s: prompt`` lines, see ``pfp_app.film.storyboard``); its times are in the
 source video's time and are shifted into the window (the shot active at the
 window's start begins at 0 s).  A sidecar that does not parse is ignored with a
 warning.
@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pfp_app.data.world import frames_for_seconds
-from pfp_app.storyboard import Shot, Storyboard, StoryboardError, format_storyboard, parse_storyboard
+from pfp_app.film.storyboard import Shot, Storyboard, StoryboardError, format_storyboard, parse_storyboard
 
 __all__ = ["VIDEO_EXTENSIONS", "VideoFolderDataset", "VideoInfo", "find_videos", "shift_storyboard"]
 

@@ -2,7 +2,7 @@
 
 PFP Studio cannot download a video model or a video data set, so it trains its own
 small model on procedural clips rendered here.  A clip is described by a
-storyboard (``pfp_app.storyboard``) whose shot prompts are *captions* from a finite
+storyboard (``pfp_app.film.storyboard``) whose shot prompts are *captions* from a finite
 vocabulary, so every caption can be pre-encoded by a text encoder:
 
 * **characters**: colour x pattern x shape, e.g. ``"a red striped circle"``
@@ -60,7 +60,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from pfp_app.storyboard import Storyboard, format_storyboard, parse_storyboard
+from pfp_app.film.storyboard import Storyboard, format_storyboard, parse_storyboard
 
 __all__ = [
     "COLOURS",

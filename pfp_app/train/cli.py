@@ -164,7 +164,7 @@ def _cmd_export(args) -> int:
 
     import torch
 
-    from ..model import load_model
+    from ..model.bundle import load_model
 
     model = load_model(args.model)
     out = model.save(args.out, max_shard_size=args.max_shard_size, dtype=torch.float16)
@@ -180,7 +180,7 @@ def _cmd_captions(args) -> int:
     from pathlib import Path
 
     from ..data.world import all_captions
-    from ..storyboard import parse_storyboard
+    from ..film.storyboard import parse_storyboard
     from .data import save_caption_table
 
     singles = all_captions(max_characters=1)
@@ -213,9 +213,9 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     import torch
 
-    from ..model import load_model
+    from ..model.bundle import load_model
     from ..data.world import WorldClipDataset
-    from .evaluate import (evaluate_clips, evaluate_recall, format_clip_scores, format_scores, heldout_photo_clips,
+    from ..evaluation.evaluate import (evaluate_clips, evaluate_recall, format_clip_scores, format_scores, heldout_photo_clips,
                            heldout_real_clips, video_codec_scores)
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)

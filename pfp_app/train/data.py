@@ -13,9 +13,9 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 
-from ..codec import WanLatentCodec
+from ..model.codec import WanLatentCodec
 from ..data.world import WorldClipDataset
-from ..storyboard import parse_storyboard
+from ..film.storyboard import parse_storyboard
 
 
 def clip_dataset(source: str, num_clips: int, seconds: float, size: int, fps: int, seed: int):
@@ -209,7 +209,7 @@ def caption_table_from_file(path: str) -> dict[str, torch.Tensor]:
 def use_caption_table(model, path: str) -> None:
     """Make `model` encode prompts from the precomputed caption embeddings in `path` (a GPU machine carries
     them instead of the text encoder); a prompt not in the table is a KeyError, not zeros."""
-    from ..text_encoder import PrecomputedTextEncoder
+    from ..model.text_encoder import PrecomputedTextEncoder
 
     model._text_encoder = PrecomputedTextEncoder(caption_table_from_file(path))
 
@@ -220,7 +220,7 @@ def save_caption_table(path: str, captions: list[str], max_tokens: int = 32) -> 
 
     from safetensors.torch import save_file
 
-    from ..text_encoder import MiniLMTextEncoder
+    from ..model.text_encoder import MiniLMTextEncoder
 
     enc = MiniLMTextEncoder(max_tokens=max_tokens)
     embs, lengths = [], []
@@ -240,7 +240,7 @@ def restrict_storyboard(text: str, allowed: set[str]) -> str:
     """Replace captions missing from a precomputed table by their one-character form (the world's
     pairs always include a 'companion'; dropping it keeps the scene's main character and place)."""
     from ..data.world import ShotScene, caption_for, parse_caption
-    from ..storyboard import Shot, Storyboard, format_storyboard
+    from ..film.storyboard import Shot, Storyboard, format_storyboard
 
     sb = parse_storyboard(text)
     shots = []

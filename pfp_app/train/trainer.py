@@ -32,9 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..flow import next_segment_batch, retrieval_batch, sample_train_t, velocity_loss
-from ..model import PFPModel, build_random_model, load_model
-from ..text_encoder import PrecomputedTextEncoder
+from ..sampling.flow import next_segment_batch, retrieval_batch, sample_train_t, velocity_loss
+from ..model.bundle import PFPModel, build_random_model, load_model
+from ..model.text_encoder import PrecomputedTextEncoder
 from .data import (
     LatentClips,
     ShotAlignedStarts,
@@ -112,7 +112,7 @@ class MemoryTrainingModule(nn.Module):
         history's last `recent` latents join the memory as full-resolution tokens (memory_dit.recent_tokens);
         reference (B, C, k, H, W): latents that join it the same way, placed just before the segment (a return
         given the frames the shot it repeats began with, as the app gives them)."""
-        from ..backbone.memory_dit import history_recent_tokens, join_memory, memory_dit_forward, recent_tokens
+        from ..model.memory_dit import history_recent_tokens, join_memory, memory_dit_forward, recent_tokens
 
         memory = self.memory_encoder(history) if history is not None else None
         if recent and history is not None:
@@ -168,7 +168,7 @@ def lr_at(step: int, cfg: TrainConfig, progress: float = 0.0) -> float:
 
 
 def _init_model(cfg: TrainConfig) -> PFPModel:
-    from ..model import MODEL_CONFIGS
+    from ..model.bundle import MODEL_CONFIGS
 
     if cfg.init in MODEL_CONFIGS:
         model = build_random_model(cfg.init, seed=cfg.seed)
@@ -179,7 +179,7 @@ def _init_model(cfg: TrainConfig) -> PFPModel:
     if cfg.vae:  # e.g. a fresh G and φ of a config on a codec trained in an earlier phase
         from diffusers import AutoencoderKLWan
 
-        from ..codec import WanLatentCodec
+        from ..model.codec import WanLatentCodec
 
         vae = AutoencoderKLWan.from_pretrained(cfg.vae, use_safetensors=True, local_files_only=True, torch_dtype=torch.float32)
         if vae.config.z_dim != model.transformer.config.in_channels:
@@ -187,14 +187,14 @@ def _init_model(cfg: TrainConfig) -> PFPModel:
         model.codec = WanLatentCodec(vae)
     # a fresh codec only: a --vae folder is trained already (re-initialising its time taps changes every latent)
     if cfg.stage == "codec" and cfg.init in MODEL_CONFIGS and not cfg.vae and cfg.codec_temporal_init == "identity":
-        from ..codec import init_temporal_identity
+        from ..model.codec import init_temporal_identity
 
         init_temporal_identity(model.codec.vae)
     elif cfg.codec_temporal_init not in ("identity", "random"):
         raise ValueError(f"--codec-temporal-init must be 'identity' or 'random', not {cfg.codec_temporal_init[:40]!r}")
     if cfg.codec_decoder_width:
-        from ..codec import WanLatentCodec
-        from ..codec_widen import decoder_width, widen_decoder
+        from ..model.codec import WanLatentCodec
+        from ..model.codec_widen import decoder_width, widen_decoder
 
         if cfg.stage != "codec":
             raise ValueError("--codec-decoder-width widens the codec: use it with --stage codec")
@@ -568,7 +568,7 @@ def _memory_step(module, clips: LatentClips, text_encoder, cfg: TrainConfig, gen
 @torch.no_grad()
 def _set_latent_statistics(model: PFPModel, frames_u8: torch.Tensor, device) -> None:
     """Per-channel mean/std of the trained codec's latents, stored in the VAE config (as Wan's are)."""
-    from ..codec import WanLatentCodec
+    from ..model.codec import WanLatentCodec
 
     vae = model.codec.vae.eval()
     vae.register_to_config(latents_mean=[0.0] * vae.config.z_dim, latents_std=[1.0] * vae.config.z_dim)

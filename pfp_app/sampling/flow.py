@@ -1,0 +1,224 @@
+"""Rectified flow: noising, the two training objectives of the paper, and sampling.
+
+x_t = (1 - t) x_0 + t ε, the DiT predicts v = ε - x_0 (Wan's flow prediction), timesteps are t * 1000.
+Stage 1 (frame retrieval): compress the whole clip H with φ, pick a random set Ω of its latent frames,
+noise them, and denoise H_Ω given φ(H) with the queries at their true time positions in the history.
+Stage 2 (next segment): denoise the segment that follows a history, given φ(history).
+Sampling goes through diffusers' flow-matching schedulers (Euler, UniPC) with timestep shift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+from ..model.memory_dit import MemoryTokens, memory_dit_forward
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x0, noise (B, ...), t (B,) in [0, 1] -> x_t = (1 - t) x0 + t noise."""
+    t = t.view(-1, *([1] * (x0.ndim - 1)))
+    return (1 - t) * x0 + t * noise
+
+
+def sample_train_t(batch: int, shift: float, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+    """Logit-normal t, shifted toward noise like Wan's sampling schedule (SD3 / Wan practice)."""
+    u = torch.sigmoid(torch.randn(batch, generator=generator, device=device))
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def velocity_loss(velocity, latents_x0, noise, t, text, memory, frame_positions) -> torch.Tensor:
+    """MSE between the predicted and the true velocity (noise - x0) at x_t; x0, noise (B, C, T, H, W), t (B,).
+    `velocity(x_t, timesteps, text, memory, frame_positions)` is the DiT (the trainer passes its own noise and t,
+    drawn with its generator, so that one DDP forward covers φ and G)."""
+    x_t = add_noise(latents_x0, noise, t)
+    v = velocity(x_t, t * NUM_TRAIN_TIMESTEPS, text, memory, frame_positions)
+    return F.mse_loss(v.float(), (noise - latents_x0).float())
+
+
+def flow_loss(model, latents_x0, text, memory, frame_positions, shift, generator=None) -> torch.Tensor:
+    """MSE between predicted and true velocity for x0 (B, C, T, H, W)."""
+    b = latents_x0.shape[0]
+    t = sample_train_t(b, shift, generator, latents_x0.device)
+    noise = torch.randn(latents_x0.shape, generator=generator, device=latents_x0.device, dtype=latents_x0.dtype)
+    return velocity_loss(model, latents_x0, noise, t, text, memory, frame_positions)
+
+
+def retrieval_batch(history: torch.Tensor, num_query: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Ω: a sorted random set of `num_query` latent frame indices of the history (T,) -> (num_query,)."""
+    t = history.shape[2]
+    return torch.randperm(t, generator=generator)[: min(num_query, t)].sort().values
+
+
+def retrieval_loss(model, encoder, history, text, num_query, shift, generator=None) -> torch.Tensor:
+    """Stage 1: history (B, C, T, H, W); denoise H_Ω given φ(H); queries keep their true time positions."""
+    omega = retrieval_batch(history, num_query, generator).to(history.device)
+    memory = encoder(history)
+    return flow_loss(model, history[:, :, omega], text, memory, omega.float(), shift, generator)
+
+
+@dataclass
+class NextSegmentBatch:
+    """Stage 2's batch: the segment after a random split s of a clip, and the history before it."""
+
+    split: int  # s: latent frames of history
+    target: torch.Tensor  # (B, C, n, H, W) clip[:, :, s : s + n], the segment to denoise
+    history: torch.Tensor | None  # (B, C, s, H, W) clip[:, :, :s]; None when s = 0 (the first segment)
+    positions: torch.Tensor  # (n,) the segment's latent time positions s .. s + n - 1
+
+
+def next_segment_batch(clip, segment_frames, generator=None, min_history=1, split: int | None = None) -> NextSegmentBatch:
+    """clip (B, C, T, H, W) -> a split s drawn uniformly from [min_history, T - n] with `generator` (the
+    trainer passes min_history=0: a share of its batches is the first segment, which has no memory), or the
+    given `split` (the trainer's shot-aligned starts)."""
+    t = clip.shape[2]
+    if t < min_history + segment_frames:
+        raise ValueError(f"clip of {t} latent frames is too short for a {segment_frames}-frame segment")
+    if split is not None and not 0 <= split <= t - segment_frames:
+        raise ValueError(f"split {split} leaves no {segment_frames}-frame segment in a clip of {t} latent frames")
+    s = split if split is not None else int(torch.randint(min_history, t - segment_frames + 1, (1,), generator=generator))
+    positions = torch.arange(s, s + segment_frames, device=clip.device, dtype=torch.float32)
+    return NextSegmentBatch(s, clip[:, :, s : s + segment_frames], clip[:, :, :s] if s > 0 else None, positions)
+
+
+def next_segment_loss(model, encoder, clip, text, segment_frames, shift, generator=None, min_history=1) -> torch.Tensor:
+    """Stage 2: clip (B, C, T, H, W); a random split s: denoise clip[s:s+n] given φ(clip[:s])."""
+    batch = next_segment_batch(clip, segment_frames, generator, min_history)
+    memory = encoder(batch.history) if batch.history is not None else None
+    return flow_loss(model, batch.target, text, memory, batch.positions, shift, generator)
+
+
+def make_scheduler(name: str, shift: float):
+    """diffusers' flow-matching schedulers: 'euler' or 'unipc' (Wan's default), with timestep shift."""
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift)
+    if name == "unipc":
+        return UniPCMultistepScheduler(
+            num_train_timesteps=NUM_TRAIN_TIMESTEPS, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift
+        )
+    raise ValueError(f"unknown sampler {name!r}; choose 'euler' or 'unipc'")
+
+
+@dataclass
+class SamplerSettings:
+    steps: int = 20
+    sampler: str = "unipc"
+    shift: float = 3.0
+    guidance_scale: float = 1.0
+    # Wan 2.2's two-scale guidance (diffusers' WanPipeline: guidance_scale_2 below boundary_ratio): the layout and
+    # colours are settled at high noise, where guidance_scale applies; below the boundary guidance_scale_2 (None:
+    # the same scale; 1: none, and one forward per step instead of two)
+    guidance_scale_2: float | None = None
+    boundary_ratio: float = 0.875
+    # a shot's first segment, where the text alone must set the new place (within a shot the memory holds it):
+    # these replace guidance_scale / guidance_scale_2 there (None: the same as elsewhere)
+    shot_start_guidance_scale: float | None = None
+    shot_start_guidance_scale_2: float | None = None
+    # within a shot, the last `context_latents` latent frames of the history are denoised again beside the new
+    # segment, pinned to their known values (`sample`'s context): the join is drawn as one piece, not as two
+    # (a shot's first segment takes none: a cut is meant to change the picture)
+    context_latents: int = 0
+    # within a shot, memory guidance: v += memory_guidance_scale * (v(memory) - v(no memory)), pushing the segment
+    # toward what the memory holds (the history) and away from what the text alone would draw; G knows "no memory"
+    # from training (a clip's first segment). 0: off; a shot's first segment takes none (the text sets a new shot)
+    memory_guidance_scale: float = 0.0
+    # within a shot, the last `recent_latents` latent frames of the history join φ's memory as clean tokens at full
+    # resolution (memory_dit.recent_tokens; the caller builds them): G must have been trained with them
+    recent_latents: int = 0
+    # at a shot start whose prompt repeats an earlier shot's (a return), the last `return_latents` latent frames of
+    # that earlier shot join φ's memory the same way, at their own times: the place and characters as they were
+    return_latents: int = 0
+    # which frames of that earlier shot: "end" (the frames it ended on) or "start" (the frames it began with, where
+    # a return's camera usually is again: the world's shots at a place all start from the same view)
+    return_latents_from: str = "end"
+    # and where they sit: False, at their own times; True, just before the returning segment, where the frames a
+    # continuing segment gets sit (the return is then drawn as that earlier shot continued, which G was trained on)
+    return_latents_as_recent: bool = False
+    # at such a return's first segment, memory guidance of this scale (elsewhere a shot's first segment takes none):
+    # the push toward what the memory holds, which there includes how the place and characters looked before
+    return_memory_guidance_scale: float = 0.0
+
+    def __post_init__(self):
+        if self.return_latents_from not in ("end", "start"):
+            raise ValueError(f"return_latents_from must be 'end' or 'start', not {self.return_latents_from!r}")
+
+    def for_segment(self, shot_start: bool, returning: bool = False) -> "SamplerSettings":
+        """The settings of one segment: a shot's first segment takes the shot-start scales, if any, no context
+        and no memory guidance, except a return's (`returning`: its prompt repeats an earlier shot's), which takes
+        return_memory_guidance_scale."""
+        if not shot_start:
+            return self
+        s = replace(self, context_latents=0, recent_latents=0,
+                    memory_guidance_scale=self.return_memory_guidance_scale if returning else 0.0)
+        if self.shot_start_guidance_scale is not None:
+            s = replace(s, guidance_scale=self.shot_start_guidance_scale, guidance_scale_2=self.shot_start_guidance_scale_2)
+        return s
+
+    def guidance_at(self, timestep: float) -> float:
+        """The guidance scale at a timestep (0..1000)."""
+        if self.guidance_scale_2 is None or timestep >= self.boundary_ratio * NUM_TRAIN_TIMESTEPS:
+            return self.guidance_scale
+        return self.guidance_scale_2
+
+
+@torch.no_grad()
+def sample(
+    model: Callable,
+    shape: tuple[int, ...],
+    text: torch.Tensor,
+    memory: MemoryTokens | None,
+    frame_positions: torch.Tensor,
+    settings: SamplerSettings,
+    generator: torch.Generator | None = None,
+    null_text: torch.Tensor | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    device="cpu",
+    dtype=torch.float32,
+    context: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Integrate the flow from noise to latents of `shape` (B, C, T, H, W). Classifier-free guidance
+    when guidance_scale != 1 (needs null_text). on_step(i, n) is called after every step.
+
+    context: known latents (B, C, k, H, W) just before the segment (positions frame_positions[0] - k ..). They
+    are denoised beside it, held on their own exact path x_t = (1 - t) context + t ε_c with velocity ε_c - context
+    (the replacement method of Ho et al., "Video Diffusion Models", 2022): the new frames are drawn to continue
+    them, with no retraining, since G was trained on segments that start anywhere in a clip. The segment's own
+    noise is drawn first, so a segment with context starts from the same noise as one without."""
+    scheduler = make_scheduler(settings.sampler, settings.shift)
+    scheduler.set_timesteps(settings.steps, device=device)
+    x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+    k = 0 if context is None else context.shape[2]
+    if k:
+        ctx = context.float().to(device)  # (B, C, k, H, W)
+        ctx_noise = torch.randn(ctx.shape, generator=generator, dtype=torch.float32).to(device)
+        back = torch.arange(k, 0, -1, dtype=frame_positions.dtype, device=frame_positions.device)
+        frame_positions = torch.cat([frame_positions[:1] - back, frame_positions])  # (k + T,)
+        x = torch.cat([ctx_noise, x], dim=2)  # (B, C, k + T, H, W)
+    scales = [settings.guidance_at(float(t)) for t in scheduler.timesteps]
+    if any(g != 1.0 for g in scales) and null_text is None:
+        raise ValueError("guidance needs the unconditional text embedding")
+    for i, (t, scale) in enumerate(zip(scheduler.timesteps, scales)):
+        if k:  # the context on its exact path at this step's noise level
+            sigma = float(scheduler.sigmas[i])
+            x[:, :, :k] = (1 - sigma) * ctx + sigma * ctx_noise
+        ts = t.expand(shape[0]).to(device)
+        v_cond = model(x.to(dtype), ts, text, memory, frame_positions).float()
+        v = v_cond
+        if scale != 1.0:
+            v_null = model(x.to(dtype), ts, null_text, memory, frame_positions).float()
+            v = v_null + scale * (v_cond - v_null)
+        if settings.memory_guidance_scale and memory is not None:
+            v_alone = model(x.to(dtype), ts, text, None, frame_positions).float()  # the text without the history
+            v = v + settings.memory_guidance_scale * (v_cond - v_alone)
+        if k:
+            v[:, :, :k] = ctx_noise - ctx  # its true velocity: the solver's history stays consistent
+        x = scheduler.step(v, t, x, return_dict=False)[0]
+        if on_step is not None:
+            on_step(i + 1, settings.steps)
+    return x[:, :, k:]
