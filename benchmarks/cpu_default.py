@@ -20,17 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from pfp_app.model.causal_decode import StreamingDecoder  # noqa: E402
-from pfp_app.model.bundle import load_model  # noqa: E402
-from pfp_app.sampling.pipeline import GenerationSettings, PFPPipeline  # noqa: E402
-from pfp_app.film.project import Project  # noqa: E402
-from pfp_app.film.recall_clip import encode_clip, prepare_clip  # noqa: E402
-from pfp_app.film.storyboard import Shot, Storyboard, parse_storyboard  # noqa: E402
-from pfp_app.io.video import read_video, write_mp4  # noqa: E402
+from pfp_app.model.causal_decode import StreamingDecoder
+from pfp_app.model.bundle import load_model
+from pfp_app.sampling.pipeline import GenerationSettings, PFPPipeline
+from pfp_app.film.project import Project
+from pfp_app.film.recall_clip import encode_clip, prepare_clip
+from pfp_app.film.storyboard import Shot, Storyboard, parse_storyboard
+from pfp_app.io.video import read_video, write_mp4
 
 
 def step_times() -> None:
@@ -115,7 +113,7 @@ def main() -> None:
         for k in range(args.recalls):
             at = round((k + 0.5) / args.recalls * (n_frames - 1)) / fps
             t0, c0 = time.perf_counter(), time.process_time()
-            md = studio.inspect("bench", at, args.recall_steps or model.video.steps, k)[3]
+            md = studio.inspect("bench", at, args.recall_steps or model.sampler.steps, k)[3]
             recall_times.append(time.perf_counter() - t0)
             recall_cpu.append(time.process_time() - c0)
             psnrs.append(float(md.split("| PSNR | ")[1].split(" dB")[0]))
@@ -135,7 +133,7 @@ def main() -> None:
     rows = [
         ("machine", f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                     f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end"),
-        ("model", f"{model.label}; {model.video.height}x{model.video.width} @ {fps} fps, {model.video.steps} steps"),
+        ("model", f"{model.label}; {model.video.height}x{model.video.width} @ {fps} fps, {model.sampler.steps} steps"),
         ("storyboard", f"{args.storyboard}: {len(sb.shots)} shots, {sb.duration:g} s -> {len(results)} segments, "
                        f"{n_frames} frames ({n_frames / fps:g} s)"),
         ("load (model + text encoder)", f"{t_load:.1f} s"),

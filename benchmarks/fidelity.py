@@ -17,7 +17,7 @@ nothing here asks it to reproduce the exact camera start or a character's path:
   (different camera starts); the shot's place is the one with the highest mean best-view agreement.
   Chance 1/7.
 - **Colour** (per character of a shot): prompt-blind. For each of the 8 colours, the share of pixels near
-  it in the best sprite-sized window (`consistency.locate_by_colour`'s test), minus the same share in the
+  it in the best sprite-sized window (`world_scoring.locate_by_colour`'s test), minus the same share in the
   empty place's views (a brick wall is orange without any character); the k characters of the shot are
   read as the k colours with the highest excess. Chance k/8.
 - **Pattern** and **shape** (per character): in the window located by the asked colour, the nearest of the
@@ -52,13 +52,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from consistency import (  # noqa: E402  (shared scoring helpers, the sampler options at a return)
-    _shot_frames, _spread, add_return_sampler_args, locate_by_colour, return_sampler_settings)
-
-from pfp_app.data.world import (  # noqa: E402
+from benchmarks.consistency import add_return_sampler_args, return_sampler_settings  # the sampler options at a return
+from benchmarks.world_scoring import locate_by_colour, shot_frames, spread
+from pfp_app.data.world import (
     COLOURS,
     PATTERNS,
     PLACES,
@@ -72,13 +68,13 @@ from pfp_app.data.world import (  # noqa: E402
     signature_agreement,
     view_agreement,
 )
-from pfp_app.evaluation.metrics import mean_and_ci95  # noqa: E402
-from pfp_app.film.storyboard import parse_storyboard  # noqa: E402
+from pfp_app.evaluation.metrics import mean_and_ci95
+from pfp_app.film.storyboard import parse_storyboard
 
 REFERENCE_SEED = 90_000  # render seeds of the reference views / sprites (no storyboard uses them)
 REFERENCE_VIEWS = 16  # camera starts per place
 HIST_BINS = 8  # per channel, for the place's colour histogram
-COLOUR_NEAR = 60.0  # the colour distance of consistency.locate_by_colour
+COLOUR_NEAR = 60.0  # the colour distance of world_scoring.locate_by_colour
 FRAMES_PER_SHOT = 4  # scored frames per shot (spread over the shot, after its first 4 frames)
 CUT_MARGIN = 4  # frame pairs this close to a shot cut are left out of the seam score
 Z975 = 1.959963984540054
@@ -211,14 +207,14 @@ def score_shots(video: np.ndarray, gt, refs: References, segments: list[tuple[in
     out = []
     for si, (shot, scene) in enumerate(zip(gt.storyboard.shots, gt.scenes)):
         prompted = prompted_frames(segments, si)
-        shot_idx = [i for i in _shot_frames((float(shot.start), float(shot.end)), fps, t_max) if i in prompted]
+        shot_idx = [i for i in shot_frames((float(shot.start), float(shot.end)), fps, t_max) if i in prompted]
         if scene is None or not shot_idx:
             continue
-        idx = _spread(shot_idx, FRAMES_PER_SHOT)
+        idx = spread(shot_idx, FRAMES_PER_SHOT)
         frames = [video[i] for i in idx]
         rec = {"shot": si, "place": scene.place, "place_drawn": classify_place(frames, refs), "characters": []}
         # characters are scored where the storyboard has them fully in view (not while entering / leaving)
-        seen = _spread([i for i in shot_idx if all(gt.tracks[c.phrase][i, 0] >= 0.999 for c in scene.characters)],
+        seen = spread([i for i in shot_idx if all(gt.tracks[c.phrase][i, 0] >= 0.999 for c in scene.characters)],
                        FRAMES_PER_SHOT)
         if scene.characters and seen:
             sides = {c: _side(gt, c) for c in scene.characters}
@@ -293,7 +289,7 @@ def drift_scores(video: np.ndarray, gt, ch: Character, place: str) -> list[dict]
     rgb = COLOURS[ch.colour]
 
     def appearance(frames_of: np.ndarray, shot):
-        idx = _spread(_shot_frames(shot, fps, t_max), FRAMES_PER_SHOT)
+        idx = spread(shot_frames(shot, fps, t_max), FRAMES_PER_SHOT)
         sig = np.mean([appearance_signature(frames_of[i], locate_by_colour(frames_of[i], rgb, side)) for i in idx],
                       axis=0)
         return idx, sig
@@ -363,7 +359,7 @@ def run(args) -> dict:
         Path(args.videos).mkdir(parents=True, exist_ok=True)
     res = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": f"{platform.machine()} CPU" if not _cuda() else "cuda", "argv": sys.argv[1:],
-                    "model": args.model, "steps": args.steps or model.video.steps, "sampler": model.video.sampler,
+                    "model": args.model, "steps": args.steps or model.sampler.steps, "sampler": model.sampler.sampler,
                     **{k: v for k, v in asdict(_settings(args, args.seed).sampler_settings(model)).items()
                        if "guidance" in k or k in ("boundary_ratio", "context_latents", "recent_latents",
                                                                                 "return_latents", "return_latents_from",

@@ -26,15 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import retrieval_ablation as ra
+from benchmarks import return_loss as rl  # the same held-out clips and latent cache
 
-import retrieval_ablation as ra  # noqa: E402
-import return_loss as rl  # noqa: E402  (the same held-out clips and latent cache)
-
-from pfp_app.model.memory_dit import MemoryTokens  # noqa: E402
-from pfp_app.data.world import appearance_signature, signature_agreement, view_agreement  # noqa: E402
-from pfp_app.sampling.flow import SamplerSettings, sample  # noqa: E402
+from pfp_app.model.memory_dit import MemoryTokens
+from pfp_app.data.world import appearance_signature, signature_agreement, view_agreement
+from pfp_app.sampling.flow import sample
 
 
 def query_frames(tracks: dict, num_latents: int, temporal: int, per_clip: int) -> list[tuple[int, list[str]]]:
@@ -65,8 +62,7 @@ def recall_frames(model, latents: torch.Tensor, js: list[int], steps: int, seed:
     if zero:
         memory = MemoryTokens(memory.tokens * 0, memory.coords)
     omega = sorted({k for j in js for k in (j - 1, j)})
-    settings = SamplerSettings(steps=steps, sampler=model.video.sampler, shift=model.video.shift, guidance_scale=1.0,
-                               memory_guidance_scale=0.0)
+    settings = model.sampler.for_recall(steps, memory_guidance_scale=0.0)
     shape = (1, latents.shape[0], len(omega), *latents.shape[2:])
     got = sample(model.velocity, shape, model.null_text(1).to(latents.device), memory,
                  torch.tensor(omega, dtype=torch.float32, device=latents.device), settings,

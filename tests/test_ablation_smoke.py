@@ -21,10 +21,9 @@ import pytest
 from conftest import report
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import consistency as cons  # noqa: E402
-import retrieval_ablation as ra  # noqa: E402
+from benchmarks import consistency as cons
+from benchmarks import retrieval_ablation as ra
 
 VERDICTS = {"reproduced", "reversed", "not separated", "not measured"}
 
@@ -310,7 +309,7 @@ def test_results_written_before_a_protocol_field_existed_resume(tmp_path):
 
 # ---- runs side by side on one GPU (benchmarks/parallel_gpu.sh): merging their results ----------
 
-import merge_results  # noqa: E402
+from benchmarks import merge_results  # noqa: E402
 
 
 def _part(runs: dict, protocol: dict, start: str, wall_s: float) -> dict:
@@ -422,9 +421,9 @@ def test_consistency_recent_latents_reach_stage_2_and_generation_only(tmp_path):
     assert cons.main(["--tiny", "--out", str(out), "--recent-latents", "1"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["protocol"]["recent_latents"] == 1
-    assert load_model(out / "s0" / "with_pretrain" / "stage1" / "model").video.recent_latents == 0
+    assert load_model(out / "s0" / "with_pretrain" / "stage1" / "model").sampler.recent_latents == 0
     for arm in cons.ARMS:
-        assert load_model(out / "s0" / arm / "stage2" / "model").video.recent_latents == 1
+        assert load_model(out / "s0" / arm / "stage2" / "model").sampler.recent_latents == 1
         for sc in res["runs"][f"{arm}_s0"]["storyboards"].values():
             for k, _ in cons.PROMPT_FIDELITY:
                 assert 0.0 <= sc[k] <= 1.0 and 0.0 <= sc[k + "_gt"] <= 1.0, (k, sc)

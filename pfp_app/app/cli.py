@@ -10,7 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, KeyError)
+# what a user can cause: every error of ours is a ValueError (StoryboardError, ModelLoadError, OptionError, ...), and
+# files that are missing or not readable; anything else is a bug and keeps its traceback
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, IsADirectoryError,
+                                                    NotADirectoryError, PermissionError)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -107,71 +110,75 @@ def _load(args):
 
 
 def cmd_generate(args) -> int:
-    from ..sampling.pipeline import GenerationSettings
-    from ..io.atomic import atomic_copy
-    from .options import check_options, check_runtime_options, quote
+    from ..film.export import write_film
+    from ..film.footage import check_footage, footage_record, source_record
     from ..film.project import Project, check_folder_for
+    from ..film.session import Failed, GenerationSession, SegmentDone
     from ..film.storyboard import parse_storyboard, read_storyboard_file
+    from ..io.atomic import atomic_copy
     from ..io.video import video_info
-
-    from ..film.footage import check_footage
+    from .options import check_options, check_runtime_options, quote
 
     record = _export_record(args)
-    if record is not None:
-        storyboard_text = record.storyboard
-        args.seed = record.seed
-        args.steps = record.steps if args.steps is None else args.steps
-        args.guidance = record.guidance if args.guidance is None else args.guidance
-    elif not args.storyboard:
+    if record is None and not args.storyboard:
         raise ValueError("--storyboard is required (or --restore with --from an MP4 exported by PFP Studio)")
-    # everything a user gave is checked before the model loads (issue 15: --crf 99 failed after generating)
+    # everything a user gave is checked before the model loads (--crf 99 used to fail after generating)
     vars(args).update(check_options(seed=args.seed, steps=args.steps, crf=args.crf, fps=args.fps,
                                     guidance=args.guidance))
     check_runtime_options(args.profile, args.device)
-    text = storyboard_text if record is not None else read_storyboard_file(args.storyboard)
+    if record is not None and (args.steps is not None or args.guidance is not None):
+        raise ValueError("--restore regenerates the export with its own settings: leave out --steps and --guidance")
+    text = record.storyboard if record is not None else read_storyboard_file(args.storyboard)
     storyboard = parse_storyboard(text)
     source = check_footage(args.footage, args.still_seconds) if args.footage and record is None else None
-    footage_settings = _footage_settings(None, source, record)  # {} without footage
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out must end in .mp4, got {quote(out.name)}")
     folder = Path(args.project) if args.project else out.with_name(out.stem + "_project")
-    check_folder_for(folder, text)  # the project keeps the storyboard as written
+    check_folder_for(folder)
     out.parent.mkdir(parents=True, exist_ok=True)
     project = Project(folder)
     pipe = _load(args)
+    session = GenerationSession(pipe, project)
     if record is not None:
         print(f"restoring '{record.path.name}': {record.describe()}", file=sys.stderr)
         if record.model and record.model != pipe.model.name:
             print(f"note: it was made with model {record.model}, restoring with {pipe.model.name} (--model)", file=sys.stderr)
-    segments = pipe.schedule(storyboard, after_footage=bool(footage_settings))
-    print(f"{pipe.model.label}: {len(segments)} segments (at most {pipe.segment_seconds:.2f} s, cut at every shot) "
+    wanted = (source_record(source) if source is not None else {"footage": {"source": record.path.name}}
+              if record is not None and record.footage_frames else {})
+    if wanted != footage_record(project):  # another footage (or none): what was made from the old one is kept as a take
+        take = session.replace_footage(_footage(pipe, source, record), source)
+        if take is not None:
+            print(f"the project's segments were made from another footage: kept in {take}", file=sys.stderr)
+    if record is not None:
+        plan = session.plan_restore(record)
+    else:
+        plan = session.plan(text, args.seed, pipe.model.sampler.overridden(args.steps, args.guidance))
+    n = len(plan.segments)
+    print(f"{pipe.model.label}: {n} segments (at most {pipe.segment_seconds:.2f} s, cut at every shot) "
           f"for {storyboard.duration:g} s -> project '{project.folder}'", file=sys.stderr)
+    if plan.keep:
+        print(f"resuming: {plan.keep} finished segments found in the project", file=sys.stderr)
+    if project.finished_segments() > plan.keep:
+        print(f"{project.finished_segments() - plan.keep} finished segments were made from another storyboard or "
+              "other settings: they are kept in the project's takes/ folder", file=sys.stderr)
 
-    def on_segment(res):
-        print(f"segment {res.segment.index + 1}/{len(segments)} [{res.segment.start:.1f}-{res.segment.end:.1f} s] "
-              f"{res.memory_tokens} memory tokens, {res.seconds:.1f} s: {res.segment.prompt}", file=sys.stderr)
+    def show(event):
+        if isinstance(event, SegmentDone):
+            seg = plan.segments[event.segment]
+            print(f"segment {seg.index + 1}/{n} [{seg.start:.1f}-{seg.end:.1f} s] {event.memory_tokens} memory tokens, "
+                  f"{event.seconds:.1f} s: {seg.prompt}", file=sys.stderr)
 
-    settings = GenerationSettings(seed=args.seed, steps=args.steps, guidance_scale=args.guidance)
-    start = resume_point(project, pipe, storyboard, settings, text, footage_settings)
-    if start:
-        print(f"resuming: {start} finished segments found in the project", file=sys.stderr)
-    if start == 0:
-        _set_footage(pipe, project, source, record)
-    if start < len(segments):
-        if record is not None:
-            from ..film.export import generate_with_seeds
-
-            generate_with_seeds(pipe, storyboard, record, project, start, on_segment=on_segment)
-        else:
-            pipe.generate(text, settings, project, start_segment=start, on_segment=on_segment)
+    end = session.run(plan, show)
+    if isinstance(end, Failed):
+        raise end.error
     with_footage = args.export == "with-footage"
-    film = pipe.export(project, crf=args.crf, with_footage=with_footage)
+    film = write_film(project, crf=args.crf, with_footage=with_footage)
     target_fps = args.fps or pipe.model.video.fps
     if target_fps == pipe.model.video.fps:  # the project's film is the output: copy, do not encode again
         atomic_copy(film, out)  # never in place: a kill during the copy left a truncated MP4
     else:
-        pipe.export(project, out, crf=args.crf, fps=target_fps, with_footage=with_footage)
+        write_film(project, out, crf=args.crf, fps=target_fps, with_footage=with_footage)
     print(f"wrote {out} ({video_info(out).num_frames} frames at {target_fps} fps)")
     return 0
 
@@ -198,49 +205,21 @@ def _export_record(args):
     return record
 
 
-def _footage_settings(project, source, record) -> dict:
-    """The footage entry the project's settings.json will hold for this run ({} without footage)."""
-    from ..film.footage import source_record
+def _footage(pipe, source, record):
+    """This run's footage, prepared and encoded (None: the film starts from nothing)."""
+    from ..film.export import restore_footage
+    from ..film.footage import prepare_footage
 
     if source is not None:
-        return source_record(source)
-    if record is not None and record.footage_frames:
-        return {"footage": {"source": record.path.name, "restored_frames": str(record.footage_frames)}}
-    return {}
-
-
-def _set_footage(pipe, project, source, record) -> None:
-    """Write this run's footage into the (empty) project, or remove a footage it no longer uses."""
-    from ..film.export import restore_footage
-    from ..film.footage import has_footage, prepare_footage, remove_footage, save_footage
-
-    footage = prepare_footage(pipe, source.path, source.still_seconds) if source is not None else (
-        restore_footage(pipe, record) if record is not None else None)
-    if footage is None:
-        if has_footage(project):
-            remove_footage(project)
-        return
-    save_footage(project, footage, source)
-    tokens = pipe.model.memory_encoder(footage.latents.to(pipe.device, pipe.dtype)).num_tokens
-    print(f"footage '{footage.source_name}': {footage.num_frames} frames = {footage.seconds:.2f} s at the model's "
-          f"{footage.fps:g} fps, {tokens:,} memory tokens{'; ' + footage.note if footage.note else ''}; "
-          "storyboard times count from its end", file=sys.stderr)
-
-
-def resume_point(project, pipe, storyboard, settings, text: str, footage: dict | None = None) -> int:
-    """Finished segments to keep: all of them when the project holds this very storyboard text and these
-    settings (a killed run resumes), 0 for an empty project; another project's work is never overwritten."""
-    if project.finished_segments() == 0:
-        return 0
-    held = project.read_settings()
-    expected = {**pipe.settings_record(storyboard, settings, after_footage=bool(footage)), **(footage or {})}
-    if "footage" in held and "footage" in expected and "restored_frames" in expected["footage"]:
-        expected["footage"] = held["footage"]  # a restored footage has no source file to compare
-    same = project.read_storyboard() == text and held == expected
-    if not same:
-        raise ValueError(f"project folder '{project.folder}' holds another storyboard or other settings; "
-                         "choose another --project (nothing was overwritten)")
-    return project.finished_segments()
+        footage = prepare_footage(pipe, source.path, source.still_seconds)
+    else:
+        footage = restore_footage(pipe, record) if record is not None else None
+    if footage is not None:
+        tokens = pipe.model.memory_encoder(footage.latents.to(pipe.device, pipe.dtype)).num_tokens
+        print(f"footage '{footage.source_name}': {footage.num_frames} frames = {footage.seconds:.2f} s at the model's "
+              f"{footage.fps:g} fps, {tokens:,} memory tokens{'; ' + footage.note if footage.note else ''}; "
+              "storyboard times count from its end", file=sys.stderr)
+    return footage
 
 
 def cmd_recall(args) -> int:
@@ -294,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         if _is_oom(err):
             print("error: out of GPU memory; try --device cpu or a smaller profile (finished segments are kept)", file=sys.stderr)
             return 2
-        if isinstance(err, EXPECTED_ERRORS) or type(err).__name__.endswith("Error"):
+        if isinstance(err, EXPECTED_ERRORS):
             from .options import shorten
 
             print(f"error: {shorten(err, 2000)}", file=sys.stderr)  # never megabytes of echoed input

@@ -13,7 +13,7 @@ import torch
 
 from ..model.memory_dit import MemoryTokens
 from ..data.world import WorldClipDataset
-from ..sampling.flow import SamplerSettings, sample
+from ..sampling.flow import sample
 from .metrics import lpips_or_none, mean_and_ci95, psnr, ssim
 from ..model.bundle import PFPModel
 
@@ -39,8 +39,7 @@ def recall_clip_batch(model: PFPModel, frames: torch.Tensor, queries: int, steps
     memory = model.memory_encoder(latents)
     if zero_memory:
         memory = MemoryTokens(memory.tokens * 0, memory.coords)
-    settings = SamplerSettings(steps=steps, sampler=model.video.sampler, shift=model.video.shift, guidance_scale=1.0,
-                               memory_guidance_scale=memory_guidance)
+    settings = model.sampler.for_recall(steps, memory_guidance)
     text = model.null_text(b).to(device)
     shape = (b, latents.shape[1], len(omega), *latents.shape[3:])
     retrieved = sample(model.velocity, shape, text, memory, torch.tensor(omega, dtype=torch.float32, device=device),
@@ -170,7 +169,7 @@ def evaluate_clips(model: PFPModel, clips: dict[str, torch.Tensor], steps: int |
     beside the clip's mean frame. Also the mean over clips with its interval."""
     if not clips:
         raise ValueError("no clips to evaluate")
-    steps = steps or model.video.steps
+    steps = steps or model.sampler.steps
     per_clip: dict[str, dict] = {}
     for k, (name, frames) in enumerate(clips.items()):
         x = trim_to_codec(frames, model.codec.temporal_ratio)[None]

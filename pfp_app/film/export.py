@@ -1,162 +1,219 @@
-"""Re-opening an export: an MP4 written by PFP Studio carries its model, seeds, steps and storyboard in its
-comment (first line `PFP Studio | model=... seed=3 steps=8 guidance=3 ...`, then the storyboard), and, when it was
-exported with its footage, `footage_frames=N`: its first N frames are that footage at the model's size and rate.
+"""The film as an MP4 that can be made again: one writer, one record.
 
-`read_export_record` finds out whether a file is such an export; `restore_into` regenerates its project from
-the record (storyboard, per-segment seeds, steps, guidance; the footage taken back from the file's first frames).
+`write_film` joins the segments' MP4s (and, for the whole film, the project's footage first) into one H.264 file
+whose comment is the export record: a first line `PFP Studio | {json}` with the model, the runs of segments (the
+seed and the complete sampler settings each run was made with) and the footage's frame count, then the
+storyboard. The CLI and the studio both export through it. `read_export_record` reads it back (also the
+key=value records written before), and restoring an export regenerates its project run by run
+(`film/session.py`), the footage taken back from the file's first frames.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io.video import VideoReadError, read_mp4_comment
+import numpy as np
+
+from ..io.video import VideoReadError, frame_count, read_mp4_comment, read_video, write_mp4
+from ..sampling.settings import SamplerSettings
+from .footage import FootageError, footage_from_frames, footage_meta, footage_video_path, has_footage
+from .project import Project
 
 MARK = "PFP Studio |"
+FORMAT = 2  # the JSON record; exports before it wrote key=value fields (read by `_parse_legacy`)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Segments `start`.. (up to the next run) made with one seed and one sampler.
+
+    sampler: the settings as recorded. An export of this format records every field; one written before records
+    what it knew, and the rest is the model's default (`ExportRecord.sampler_of`)."""
+
+    start: int
+    seed: int
+    sampler: dict = field(default_factory=dict)
 
 
 @dataclass
 class ExportRecord:
     path: Path
     model: str | None
-    seeds: dict[int, int]  # segment -> seed; {-1: s} when every segment used seed s
-    steps: int | None
+    runs: list[Run]
     storyboard: str
     footage_frames: int = 0  # the file's first N frames are the footage
     footage_excluded: bool = False  # the project had footage; the file holds the generated part only
-    fields: dict[str, str] = field(default_factory=dict)
-    guidance: float | None = None  # classifier-free guidance; None: not recorded (exports before it was)
-    guidance_2: float | None = None  # guidance below `boundary` (two-scale guidance); None: one scale throughout
-    boundary: float | None = None
-    start_guidance: float | None = None  # a shot's first segment (flow.SamplerSettings); None: as elsewhere
-    start_guidance_2: float | None = None
-    context_latents: int = 0  # within a shot (flow.SamplerSettings); exports from before it was recorded used none
-    memory_guidance: float = 0.0  # within a shot (flow.SamplerSettings); likewise
-    recent_latents: int = 0  # within a shot (flow.SamplerSettings); likewise
-    return_latents: int = 0  # at a return (flow.SamplerSettings); likewise
-    return_start: bool = False  # return_latents_from == "start"
-    return_recent: bool = False  # return_latents_as_recent
-    return_memory_guidance: float = 0.0
 
-    def generation_settings(self, seed: int):
-        """The settings that made the export's segments (with `seed`). A record with one guidance scale keeps one
-        (GenerationSettings: a guidance scale given alone), whatever the model's default is now."""
-        from ..sampling.pipeline import GenerationSettings
-
-        return GenerationSettings(seed=seed, steps=self.steps, guidance_scale=self.guidance,
-                                  guidance_scale_2=self.guidance_2, boundary_ratio=self.boundary,
-                                  shot_start_guidance_scale=self.start_guidance,
-                                  shot_start_guidance_scale_2=self.start_guidance_2,
-                                  context_latents=self.context_latents, memory_guidance_scale=self.memory_guidance,
-                                  recent_latents=self.recent_latents, return_latents=self.return_latents,
-                                  return_latents_from="start" if self.return_start else "end",
-                                  return_latents_as_recent=self.return_recent,
-                                  return_memory_guidance_scale=self.return_memory_guidance)
+    def run_of(self, segment: int) -> Run:
+        """The run that made `segment` (a shot's export starts at its first segment: earlier ones take its first)."""
+        return ([r for r in self.runs if r.start <= segment] or self.runs)[-1]
 
     @property
     def seed(self) -> int:
         """The first segment's seed (the project's seed)."""
-        return self.seeds.get(-1, self.seeds.get(0, 0))
+        return self.runs[0].seed
 
     def seed_of(self, segment: int) -> int:
-        if -1 in self.seeds:
-            return self.seeds[-1]
-        known = [k for k in sorted(self.seeds) if k <= segment]
-        return self.seeds[known[-1]] if known else self.seed
+        return self.run_of(segment).seed
+
+    def sampler_of(self, segment: int, model_default: SamplerSettings) -> SamplerSettings:
+        """The settings segment `segment` was made with (fields an older record lacks: the model's default)."""
+        return SamplerSettings.from_record(self.run_of(segment).sampler, model_default)
 
     def describe(self) -> str:
-        seeds = (f"seed {self.seed}" if -1 in self.seeds else
-                 "seeds " + ", ".join(f"segment {k + 1}: {v}" for k, v in sorted(self.seeds.items())))
-        shots = sum(1 for line in self.storyboard.splitlines() if line.strip() and not line.lower().startswith(("end", "total", "#")))
+        seeds = (f"seed {self.seed}" if len({r.seed for r in self.runs}) == 1 else
+                 "seeds " + ", ".join(f"segment {r.start + 1}: {r.seed}" for r in self.runs))
+        steps = sorted({r.sampler["steps"] for r in self.runs if r.sampler.get("steps") is not None})
+        shots = sum(1 for line in self.storyboard.splitlines()
+                    if line.strip() and not line.lower().startswith(("end", "total", "#")))
         foot = (f", starting with {self.footage_frames} frames of footage" if self.footage_frames else
                 ", exported without its footage" if self.footage_excluded else "")
-        guidance = f", guidance {self.guidance:g}" if self.guidance is not None else ""
-        if self.guidance_2 is not None:
-            guidance += f" (then {self.guidance_2:g} below timestep ratio {self.boundary:g})"
-        if self.start_guidance is not None:
-            then = f", then {self.start_guidance_2:g} below {self.boundary:g}" if self.start_guidance_2 is not None else ""
-            guidance += f" ({self.start_guidance:g} on a shot's first segment{then})"
-        context = f", {self.context_latents} context latent(s) within a shot" if self.context_latents else ""
-        if self.memory_guidance:
-            context += f", memory guidance {self.memory_guidance:g} within a shot"
-        if self.recent_latents:
-            context += f", {self.recent_latents} recent latent(s) at full resolution within a shot"
-        if self.return_latents:
-            which = "first" if self.return_start else "last"
-            context += f", a return gets its earlier shot's {which} {self.return_latents} latent(s)"
-            context += " as the frames it continues" if self.return_recent else ""
-        if self.return_memory_guidance:
-            context += f", memory guidance {self.return_memory_guidance:g} at a return"
-        return f"model {self.model}, {seeds}, {self.steps or 'default'} steps{guidance}{context}, {shots} shots{foot}"
+        step_text = "/".join(str(s) for s in steps) if steps else "default"
+        return f"model {self.model}, {seeds}, {step_text} steps, {shots} shots{foot}"
 
 
-def _per_segment(value: str) -> dict[int, int]:
-    """'3' -> {-1: 3}; '0:3,1:3,2:7' -> {0: 3, 1: 3, 2: 7}."""
-    if ":" not in value:
-        return {-1: int(value)}
-    out = {}
-    for part in value.split(","):
-        k, v = part.split(":", 1)
-        out[int(k)] = int(v)
-    return out
+# ---- the record of a project's segments ------------------------------------------------------------------------
+
+def project_runs(project: Project, segments: range) -> list[Run]:
+    """The runs of `segments` from the project's per-segment records (seed and sampler of each segment)."""
+    runs: list[Run] = []
+    for i in segments:
+        rec = project.read_segment_record(i)
+        if rec is None:
+            raise ValueError(f"segment {i + 1} of '{project.folder.name}' has no record of how it was made")
+        seed, sampler = int(rec["seed"]), dict(rec.get("sampler") or {})
+        if not runs or (runs[-1].seed, runs[-1].sampler) != (seed, sampler):
+            runs.append(Run(i, seed, sampler))
+    return runs
 
 
-def guidance_comment(sampler: dict) -> str:
-    """The guidance fields of an export's first comment line (read back by parse_export_comment), from a project's
-    recorded sampler settings (asdict of flow.SamplerSettings): ' guidance=3 start_guidance=6 start_guidance2=1
-    boundary=0.6 context=1 memory_guidance=2 recent=1' (and return=1 return_start=1 return_recent=1 return_guidance=2
-    where a return was given frames or guidance); '' where none was recorded."""
-    values = {"guidance": sampler.get("guidance_scale"), "guidance2": sampler.get("guidance_scale_2"),
-              "start_guidance": sampler.get("shot_start_guidance_scale")}
-    if values["start_guidance"] is not None:
-        values["start_guidance2"] = sampler.get("shot_start_guidance_scale_2")
-    if values["guidance2"] is not None or values["start_guidance"] is not None:
-        values["boundary"] = sampler.get("boundary_ratio", 0.875)  # flow.SamplerSettings' default
-    if sampler.get("context_latents"):
-        values["context"] = sampler["context_latents"]
-    if sampler.get("memory_guidance_scale"):
-        values["memory_guidance"] = sampler["memory_guidance_scale"]
-    if sampler.get("recent_latents"):
-        values["recent"] = sampler["recent_latents"]
-    if sampler.get("return_latents"):
-        values["return"] = sampler["return_latents"]
-        values["return_start"] = 1 if sampler.get("return_latents_from") == "start" else None
-        values["return_recent"] = 1 if sampler.get("return_latents_as_recent") else None
-    if sampler.get("return_memory_guidance_scale"):
-        values["return_guidance"] = sampler["return_memory_guidance_scale"]
-    return "".join(f" {k}={v:g}" for k, v in values.items() if v is not None)
+def export_comment(model: str | None, runs: list[Run], storyboard: str, footage_frames: int | None = None,
+                   footage_excluded: bool = False) -> str:
+    head = {"format": FORMAT, "model": model,
+            "runs": [{"start": r.start, "seed": r.seed, "sampler": r.sampler} for r in runs]}
+    if footage_frames:
+        head["footage_frames"] = int(footage_frames)
+    if footage_excluded:
+        head["footage"] = "excluded"
+    return f"{MARK} {json.dumps(head, separators=(',', ':'))}\n{storyboard}"
 
+
+def write_film(project: Project, out: str | Path | None = None, segments: range | None = None, fps: int | None = None,
+               crf: int = 18, with_footage: bool = True) -> Path:
+    """The one export writer: `segments` (default: all finished; a shot's for a shot export) as H.264 MP4 at
+    `out` (default the project's film.mp4), the export record in its comment.
+
+    with_footage: a range that starts the film also starts with the project's footage (else: the generated part
+    only, said in the record). fps: another frame rate for the file, frames resampled by nearest frame, duration
+    kept (the record then describes a film at another rate: it still restores, at the model's)."""
+    segments = segments if segments is not None else range(project.finished_segments())
+    if len(segments) == 0:
+        raise ValueError("nothing to export: the project has no finished segment")
+    settings = project.read_settings()
+    src_fps = int(settings.get("video", {}).get("fps") or fps or 8)
+    lead = footage_video_path(project) if with_footage and segments.start == 0 and has_footage(project) else None
+    n_lead = int(footage_meta(project)["frames"]) if lead is not None else None
+    excluded = has_footage(project) and lead is None
+    comment = export_comment(settings.get("model"), project_runs(project, segments), project.read_storyboard(),
+                             n_lead, excluded)
+    paths = ([lead] if lead is not None else []) + [project.segment_video_path(i) for i in segments]
+    fps = fps or src_fps
+    return write_mp4(out or project.film_path, stream_frames(paths, src_fps, fps), fps, crf=crf, comment=comment)
+
+
+def stream_frames(paths: list[Path], src_fps: float, fps: float) -> Iterator[np.ndarray]:
+    """uint8 (H, W, 3) frames of the files in order, one file in memory at a time (a 10-minute film held whole
+    as float32 took ~1 GB at 128x128); resampled to `fps` by nearest frame, duration kept."""
+    counts = [frame_count(p) for p in paths]  # our own segment files: complete, written atomically
+    total = sum(counts)
+    n_out = total if fps == src_fps else max(1, round(total * fps / src_fps))
+    i_out, first = 0, 0
+    for path, count in zip(paths, counts):
+        seg = read_video(path)[0]  # (T, H, W, 3) uint8
+        while i_out < n_out:
+            j = max(first, min(total - 1, round(i_out * src_fps / fps)))  # max: a segment shorter than its header
+            if j >= first + len(seg):
+                break
+            yield seg[j - first]
+            i_out += 1
+        first += count
+
+
+# ---- reading an export back --------------------------------------------------------------------------------------
 
 def parse_export_comment(comment: str | None, path: str | Path = "") -> ExportRecord | None:
     """The record in an export's comment, or None when the comment is not PFP Studio's."""
     if not comment or not comment.startswith(MARK):
         return None
     head, _, storyboard = comment.partition("\n")
-    fields = dict(tok.split("=", 1) for tok in head[len(MARK):].split() if "=" in tok)
+    body = head[len(MARK):].strip()
     try:
-        seeds = _per_segment(fields["seeds"]) if "seeds" in fields else _per_segment(fields.get("seed", "0"))
-        steps_field = fields.get("steps") or fields.get("stepss")  # per-segment steps: keep the first
-        steps = None if steps_field in (None, "None") else next(iter(_per_segment(steps_field).values()))
-        frames = int(fields.get("footage_frames", 0))
-        guidance = float(fields["guidance"]) if fields.get("guidance") not in (None, "None") else None
-        scales = {k: float(fields[k]) if k in fields else None
-                  for k in ("guidance2", "boundary", "start_guidance", "start_guidance2")}
-        if (scales["guidance2"] is not None or scales["start_guidance"] is not None) != (scales["boundary"] is not None):
+        if body.startswith("{"):
+            return _parse_json(body, storyboard, Path(path))
+        return _parse_legacy(body, storyboard, Path(path))
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"'{Path(path).name}' has a PFP Studio comment that cannot be read: {head[:200]!r}") from None
+
+
+def _parse_json(body: str, storyboard: str, path: Path) -> ExportRecord:
+    rec = json.loads(body)
+    runs = [Run(int(r["start"]), int(r["seed"]), dict(r["sampler"])) for r in rec["runs"]]
+    if not runs or runs[0].start < 0 or any(b.start <= a.start for a, b in zip(runs, runs[1:])):
+        raise ValueError("runs must increase")
+    for r in runs:
+        SamplerSettings.from_record(r.sampler)  # unknown or malformed fields: refused here, not mid-restore
+    frames = int(rec.get("footage_frames", 0))
+    if frames < 0:
+        raise ValueError("negative footage_frames")
+    return ExportRecord(path, rec.get("model"), runs, storyboard, frames, rec.get("footage") == "excluded")
+
+
+# The key=value records written before FORMAT 2. The CLI wrote its sampler fields (a field it left out was off),
+# the studio only the model, seed(s), step(s) and memory rate (it sampled with the model's defaults).
+_LEGACY_FLOATS = {"guidance": "guidance_scale", "guidance2": "guidance_scale_2", "boundary": "boundary_ratio",
+                  "start_guidance": "shot_start_guidance_scale", "start_guidance2": "shot_start_guidance_scale_2",
+                  "memory_guidance": "memory_guidance_scale", "return_guidance": "return_memory_guidance_scale"}
+_LEGACY_INTS = {"context": "context_latents", "recent": "recent_latents", "return": "return_latents"}
+
+
+def _per_segment(value: str) -> dict[int, int]:
+    """'3' -> {-1: 3}; '0:3,1:3,2:7' -> {0: 3, 1: 3, 2: 7}."""
+    if ":" not in value:
+        return {-1: int(value)}
+    return {int(k): int(v) for k, v in (part.split(":", 1) for part in value.split(","))}
+
+
+def _parse_legacy(body: str, storyboard: str, path: Path) -> ExportRecord:
+    fields = dict(tok.split("=", 1) for tok in body.split() if "=" in tok)
+    seeds = _per_segment(fields["seeds"]) if "seeds" in fields else _per_segment(fields.get("seed", "0"))
+    steps_field = fields.get("steps") or fields.get("stepss")  # per-segment steps: keep the first
+    sampler: dict = {}
+    if steps_field not in (None, "None"):
+        sampler["steps"] = next(iter(_per_segment(steps_field).values()))
+    if fields.get("guidance") not in (None, "None"):  # the CLI's record: what it does not name was off
+        values = {name: float(fields[key]) for key, name in _LEGACY_FLOATS.items() if key in fields}
+        values.update({name: int(fields[key]) for key, name in _LEGACY_INTS.items() if key in fields})
+        if (("guidance_scale_2" in values or "shot_start_guidance_scale" in values)
+                != ("boundary_ratio" in values)):
             raise KeyError("guidance2 / start_guidance and boundary go together")
-        context = int(fields.get("context", 0))
-        memory_guidance = float(fields.get("memory_guidance", 0.0))
-        recent = int(fields.get("recent", 0))
-        returns = (int(fields.get("return", 0)), fields.get("return_start") == "1", fields.get("return_recent") == "1",
-                   float(fields.get("return_guidance", 0.0)))
-        if context < 0 or recent < 0 or returns[0] < 0:
-            raise ValueError("negative context")
-    except (ValueError, KeyError):
-        raise ValueError(f"'{Path(path).name}' has a PFP Studio comment that cannot be read: {head!r}") from None
-    return ExportRecord(Path(path), fields.get("model"), seeds, steps, storyboard, frames,
-                        fields.get("footage") == "excluded", fields, guidance, scales["guidance2"], scales["boundary"],
-                        scales["start_guidance"], scales["start_guidance2"], context, memory_guidance, recent,
-                        *returns)
+        if any(values.get(name, 0) < 0 for name in _LEGACY_INTS.values()):
+            raise ValueError("negative latent count")
+        sampler.update({"guidance_scale_2": None, "shot_start_guidance_scale": None,
+                        "shot_start_guidance_scale_2": None, "context_latents": 0, "memory_guidance_scale": 0.0,
+                        "recent_latents": 0, "return_latents": 0, "return_memory_guidance_scale": 0.0,
+                        "return_latents_from": "start" if fields.get("return_start") == "1" else "end",
+                        "return_latents_as_recent": fields.get("return_recent") == "1", **values})
+        SamplerSettings.from_record(sampler)
+    runs = ([Run(0, seeds[-1], sampler)] if -1 in seeds else
+            [Run(k, s, sampler) for k, s in sorted(seeds.items())
+             if k == min(seeds) or s != seeds[max(j for j in seeds if j < k)]])
+    if runs[0].start != 0:
+        runs[0] = Run(0, runs[0].seed, sampler)
+    return ExportRecord(path, fields.get("model"), runs, storyboard, int(fields.get("footage_frames", 0)),
+                        fields.get("footage") == "excluded")
 
 
 def read_export_record(path: str | Path) -> ExportRecord | None:
@@ -172,9 +229,6 @@ def read_export_record(path: str | Path) -> ExportRecord | None:
 
 def restore_footage(pipe, record: ExportRecord):
     """The footage of a restored project: the export's first `footage_frames` frames (None without footage)."""
-    from .footage import FootageError, footage_from_frames
-    from ..io.video import read_video
-
     if record.footage_excluded:
         raise FootageError(f"'{record.path.name}' was exported without its footage (generated part only), so its "
                            "project cannot be restored from it; use the export made 'with the footage'")
@@ -186,31 +240,3 @@ def restore_footage(pipe, record: ExportRecord):
         raise FootageError(f"'{record.path.name}' is {frames.shape[2]}×{frames.shape[1]}, the model makes "
                            f"{v.width}×{v.height}: restore it with the model it was made with ({record.model})")
     return footage_from_frames(pipe, frames, record.path.name)
-
-
-def generate_with_seeds(pipe, storyboard, record: ExportRecord, project, start: int = 0, **callbacks) -> None:
-    """Generate the storyboard into `project` with each segment's recorded seed: the seed changes only where
-    a shot was regenerated with a new one (every later segment has it), so runs of one seed are generated in
-    turn, each stopped where the next seed begins."""
-    from ..sampling.pipeline import GenerationStopped
-
-    from .footage import has_footage
-
-    n = len(pipe.schedule(storyboard, after_footage=has_footage(project)))
-    k = start
-    while k < n:
-        seed = record.seed_of(k)
-        end = k + 1
-        while end < n and record.seed_of(end) == seed:
-            end += 1
-        stop_at = end
-
-        def should_stop(stop_at=stop_at):
-            return project.finished_segments() >= stop_at
-
-        try:
-            pipe.generate(storyboard, record.generation_settings(seed), project, start_segment=k,
-                          should_stop=should_stop, **callbacks)
-        except GenerationStopped:
-            pass
-        k = end

@@ -5,6 +5,7 @@ Layout (all under one folder; nothing generated lives only in memory):
   settings.json        model, seed, steps, sampler, fps, size, memory rate, segment schedule
   segments/seg_007.safetensors  latents (C, n, H', W') of segment 7, the history the memory is built from
   segments/seg_007.mp4          its decoded frames, playable on its own
+  segments/seg_007.json         how it was made: prompt, times, seed, model, sampler settings
   film.mp4             the whole video, exported after generation
 Writes go to a temporary name and are renamed, so a killed process never leaves a half file.
 """
@@ -18,7 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from safetensors import safe_open
+
 from ..io.atomic import atomic_path, atomic_write_text, clean_stale_temps
+from ..io.video import write_mp4
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,79}$")
 
@@ -41,9 +45,10 @@ def safe_child(root: str | Path, name: str) -> Path:
 MARKER_FILE = ".pfp_project"  # written in every project folder: the app's own folders are told from a user's
 
 
-def check_folder_for(folder: str | Path, storyboard_text: str) -> None:
-    """Refuse, before anything is written, a folder that the CLI must not write into: one it did not create
-    (not empty, not a project) or a project of another storyboard. An absent or empty folder is fine."""
+def check_folder_for(folder: str | Path) -> None:
+    """Refuse, before anything is written, a folder that the CLI must not write into: one it did not create (not
+    empty, not a project). An absent or empty folder is fine; so is a project (what a run replaces there is kept as
+    a take: `film/session.py`)."""
     folder = Path(folder)
     if not folder.exists():
         return
@@ -55,11 +60,6 @@ def check_folder_for(folder: str | Path, storyboard_text: str) -> None:
     if not project_like:
         raise ProjectError(f"'{folder}' already exists and is not a PFP Studio project; choose another --project or "
                            "an empty folder (nothing was written)")
-    sb_path = folder / "storyboard.txt"
-    has_work = (folder / "segments" / "seg_000.safetensors").is_file() or sb_path.is_file()
-    if has_work and (not sb_path.is_file() or sb_path.read_text(encoding="utf-8", errors="replace") != storyboard_text):
-        raise ProjectError(f"project folder '{folder}' holds another storyboard or other settings; choose another --project "
-                           "(nothing was overwritten)")
 
 
 class Project:
@@ -104,13 +104,39 @@ class Project:
     def segment_video_path(self, index: int) -> Path:
         return self.segments_dir / f"seg_{index:03d}.mp4"
 
-    def save_segment_latents(self, index: int, latents: torch.Tensor, meta: dict) -> Path:
-        """latents (C, n, H', W') of one segment."""
-        path = self.segment_latents_path(index)
-        with atomic_path(path) as tmp:
+    def segment_record_path(self, index: int) -> Path:
+        return self.segments_dir / f"seg_{index:03d}.json"
+
+    def save_segment(self, index: int, latents: torch.Tensor, frames: torch.Tensor, fps: float, record: dict) -> None:
+        """One finished segment: its video (frames (3, T, H, W) in [-1, 1]), its record, then its latents
+        (C, n, H', W'), whose presence marks it finished: a segment killed while being written is not one."""
+        write_mp4(self.segment_video_path(index), frames, fps, crf=12)
+        atomic_write_text(self.segment_record_path(index), json.dumps(record, indent=2))
+        with atomic_path(self.segment_latents_path(index)) as tmp:
             save_file({"latents": latents.detach().float().cpu().contiguous()}, str(tmp),
-                      metadata={k: str(v) for k, v in meta.items()})
-        return path
+                      metadata={"prompt": str(record.get("prompt")), "seed": str(record.get("seed"))})
+
+    def read_segment_record(self, index: int) -> dict | None:
+        """How segment `index` was made (see save_segment); for a segment written before records were kept, what
+        its latents' metadata and the project's settings say. None for a segment that is not finished."""
+        path = self.segment_record_path(index)
+        if path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:
+                pass
+        latents = self.segment_latents_path(index)
+        if not latents.is_file():
+            return None
+        with safe_open(str(latents), "pt") as f:
+            meta = f.metadata() or {}
+        s = self.read_settings()
+        try:
+            seed = int(meta.get("seed", s.get("seed")))
+        except (TypeError, ValueError):
+            return None
+        return {"prompt": meta.get("prompt"), "seed": seed, "model": s.get("model"),
+                "sampler": s.get("sampler_settings")}
 
     def finished_segments(self) -> int:
         """Number of consecutive segments 0..k-1 whose latents are on disk."""

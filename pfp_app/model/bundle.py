@@ -19,6 +19,7 @@ from .memory_dit import MemoryTokens, enable_memory_blocks, memory_dit_forward
 from .codec import WanLatentCodec
 from .memory_encoder import MemoryEncoder
 from .text_encoder import MiniLMTextEncoder, TextEncoder, UMT5TextEncoder
+from ..sampling.settings import SAMPLER_FIELDS, SamplerSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "assets" / "pfp-default"
@@ -29,9 +30,9 @@ class ModelLoadError(ValueError):
     """A model folder or name that cannot be loaded; the message says what is wrong and what to do."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class VideoSpec:
-    """What a model generates: frame size, frame rate, segment length, and sampling defaults."""
+    """What a model generates: frame size, frame rate, segment length, and its text encoder."""
 
     height: int
     width: int
@@ -39,21 +40,6 @@ class VideoSpec:
     segment_latent_frames: int  # latent frames generated per autoregressive segment
     text_encoder: str = "minilm"  # 'minilm' (offline, shipped) or 'umt5' (from a Wan folder)
     text_max_tokens: int = 32
-    steps: int = 20
-    sampler: str = "unipc"
-    shift: float = 3.0
-    guidance_scale: float = 1.0
-    guidance_scale_2: float | None = None  # below boundary_ratio (see flow.SamplerSettings); None: guidance_scale
-    boundary_ratio: float = 0.875
-    shot_start_guidance_scale: float | None = None  # a shot's first segment (flow.SamplerSettings); None: as elsewhere
-    shot_start_guidance_scale_2: float | None = None
-    context_latents: int = 0  # within a shot, history latents re-denoised beside each segment (flow.SamplerSettings)
-    memory_guidance_scale: float = 0.0  # within a shot (flow.SamplerSettings)
-    recent_latents: int = 0  # within a shot, history latents G sees at full resolution (trained: train --recent-latents)
-    return_latents: int = 0  # at a shot start that repeats an earlier shot's prompt: that shot's last latents (flow.SamplerSettings)
-    return_memory_guidance_scale: float = 0.0  # at such a return's first segment (flow.SamplerSettings)
-    return_latents_from: str = "end"  # which frames of the earlier shot: "end" or "start" (flow.SamplerSettings)
-    return_latents_as_recent: bool = False  # place them just before the returning segment (flow.SamplerSettings)
 
 
 @dataclass
@@ -62,6 +48,7 @@ class ModelConfig:
     vae: dict
     memory: dict
     video: VideoSpec
+    sampler: SamplerSettings  # the model's sampling defaults (pfp_model.json's "sampler")
     notes: str = ""
 
 
@@ -82,36 +69,39 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
                          ffn_dim=128, num_layers=2, text_dim=384, freq_dim=64, rope_max_seq_len=256),
         vae=dict(base_dim=8, z_dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]),
         memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=16, hr_channels=64, hr_attention_layers=1, hr_heads=2),
-        video=VideoSpec(height=64, width=64, fps=8, segment_latent_frames=3, steps=4),
+        video=VideoSpec(height=64, width=64, fps=8, segment_latent_frames=3),
+        sampler=SamplerSettings(steps=4),
         notes="test-sized; untrained unless loaded from a folder",
     ),
     "default": ModelConfig(
         transformer=_DEFAULT_DIT,
         vae=_DEFAULT_VAE,
         memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=64, hr_channels=192, hr_attention_layers=1, hr_heads=4),
-        video=VideoSpec(height=128, width=128, fps=8, segment_latent_frames=5, steps=16),
+        video=VideoSpec(height=128, width=128, fps=8, segment_latent_frames=5),
+        sampler=SamplerSettings(steps=16),
         notes="the embedded default: 128x128 at 8 fps, trained by this project on procedural storyboard clips",
     ),
     "small": ModelConfig(  # the default's codec (shared by the benchmarks) with a smaller G and φ
         transformer=dict(_DEFAULT_DIT, num_attention_heads=4, ffn_dim=768, num_layers=4),
         vae=_DEFAULT_VAE,
         memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=32, hr_channels=128, hr_attention_layers=1, hr_heads=4),
-        video=VideoSpec(height=64, width=64, fps=8, segment_latent_frames=5, steps=16),
+        video=VideoSpec(height=64, width=64, fps=8, segment_latent_frames=5),
+        sampler=SamplerSettings(steps=16),
         notes="CPU-sized experiments (benchmarks/*.py --scale cpu): 64x64 with the default model's codec",
     ),
     "wan2.1-1.3b": ModelConfig(
         transformer=dict(_WAN_DIT, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),
         vae=_WAN_VAE,
         memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=128, hr_channels=512, hr_attention_layers=2, hr_heads=8),
-        video=VideoSpec(height=480, width=832, fps=16, segment_latent_frames=9, text_encoder="umt5", text_max_tokens=512,
-                        steps=30, guidance_scale=5.0),
+        video=VideoSpec(height=480, width=832, fps=16, segment_latent_frames=9, text_encoder="umt5", text_max_tokens=512),
+        sampler=SamplerSettings(steps=30, guidance_scale=5.0),
     ),
     "wan2.1-14b": ModelConfig(
         transformer=dict(_WAN_DIT, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40),
         vae=_WAN_VAE,
         memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=128, hr_channels=512, hr_attention_layers=2, hr_heads=8),
-        video=VideoSpec(height=480, width=832, fps=16, segment_latent_frames=9, text_encoder="umt5", text_max_tokens=512,
-                        steps=30, guidance_scale=5.0),
+        video=VideoSpec(height=480, width=832, fps=16, segment_latent_frames=9, text_encoder="umt5", text_max_tokens=512),
+        sampler=SamplerSettings(steps=30, guidance_scale=5.0),
     ),
 }
 
@@ -134,6 +124,7 @@ class PFPModel:
     codec: WanLatentCodec
     video: VideoSpec
     trained: bool
+    sampler: SamplerSettings = SamplerSettings()  # the model's sampling defaults
     text_encoder_factory: object = None  # () -> TextEncoder, built on first use (it is the slowest load)
     _text_encoder: TextEncoder | None = field(default=None, repr=False)
 
@@ -174,7 +165,7 @@ class PFPModel:
         for sub, module in self.modules().items():
             src = module if dtype is None else _cast_copy(module, dtype)
             src.save_pretrained(folder / sub, safe_serialization=True, max_shard_size=max_shard_size)
-        (folder / BUNDLE_FILE).write_text(json.dumps({"name": self.name, "video": asdict(self.video)}, indent=2))
+        (folder / BUNDLE_FILE).write_text(json.dumps(bundle_record(self.name, self.video, self.sampler), indent=2))
         return folder
 
 
@@ -203,9 +194,8 @@ def build_random_model(config_name: str = "tiny", seed: int = 0) -> PFPModel:
     transformer = enable_memory_blocks(WanTransformer3DModel(**cfg.transformer))
     vae = AutoencoderKLWan(**_vae_kwargs(cfg.vae))
     encoder = build_memory_encoder(transformer, cfg.memory)
-    video = VideoSpec(**asdict(cfg.video))
-    return PFPModel(f"{config_name}-random", transformer, encoder, WanLatentCodec(vae), video, trained=False,
-                    text_encoder_factory=_text_factory(video, None)).eval()
+    return PFPModel(f"{config_name}-random", transformer, encoder, WanLatentCodec(vae), cfg.video, trained=False,
+                    sampler=cfg.sampler, text_encoder_factory=_text_factory(cfg.video, None)).eval()
 
 
 def _vae_kwargs(vae_cfg: dict) -> dict:
@@ -250,12 +240,12 @@ def load_model(spec: str | Path = "default", memory_dir: str | Path | None = Non
     if (folder / BUNDLE_FILE).exists():
         try:
             meta = json.loads((folder / BUNDLE_FILE).read_text())
-            video = VideoSpec(**meta["video"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            video, sampler = read_bundle_record(meta)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ModelLoadError(f"'{folder / BUNDLE_FILE}' is not a valid PFP model description: {err}") from err
         name, trained, text_folder = meta.get("name", folder.name), True, None
     elif (folder / "model_index.json").exists():
-        video = _wan_video_spec(folder)
+        video, sampler = _wan_video_spec(folder)
         name, trained, text_folder = f"wan2.1:{folder.name}", True, folder
         for sub in ("text_encoder", "tokenizer"):
             _require(folder / sub, f"{sub}/")
@@ -268,7 +258,7 @@ def load_model(spec: str | Path = "default", memory_dir: str | Path | None = Non
     has_memory = (mem_root / "memory_encoder" / "config.json").exists() or (mem_root / "config.json").exists()
     if not has_memory and new_memory is not None:
         return PFPModel(name, transformer, build_memory_encoder(transformer, new_memory), WanLatentCodec(vae), video,
-                        trained, text_encoder_factory=_text_factory(video, text_folder)).eval()
+                        trained, sampler, text_encoder_factory=_text_factory(video, text_folder)).eval()
     if not has_memory:
         raise ModelLoadError(f"no memory encoder (φ) weights: expected '{mem_root / 'memory_encoder'}'; "
                              "train one with `python -m pfp_app train` or pass --memory DIR")
@@ -280,13 +270,31 @@ def load_model(spec: str | Path = "default", memory_dir: str | Path | None = Non
         raise ModelLoadError(f"memory encoder does not match the transformer: φ outputs width {encoder.config.hidden_dim} "
                              f"from {encoder.config.latent_channels} latent channels, the DiT has width {hidden} and "
                              f"{transformer.config.in_channels} channels")
-    return PFPModel(name, transformer, encoder, WanLatentCodec(vae), video, trained,
+    return PFPModel(name, transformer, encoder, WanLatentCodec(vae), video, trained, sampler,
                     text_encoder_factory=_text_factory(video, text_folder)).eval()
 
 
-def _wan_video_spec(folder: Path) -> VideoSpec:
-    spec = VideoSpec(**asdict(MODEL_CONFIGS["wan2.1-1.3b"].video))
-    override = folder / "pfp_video.json"  # optional: a user's own resolution / segment length
-    if override.exists():
-        spec = VideoSpec(**{**asdict(spec), **json.loads(override.read_text())})
-    return spec
+def bundle_record(name: str, video: VideoSpec, sampler: SamplerSettings) -> dict:
+    """pfp_model.json: the model's name, what it generates and its sampling defaults."""
+    return {"name": name, "video": asdict(video), "sampler": sampler.to_record()}
+
+
+def read_bundle_record(meta: dict) -> tuple[VideoSpec, SamplerSettings]:
+    """(VideoSpec, SamplerSettings) of a pfp_model.json. Folders written before the sampler had its own entry keep
+    their sampling fields inside "video": they are split off."""
+    video = dict(meta["video"])
+    legacy = {k: video.pop(k) for k in list(video) if k in SAMPLER_FIELDS}
+    return VideoSpec(**video), SamplerSettings.from_record({**legacy, **meta.get("sampler", {})})
+
+
+def _wan_video_spec(folder: Path) -> tuple[VideoSpec, SamplerSettings]:
+    """A Wan 2.1 folder's VideoSpec and sampler: the 1.3B config's, or the user's own `pfp_video.json` (resolution,
+    segment length, and any sampler field) beside model_index.json."""
+    cfg = MODEL_CONFIGS["wan2.1-1.3b"]
+    path = folder / "pfp_video.json"  # optional: a user's own resolution / segment length
+    if not path.exists():
+        return cfg.video, cfg.sampler
+    override = json.loads(path.read_text())
+    video = {**asdict(cfg.video), **{k: v for k, v in override.items() if k not in SAMPLER_FIELDS}}
+    sampler = SamplerSettings.from_record({k: v for k, v in override.items() if k in SAMPLER_FIELDS}, cfg.sampler)
+    return VideoSpec(**video), sampler

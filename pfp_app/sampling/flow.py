@@ -9,16 +9,15 @@ Sampling goes through diffusers' flow-matching schedulers (Euler, UniPC) with ti
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-from ..model.memory_dit import MemoryTokens, memory_dit_forward
-
-NUM_TRAIN_TIMESTEPS = 1000
+from ..model.memory_dit import MemoryTokens
+from .settings import NUM_TRAIN_TIMESTEPS, SamplerSettings
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -103,68 +102,6 @@ def make_scheduler(name: str, shift: float):
             num_train_timesteps=NUM_TRAIN_TIMESTEPS, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift
         )
     raise ValueError(f"unknown sampler {name!r}; choose 'euler' or 'unipc'")
-
-
-@dataclass
-class SamplerSettings:
-    steps: int = 20
-    sampler: str = "unipc"
-    shift: float = 3.0
-    guidance_scale: float = 1.0
-    # Wan 2.2's two-scale guidance (diffusers' WanPipeline: guidance_scale_2 below boundary_ratio): the layout and
-    # colours are settled at high noise, where guidance_scale applies; below the boundary guidance_scale_2 (None:
-    # the same scale; 1: none, and one forward per step instead of two)
-    guidance_scale_2: float | None = None
-    boundary_ratio: float = 0.875
-    # a shot's first segment, where the text alone must set the new place (within a shot the memory holds it):
-    # these replace guidance_scale / guidance_scale_2 there (None: the same as elsewhere)
-    shot_start_guidance_scale: float | None = None
-    shot_start_guidance_scale_2: float | None = None
-    # within a shot, the last `context_latents` latent frames of the history are denoised again beside the new
-    # segment, pinned to their known values (`sample`'s context): the join is drawn as one piece, not as two
-    # (a shot's first segment takes none: a cut is meant to change the picture)
-    context_latents: int = 0
-    # within a shot, memory guidance: v += memory_guidance_scale * (v(memory) - v(no memory)), pushing the segment
-    # toward what the memory holds (the history) and away from what the text alone would draw; G knows "no memory"
-    # from training (a clip's first segment). 0: off; a shot's first segment takes none (the text sets a new shot)
-    memory_guidance_scale: float = 0.0
-    # within a shot, the last `recent_latents` latent frames of the history join φ's memory as clean tokens at full
-    # resolution (memory_dit.recent_tokens; the caller builds them): G must have been trained with them
-    recent_latents: int = 0
-    # at a shot start whose prompt repeats an earlier shot's (a return), the last `return_latents` latent frames of
-    # that earlier shot join φ's memory the same way, at their own times: the place and characters as they were
-    return_latents: int = 0
-    # which frames of that earlier shot: "end" (the frames it ended on) or "start" (the frames it began with, where
-    # a return's camera usually is again: the world's shots at a place all start from the same view)
-    return_latents_from: str = "end"
-    # and where they sit: False, at their own times; True, just before the returning segment, where the frames a
-    # continuing segment gets sit (the return is then drawn as that earlier shot continued, which G was trained on)
-    return_latents_as_recent: bool = False
-    # at such a return's first segment, memory guidance of this scale (elsewhere a shot's first segment takes none):
-    # the push toward what the memory holds, which there includes how the place and characters looked before
-    return_memory_guidance_scale: float = 0.0
-
-    def __post_init__(self):
-        if self.return_latents_from not in ("end", "start"):
-            raise ValueError(f"return_latents_from must be 'end' or 'start', not {self.return_latents_from!r}")
-
-    def for_segment(self, shot_start: bool, returning: bool = False) -> "SamplerSettings":
-        """The settings of one segment: a shot's first segment takes the shot-start scales, if any, no context
-        and no memory guidance, except a return's (`returning`: its prompt repeats an earlier shot's), which takes
-        return_memory_guidance_scale."""
-        if not shot_start:
-            return self
-        s = replace(self, context_latents=0, recent_latents=0,
-                    memory_guidance_scale=self.return_memory_guidance_scale if returning else 0.0)
-        if self.shot_start_guidance_scale is not None:
-            s = replace(s, guidance_scale=self.shot_start_guidance_scale, guidance_scale_2=self.shot_start_guidance_scale_2)
-        return s
-
-    def guidance_at(self, timestep: float) -> float:
-        """The guidance scale at a timestep (0..1000)."""
-        if self.guidance_scale_2 is None or timestep >= self.boundary_ratio * NUM_TRAIN_TIMESTEPS:
-            return self.guidance_scale
-        return self.guidance_scale_2
 
 
 @torch.no_grad()

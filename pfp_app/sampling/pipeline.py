@@ -1,7 +1,8 @@
 """Storyboard -> one continuous video, segment by segment, each seeing the whole history through φ.
 
-Thin orchestration (diffusers-pipeline style) over the model bundle:
-  for each segment: φ(history latents) -> sample the segment -> decode -> save -> append.
+Thin orchestration (diffusers-pipeline style) over the model bundle; it generates and returns, and writes
+nothing (`film/session.py` keeps a project's segments on disk):
+  for each segment: φ(history latents) -> sample the segment -> decode -> yield it -> append to the history.
 φ is causal in time, so the memory is extended incrementally instead of re-encoding the history.
 `recall` reconstructs any past frame from φ(history) alone: the memory inspector.
 """
@@ -11,26 +12,21 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
-from ..model.memory_dit import history_recent_tokens, join_memory
-from ..model.causal_decode import StreamingDecoder
-from ..film.export import guidance_comment
-from ..model.fast_conv import use_onednn_conv3d
-from .flow import SamplerSettings, sample
-from ..film.footage import (footage_comment, footage_meta, footage_record, footage_video_path, has_footage,
-                      load_footage_latents)
-from ..model.memory_encoder import MemoryCache
+from ..film.storyboard import Storyboard, parse_storyboard
+from ..film.timeline import TimedSegment, TimeGrid, shot_aligned_schedule
 from ..evaluation.metrics import history_mean_frame, psnr, ssim
 from ..model.bundle import PFPModel
-from ..film.project import Project
-from ..film.storyboard import Segment, Storyboard, format_storyboard, parse_storyboard
-from ..film.timeline import TIMELINE, TimedSegment, TimeGrid, shot_aligned_schedule
-from ..io.video import tensor_to_frames, write_mp4
+from ..model.causal_decode import StreamingDecoder
+from ..model.fast_conv import use_onednn_conv3d
+from ..model.memory_dit import history_recent_tokens, join_memory
+from ..model.memory_encoder import MemoryCache
+from .flow import sample
+from .settings import SamplerSettings
 
 
 def segment_seed(seed: int, index: int) -> int:
@@ -39,60 +35,14 @@ def segment_seed(seed: int, index: int) -> int:
 
 
 @dataclass
-class GenerationSettings:
-    seed: int = 0
-    steps: int | None = None  # None: the model's default
-    sampler: str | None = None
-    shift: float | None = None
-    guidance_scale: float | None = None
-    # None: the model's (flow.SamplerSettings). A guidance_scale given alone is one scale throughout, for every
-    # segment (the CLI's --guidance, and exports that record one scale)
-    guidance_scale_2: float | None = None
-    boundary_ratio: float | None = None
-    shot_start_guidance_scale: float | None = None
-    shot_start_guidance_scale_2: float | None = None
-    context_latents: int | None = None  # None: the model's (flow.SamplerSettings.context_latents)
-    memory_guidance_scale: float | None = None  # None: the model's (flow.SamplerSettings.memory_guidance_scale)
-    recent_latents: int | None = None  # None: the model's (flow.SamplerSettings.recent_latents)
-    return_latents: int | None = None  # None: the model's (flow.SamplerSettings.return_latents)
-    return_memory_guidance_scale: float | None = None  # None: the model's (flow.SamplerSettings)
-    return_latents_from: str | None = None  # "end" / "start"; None: the model's (flow.SamplerSettings)
-    return_latents_as_recent: bool | None = None  # None: the model's (flow.SamplerSettings)
-
-    def sampler_settings(self, model: PFPModel) -> SamplerSettings:
-        v = model.video
-        alone = self.guidance_scale is not None and all(
-            x is None for x in (self.guidance_scale_2, self.boundary_ratio, self.shot_start_guidance_scale,
-                                self.shot_start_guidance_scale_2))
-        pick = lambda mine, model_default: None if alone else mine if mine is not None else model_default  # noqa: E731
-        return SamplerSettings(
-            steps=self.steps or v.steps, sampler=self.sampler or v.sampler,
-            shift=self.shift if self.shift is not None else v.shift,
-            guidance_scale=self.guidance_scale if self.guidance_scale is not None else v.guidance_scale,
-            guidance_scale_2=pick(self.guidance_scale_2, v.guidance_scale_2),
-            boundary_ratio=self.boundary_ratio if self.boundary_ratio is not None else v.boundary_ratio,
-            shot_start_guidance_scale=pick(self.shot_start_guidance_scale, v.shot_start_guidance_scale),
-            shot_start_guidance_scale_2=pick(self.shot_start_guidance_scale_2, v.shot_start_guidance_scale_2),
-            context_latents=self.context_latents if self.context_latents is not None else v.context_latents,
-            memory_guidance_scale=(self.memory_guidance_scale if self.memory_guidance_scale is not None
-                                   else v.memory_guidance_scale),
-            recent_latents=self.recent_latents if self.recent_latents is not None else v.recent_latents,
-            return_latents=self.return_latents if self.return_latents is not None else v.return_latents,
-            return_memory_guidance_scale=(self.return_memory_guidance_scale if self.return_memory_guidance_scale
-                                          is not None else v.return_memory_guidance_scale),
-            return_latents_from=self.return_latents_from or v.return_latents_from,
-            return_latents_as_recent=(self.return_latents_as_recent if self.return_latents_as_recent is not None
-                                      else v.return_latents_as_recent),
-        )
-
-
-@dataclass
 class SegmentResult:
-    segment: Segment
+    segment: TimedSegment
     latents: torch.Tensor  # (1, C, n, H', W')
     frames: torch.Tensor  # (3, T, H, W) in [-1, 1]: this segment's frames of the film
     memory_tokens: int
     seconds: float
+    seed: int  # the run's seed this segment was made with (its own noise: segment_seed(seed, index))
+    sampler: SamplerSettings  # the run's settings (the segment itself used sampler.for_segment(...))
     sampling_seconds: float = 0.0  # φ + text + denoising
     decoding_seconds: float = 0.0
 
@@ -116,7 +66,14 @@ class RecallResult:
 
 
 class GenerationStopped(Exception):
-    """Raised between segments when the caller asks to stop; finished segments stay on disk."""
+    """Raised when the caller's should_stop() turns true, between segments or between steps (that segment is
+    discarded); the segments yielded before stay the caller's."""
+
+
+def earlier_segments_of_prompt(segments: list[TimedSegment], seg: TimedSegment) -> list[TimedSegment]:
+    """At a shot start, the earlier segments whose prompt is the same as `seg`'s (a return); [] elsewhere."""
+    shot_start = seg.index == 0 or segments[seg.index - 1].shot_index != seg.shot_index
+    return [other for other in segments[: seg.index] if other.prompt == seg.prompt] if shot_start else []
 
 
 @dataclass
@@ -139,10 +96,11 @@ class PFPPipeline:
     def grid(self) -> TimeGrid:
         return TimeGrid.of(self.model)
 
-    def schedule(self, storyboard: Storyboard, after_footage: bool = False) -> list[TimedSegment]:
+    def schedule(self, storyboard: Storyboard | str, after_footage: bool = False) -> list[TimedSegment]:
         """Segments whose cuts land at the shots' times (to the codec's time step); see `timeline`. After a
         creator's footage the first segment has no lead frame (it continues the footage's last latent)."""
-        return shot_aligned_schedule(storyboard, TimeGrid.of(self.model, after_footage))
+        sb = parse_storyboard(storyboard) if isinstance(storyboard, str) else storyboard
+        return shot_aligned_schedule(sb, TimeGrid.of(self.model, after_footage))
 
     def latent_shape(self, num_latent_frames: int) -> tuple[int, int, int, int, int]:
         v, c = self.model.video, self.model.codec
@@ -155,45 +113,39 @@ class PFPPipeline:
         return self.model.text_encoder.encode(prompts).to(self.device, self.dtype)
 
     # generation ----------------------------------------------------------------------------------
+    def generate(self, storyboard: Storyboard | str, seed: int = 0, sampler: SamplerSettings | None = None,
+                 footage: torch.Tensor | None = None, **callbacks) -> list[SegmentResult]:
+        """The whole storyboard in memory (tests, benchmarks): every segment with `seed` and `sampler` (default: the
+        model's), after `footage` latents (1, C, T_f, H', W') if given."""
+        segments = self.schedule(storyboard, after_footage=footage is not None)
+        sampler = sampler or self.model.sampler
+        return list(self.generate_segments(segments, lambda k: seed, lambda k: sampler, footage=footage, **callbacks))
+
     @torch.no_grad()
-    def generate(
+    def generate_segments(
         self,
-        storyboard: Storyboard | str,
-        settings: GenerationSettings | None = None,
-        project: Project | None = None,
-        start_segment: int = 0,
-        on_segment: Callable[[SegmentResult], None] | None = None,
+        segments: list[TimedSegment],
+        seed_of: Callable[[int], int],
+        sampler_of: Callable[[int], SamplerSettings],
+        start: int = 0,
+        history: torch.Tensor | None = None,
+        footage: torch.Tensor | None = None,
         on_step: Callable[[int, int, int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-        footage: torch.Tensor | None = None,
-    ) -> list[SegmentResult]:
-        """Generate segments start_segment.. of the storyboard; earlier ones are read from `project`.
+    ) -> Iterator[SegmentResult]:
+        """Generate segments[start:] in order, yielding each as soon as it is decoded.
 
-        footage: latents (1, C, T_f, H', W') of the history before the first shot (footage.py); by default the
-        project's footage. It seeds the history: φ sees it as it sees generated segments, the storyboard's
-        segments sit at the time positions after it and the first is decoded continuing its last latent frames.
-
-        on_step(segment_index, num_segments, step, steps); should_stop() is checked between segments
-        and between steps (a stop mid-segment discards only that segment).
+        seed_of(k), sampler_of(k): the run seed and settings of segment k. history: latents (1, C, T, H', W') of
+        segments[:start] (their first_latent.. in order); footage: latents (1, C, T_f, H', W') of the history
+        before the first shot (`film/footage.py`): φ sees it as it sees generated segments, the storyboard's
+        segments sit at the time positions after it, and the first is decoded continuing its last latent frames.
+        on_step(segment_index, num_segments, step, steps); should_stop() is checked between segments and between
+        steps (GenerationStopped; a segment stopped midway is discarded).
         """
-        sb = parse_storyboard(storyboard) if isinstance(storyboard, str) else storyboard
-        settings = settings or GenerationSettings()
-        sampler = settings.sampler_settings(self.model)
-        if footage is None and project is not None:
-            footage = load_footage_latents(project)
-        segments = self.schedule(sb, after_footage=footage is not None)
-        if project is not None:
-            project.write_storyboard(storyboard if isinstance(storyboard, str) else format_storyboard(sb))
-            project.write_settings({**self.settings_record(sb, settings, after_footage=footage is not None),
-                                    **footage_record(project)})
-        if start_segment > 0 and (project is None or start_segment > project.finished_segments()):
-            raise ValueError(f"cannot continue from segment {start_segment}: the project holds "
-                             f"{0 if project is None else project.finished_segments()} finished segments")
-        history = project.load_history(start_segment) if start_segment > 0 else None
-        if start_segment > 0 and (history is None or history.shape[2] != segments[start_segment].first_latent):
-            raise ValueError(f"cannot continue from segment {start_segment}: the project's finished segments hold "
-                             f"{0 if history is None else history.shape[2]} latent frames, the storyboard's "
-                             f"{segments[start_segment].first_latent}")
+        if start and (history is None or history.shape[2] != segments[start].first_latent):
+            raise ValueError(f"cannot continue from segment {start}: the history holds "
+                             f"{0 if history is None else history.shape[2]} latent frames, the storyboard's segments "
+                             f"before it {segments[start].first_latent}")
         offset = 0  # latent time position of the storyboard's latent 0: after the footage
         if footage is not None:  # the footage's latents, never re-encoded from pixels, start the history
             offset = footage.shape[2]
@@ -204,8 +156,7 @@ class PFPPipeline:
         decoder.warm_up(history)
         cache: MemoryCache | None = None
         null_text = self.model.null_text(1).to(self.device, self.dtype)  # zeros: for the segments that are guided
-        results = []
-        for seg in segments[start_segment:]:
+        for seg in segments[start:]:
             if should_stop is not None and should_stop():
                 raise GenerationStopped(f"stopped before segment {seg.index}")
             t0 = time.perf_counter()
@@ -215,8 +166,9 @@ class PFPPipeline:
                 memory, cache = self.model.memory_encoder.encode_incremental(history.to(self.dtype), cache)
             text = self._text([seg.prompt])
             shot_start = seg.index == 0 or segments[seg.index - 1].shot_index != seg.shot_index
-            earlier = [other for other in segments[: seg.index] if other.prompt == seg.prompt] if shot_start else []
-            seg_sampler = sampler.for_segment(shot_start, returning=bool(earlier))
+            earlier = earlier_segments_of_prompt(segments, seg)
+            run_sampler, run_seed = sampler_of(seg.index), seed_of(seg.index)
+            seg_sampler = run_sampler.for_segment(shot_start, returning=bool(earlier))
             first = offset + seg.first_latent
             positions = torch.arange(first, first + n, dtype=torch.float32, device=self.device)
 
@@ -226,7 +178,7 @@ class PFPPipeline:
                 if on_step is not None:
                     on_step(k, len(segments), i, steps)
 
-            gen = torch.Generator().manual_seed(segment_seed(settings.seed, seg.index))
+            gen = torch.Generator().manual_seed(segment_seed(run_seed, seg.index))
             k = min(seg_sampler.context_latents, 0 if history is None else history.shape[2])
             context = history[:, :, history.shape[2] - k:].to(self.dtype) if k else None  # (1, C, k, H', W')
             if seg_sampler.recent_latents and history is not None:  # the frames this segment continues, unblurred
@@ -249,15 +201,8 @@ class PFPPipeline:
             frames = self._film_frames(seg, decoder.decode(latents)[0], footage is not None)  # (3, seg.num_frames, H, W)
             history = latents if history is None else torch.cat([history, latents], dim=2)
             t2 = time.perf_counter()
-            result = SegmentResult(seg, latents, frames.cpu(), 0 if memory is None else memory.num_tokens,
-                                   t2 - t0, t1 - t0, t2 - t1)
-            if project is not None:  # the video first: saved latents mark a segment as finished
-                write_mp4(project.segment_video_path(seg.index), frames.cpu(), self.model.video.fps, crf=12)
-                project.save_segment_latents(seg.index, latents[0], {"prompt": seg.prompt, "seed": settings.seed})
-            results.append(result)
-            if on_segment is not None:
-                on_segment(result)
-        return results
+            yield SegmentResult(seg, latents, frames.cpu(), 0 if memory is None else memory.num_tokens, t2 - t0,
+                                run_seed, run_sampler, t1 - t0, t2 - t1)
 
     def _film_frames(self, seg: TimedSegment, frames: torch.Tensor, after_footage: bool = False) -> torch.Tensor:
         """The film's frames of a segment from its decoded pixel frames (3, T, H, W): the lead frame of the
@@ -266,60 +211,12 @@ class PFPPipeline:
         skip = TimeGrid.of(self.model, after_footage).lead_frames if seg.first_latent == 0 else 0
         return frames[:, skip : skip + seg.num_frames]
 
-    def settings_record(self, sb: Storyboard, settings: GenerationSettings, after_footage: bool = False) -> dict:
-        v, grid = self.model.video, TimeGrid.of(self.model, after_footage)
-        return {"timeline": TIMELINE, "film_frames": grid.film_frames(sb.duration),
-                "lead_frames": grid.lead_frames,
-            "model": self.model.name, "trained": self.model.trained, **asdict(settings),
-            "sampler_settings": asdict(settings.sampler_settings(self.model)),
-            "video": asdict(v), "memory_rate": self.model.memory_encoder.config.rate,
-            "memory_variant": self.model.memory_encoder.config.variant,
-            "segment_seconds": self.segment_seconds, "num_segments": len(self.schedule(sb, after_footage)),
-        }
-
-    def first_segment_of_shot(self, storyboard: Storyboard, shot_index: int, after_footage: bool = False) -> int:
-        for seg in self.schedule(storyboard, after_footage):
-            if seg.shot_index >= shot_index:
-                return seg.index
-        raise ValueError(f"shot {shot_index} starts after the last segment")
-
-    def regenerate_shot(self, project: Project, storyboard: Storyboard | str, shot_index: int,
-                        settings: GenerationSettings | None = None, **callbacks) -> list[SegmentResult]:
-        """Regenerate shot `shot_index` (new prompt in `storyboard`, or new seed) and everything after it;
-        the segments before it are kept as they are and form the history."""
-        sb = parse_storyboard(storyboard) if isinstance(storyboard, str) else storyboard
-        start = self.first_segment_of_shot(sb, shot_index, after_footage=load_footage_latents(project) is not None)
-        available = project.finished_segments()
-        start = min(start, available)
-        project.drop_segments_from(start)
-        return self.generate(storyboard, settings, project, start_segment=start, **callbacks)
-
     @torch.no_grad()
     def decode_history(self, history: torch.Tensor) -> torch.Tensor:
         """All pixel frames (3, T, H, W) of a latent history (1, C, T', H', W'), decoded in one causal pass:
         the frames previewed during generation (the film adds the lead frame and a trimmed tail). Costs the
         whole history: the inspector reads the segments' MP4s instead."""
         return StreamingDecoder(self.model.codec).decode(history.to(self.device))[0]
-
-    def export(self, project: Project, out_path=None, crf: int = 18, segments: range | None = None,
-               fps: int | None = None, with_footage: bool = True) -> Path:
-        """Write the film (or a range of segments, e.g. one shot) as H.264 MP4, storyboard in its comment.
-
-        fps: another frame rate for the file; frames are resampled (nearest), so the duration is kept.
-        with_footage: the whole film starts with the project's footage, if any (else: the generated part only)."""
-        segments = segments if segments is not None else range(project.finished_segments())
-        if len(segments) == 0:
-            raise ValueError("nothing to export: the project has no finished segment")
-        lead = footage_video_path(project) if with_footage and segments.start == 0 and has_footage(project) else None
-        src_fps, fps = self.model.video.fps, fps or self.model.video.fps
-        paths = [project.segment_video_path(i) for i in segments]
-        frames = stream_segment_frames(([lead] if lead else []) + paths, src_fps, fps)  # the footage first
-        settings = project.read_settings()
-        sampler = settings.get("sampler_settings") or {}
-        n_lead = int(footage_meta(project)["frames"]) if lead else None
-        comment = (f"PFP Studio | model={settings.get('model')} seed={settings.get('seed')} steps={sampler.get('steps')}"
-                   f"{guidance_comment(sampler)}{footage_comment(project, n_lead)}\n{project.read_storyboard()}")
-        return write_mp4(out_path or project.film_path, frames, fps, crf=crf, comment=comment)
 
     # memory inspection ---------------------------------------------------------------------------
     @staticmethod
@@ -359,11 +256,10 @@ class PFPPipeline:
         memory = self.model.memory_encoder(history)
         first = max(0, j - window + 1)
         positions = torch.arange(first, j + 1, dtype=torch.float32, device=self.device)
-        sampler = GenerationSettings(seed=seed, steps=steps).sampler_settings(self.model)
         # recall: no text (guidance 1); the model's memory guidance stays (G's answer with the memory pushed away
         # from its answer without it: +0.8-1.1 dB on a held-out real clip; the model card's recall tables are
         # unguided, `evaluate --memory-guidance` measures both)
-        sampler = replace(sampler, guidance_scale=1.0, guidance_scale_2=None)
+        sampler = self.model.sampler.for_recall(steps)
         shape = self.latent_shape(len(positions))
         latents = sample(self._velocity, shape, self._text([prompt]), memory, positions, sampler,
                          torch.Generator().manual_seed(seed), device=self.device, dtype=self.dtype)
@@ -376,26 +272,6 @@ class PFPPipeline:
             base = psnr(history_mean_frame(truth_frames).to(recalled), truth)
         return RecallResult(frame_index, recalled.cpu(), None if truth is None else truth.cpu(), psnr_v, ssim_v, base,
                             memory.num_tokens, history[0].numel(), time.perf_counter() - t0)
-
-
-def stream_segment_frames(paths: list, src_fps: float, fps: float):
-    """uint8 (H, W, 3) frames of the segment files in order, one segment in memory at a time (a 10-minute
-    film held whole as float32 took ~1 GB at 128x128); resampled to `fps` by nearest frame, duration kept."""
-    from ..io.video import frame_count, read_video
-
-    counts = [frame_count(p) for p in paths]  # our own segment files: complete, written atomically
-    total = sum(counts)
-    n_out = total if fps == src_fps else max(1, round(total * fps / src_fps))
-    i_out, first = 0, 0
-    for path, count in zip(paths, counts):
-        seg = read_video(path)[0]  # (T, H, W, 3) uint8
-        while i_out < n_out:
-            j = max(first, min(total - 1, round(i_out * src_fps / fps)))  # max: a segment shorter than its header
-            if j >= first + len(seg):
-                break
-            yield seg[j - first]
-            i_out += 1
-        first += count
 
 
 def seconds_to_frame(seconds: float, fps: float) -> int:

@@ -25,7 +25,7 @@ import functools
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -358,11 +358,10 @@ def train(cfg: TrainConfig) -> dict:
     device = accelerator.device
     model = _init_model(cfg)
     if cfg.stage == "finetune":  # the exported model generates as it was last trained: with recent frames or not
-        model.video.recent_latents = cfg.recent_latents
         # and at a return with the frames it was trained with, or none (not what an --init model was trained with)
-        model.video.return_latents = cfg.return_frames
-        model.video.return_latents_from = "start" if cfg.return_frames else "end"
-        model.video.return_latents_as_recent = bool(cfg.return_frames)
+        model.sampler = replace(model.sampler, recent_latents=cfg.recent_latents, return_latents=cfg.return_frames,
+                                return_latents_from="start" if cfg.return_frames else "end",
+                                return_latents_as_recent=bool(cfg.return_frames))
     if cfg.stage == "finetune" and cfg.lora_rank > 0:
         from peft import LoraConfig
 
@@ -394,7 +393,6 @@ def train(cfg: TrainConfig) -> dict:
         clips = _training_latents(model, cfg, accelerator, text_encoder)
         retrieval_clips = clips
         if cfg.stage == "finetune" and cfg.retrieval_data:  # e.g. captioned world for stage 2, real footage for recall
-            from dataclasses import replace
 
             retrieval_clips = _training_latents(model, replace(cfg, data=cfg.retrieval_data), accelerator, text_encoder)
         num_clips = len(clips)

@@ -78,7 +78,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 save_btn = gr.Button("Save storyboard to project", size="sm", elem_id="save-storyboard")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="seed")
-                    steps = gr.Slider(1, MAX_STEPS, value=m.video.steps, step=1, label="Denoising steps",
+                    steps = gr.Slider(1, MAX_STEPS, value=m.sampler.steps, step=1, label="Denoising steps",
                                       elem_id="steps")
                 with gr.Row():
                     profile = gr.Dropdown(choices=studio.profile_choices(),
@@ -118,7 +118,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     with gr.Row():
                         at = gr.Slider(0, 1, value=0, step=0.125, label="Time in the history (s)", interactive=False,
                                        scale=4, elem_id="inspect-time")
-                        recall_steps = gr.Slider(1, MAX_STEPS, value=m.video.steps, step=1, label="Recall steps",
+                        recall_steps = gr.Slider(1, MAX_STEPS, value=m.sampler.steps, step=1, label="Recall steps",
                                                  scale=2, elem_id="recall-steps")
                         recall_btn = gr.Button("Recall", scale=1, elem_id="inspect-run")
                     with gr.Row():
