@@ -13,19 +13,15 @@ two, and the decode times on this machine.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from pfp_app.model.codec_widen import widen_decoder  # noqa: E402
-from pfp_app.data.world import WorldClipDataset  # noqa: E402
-from pfp_app.model.fast_conv import use_onednn_conv3d  # noqa: E402
-from pfp_app.model.bundle import load_model  # noqa: E402
-from pfp_app.evaluation.evaluate import trim_to_codec  # noqa: E402
+from pfp_app.model.codec_widen import widen_decoder
+from pfp_app.data.world import WorldClipDataset
+from pfp_app.model.fast_conv import use_onednn_conv3d
+from pfp_app.model.bundle import load_model
+from pfp_app.evaluation.evaluate import trim_to_codec
 
 CUT_CHANGE = 0.1
 

@@ -11,18 +11,14 @@ win back, while image mode bounds what the spatial path gives. Prints a markdown
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from pfp_app.data.world import WorldClipDataset  # noqa: E402
-from pfp_app.model.fast_conv import use_onednn_conv3d  # noqa: E402
-from pfp_app.evaluation.metrics import mean_and_ci95, psnr  # noqa: E402
-from pfp_app.model.bundle import load_model  # noqa: E402
-from pfp_app.evaluation.evaluate import codec_clip_scores, trim_to_codec  # noqa: E402
+from pfp_app.data.world import WorldClipDataset
+from pfp_app.model.fast_conv import use_onednn_conv3d
+from pfp_app.evaluation.metrics import mean_and_ci95, psnr
+from pfp_app.model.bundle import load_model
+from pfp_app.evaluation.evaluate import codec_clip_scores, trim_to_codec
 
 
 @torch.no_grad()

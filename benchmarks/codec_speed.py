@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from pfp_app.model.causal_decode import StreamingDecoder  # noqa: E402
-from pfp_app.model.fast_conv import use_onednn_conv3d  # noqa: E402
-from pfp_app.model.bundle import load_model  # noqa: E402
+from pfp_app.model.causal_decode import StreamingDecoder
+from pfp_app.model.fast_conv import use_onednn_conv3d
+from pfp_app.model.bundle import load_model
 
 
 def main() -> None:

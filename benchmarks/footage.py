@@ -35,11 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import consistency as cs  # noqa: E402  (scoring functions of Table 2)
-import retrieval_ablation as ra  # noqa: E402  (mean ± interval, paired comparison, fmt, save_json)
+from benchmarks import consistency as cs  # scoring functions of Table 2
+from benchmarks import retrieval_ablation as ra  # mean ± interval, paired comparison, fmt, save_json
+from benchmarks.world_scoring import shot_frames
 
 REAL_CLIPS = [Path("/usr/share/doc/opencv-doc/examples/data") / f"{n}.avi" for n in ("Megamind", "Megamind_bugy", "tree", "vtest")]
 REAL_PROMPT = "the gravel path, empty"  # the default model knows only its world's vocabulary
@@ -126,7 +124,7 @@ def consistency_case(pipe, index: int, steps: int, storyboard_seed: int, ret: in
         film = np.concatenate([foot, gen])
         scores = cs.score_storyboard(film, gt, truth)
         if "place_chance" not in scores:  # the Q shot is shorter than the spread of offsets score_storyboard uses
-            p_first, other = cs._shot_frames(shots[0], v.fps, gt.num_frames), cs._shot_frames(shots[2], v.fps, gt.num_frames)
+            p_first, other = shot_frames(shots[0], v.fps, gt.num_frames), shot_frames(shots[2], v.fps, gt.num_frames)
             from pfp_app.data.world import view_agreement
 
             k = list(range(min(len(p_first), len(other))))

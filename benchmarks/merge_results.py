@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-import retrieval_ablation as ra
+from benchmarks import retrieval_ablation as ra
 
 
 def completeness(rec: dict) -> tuple:

@@ -25,6 +25,9 @@ if [ "$#" -gt "$max" ]; then  # measured 2026-12-02: of 8 side by side on an H20
   exit 2
 fi
 mkdir -p "$dir/latents"
+# the scripts import the packages benchmarks and pfp_app from the repository root (this folder's parent), also
+# where they are not installed (requirements.txt installs both): a device call's Python, say
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 t0=$(date +%s)
 pids=()
 i=0

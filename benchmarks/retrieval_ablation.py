@@ -54,7 +54,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 VARIANTS = ("large_patchifier", "only_lr", "without_lr", "proposed")  # the paper's row order
 RATES = ("4x4x2", "2x2x2", "2x2x1")

@@ -27,11 +27,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import consistency as cons  # noqa: E402  (Table 2's storyboards and scores)
-import retrieval_ablation as ra  # noqa: E402  (statistics)
+from benchmarks import consistency as cons  # Table 2's storyboards and scores
+from benchmarks import retrieval_ablation as ra  # statistics
 
 ARMS = (("memory", "as shipped (φ's memory)"), ("zeroed", "φ's output zeroed"))
 

@@ -34,17 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.fidelity import drift_scores, drift_storyboard, generate
+from benchmarks.return_consistency import zeroed_memory
 
-from fidelity import drift_scores, drift_storyboard, generate  # noqa: E402
-from return_consistency import zeroed_memory  # noqa: E402
-
-from pfp_app.data.world import clip_to_item, render_storyboard  # noqa: E402
-from pfp_app.film.footage import encode_frames  # noqa: E402
-from pfp_app.evaluation.metrics import mean_and_ci95  # noqa: E402
-from pfp_app.film.storyboard import parse_storyboard  # noqa: E402
-from pfp_app.io.video import tensor_to_frames  # noqa: E402
+from pfp_app.data.world import clip_to_item, render_storyboard
+from pfp_app.film.footage import encode_frames
+from pfp_app.evaluation.metrics import mean_and_ci95
+from pfp_app.film.storyboard import parse_storyboard
+from pfp_app.io.video import tensor_to_frames
 
 MEASURES = ("place", "place_colour", "character")
 

@@ -39,16 +39,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import retrieval_ablation as ra  # statistics, results files
 
-import retrieval_ablation as ra  # noqa: E402  (statistics, results files)
-
-from pfp_app.model.memory_dit import MemoryTokens, history_recent_tokens, join_memory  # noqa: E402
-from pfp_app.data.world import parse_caption, sample_clip  # noqa: E402
-from pfp_app.sampling.flow import NUM_TRAIN_TIMESTEPS, add_noise  # noqa: E402
-from pfp_app.film.storyboard import format_storyboard  # noqa: E402
-from pfp_app.train.data import (  # noqa: E402
+from pfp_app.model.memory_dit import MemoryTokens, history_recent_tokens, join_memory
+from pfp_app.data.world import parse_caption, sample_clip
+from pfp_app.sampling.flow import NUM_TRAIN_TIMESTEPS, add_noise
+from pfp_app.film.storyboard import format_storyboard
+from pfp_app.train.data import (
     cached_latents, character_returns_at, encode_clips, latent_prompts, module_fingerprint, repeated_shot_start)
 
 T_QUANTILES = (0.125, 0.375, 0.625, 0.875)  # of the standard normal behind the trainer's logit-normal t

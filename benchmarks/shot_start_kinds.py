@@ -13,19 +13,14 @@ return).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.return_loss import place_returns_at
 
-from return_loss import place_returns_at  # noqa: E402
-
-from pfp_app.data.world import WorldClipDataset, clip_storyboard  # noqa: E402
-from pfp_app.film.storyboard import format_storyboard  # noqa: E402
-from pfp_app.train.data import character_returns_at, latent_prompts, repeated_shot_start  # noqa: E402
+from pfp_app.data.world import WorldClipDataset, clip_storyboard
+from pfp_app.film.storyboard import format_storyboard
+from pfp_app.train.data import character_returns_at, latent_prompts, repeated_shot_start
 
 
 def count_kinds(num_clips: int, data_seed: int, seconds: float = 20.0, fps: float = 8.0, temporal: int = 4) -> dict:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import consistency as cons
+from benchmarks import merge_results
+from benchmarks import retrieval_ablation as ra
 from conftest import report
 
 ROOT = Path(__file__).resolve().parent.parent
-
-from benchmarks import consistency as cons
-from benchmarks import retrieval_ablation as ra
 
 VERDICTS = {"reproduced", "reversed", "not separated", "not measured"}
 
@@ -308,9 +308,6 @@ def test_results_written_before_a_protocol_field_existed_resume(tmp_path):
 
 
 # ---- runs side by side on one GPU (benchmarks/parallel_gpu.sh): merging their results ----------
-
-from benchmarks import merge_results  # noqa: E402
-
 
 def _part(runs: dict, protocol: dict, start: str, wall_s: float) -> dict:
     return {"benchmark": "retrieval_ablation", "protocol": protocol, "runs": runs,

@@ -49,8 +49,7 @@ def test_gpu_bench_tiny_on_cpu(tmp_path):
 
 
 def _fidelity():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import fidelity
+    from benchmarks import fidelity
 
     return fidelity
 
@@ -156,8 +155,7 @@ def test_device_carry_slims_the_wheel_and_splits_the_bank(tmp_path, monkeypatch)
     import hashlib
     import zipfile
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import device_carry
+    from benchmarks import device_carry
 
     src = tmp_path / "full" / "diffusers-0.0-py3-none-any.whl"
     src.parent.mkdir()
@@ -196,8 +194,7 @@ def test_device_carry_slims_the_wheel_and_splits_the_bank(tmp_path, monkeypatch)
 
 
 def test_codec_modes_separates_the_time_path_from_the_spatial_one():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from codec_modes import clip_modes
+    from benchmarks.codec_modes import clip_modes
     from diffusers import AutoencoderKLWan
 
     from pfp_app.model.codec import WanLatentCodec, init_temporal_identity
@@ -216,8 +213,7 @@ def test_codec_modes_separates_the_time_path_from_the_spatial_one():
 
 
 def test_codec_frames_marks_the_latent_chunk_that_holds_a_cut():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from codec_frames import cut_chunk_mask, frame_psnrs
+    from benchmarks.codec_frames import cut_chunk_mask, frame_psnrs
 
     torch = __import__("torch")
     x = torch.zeros(1, 3, 21, 8, 8)
@@ -231,8 +227,7 @@ def test_codec_frames_marks_the_latent_chunk_that_holds_a_cut():
 
 def test_device_carry_encoder_only_vae_encodes_exactly_as_the_full_codec(tmp_path):
     """The stand-in a G-training call carries: same latents and latent statistics, a far smaller file."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import device_carry
+    from benchmarks import device_carry
     from diffusers import AutoencoderKLWan
 
     from pfp_app.model.codec import WanLatentCodec
@@ -256,8 +251,7 @@ def test_device_carry_encoder_only_vae_encodes_exactly_as_the_full_codec(tmp_pat
 def test_return_consistency_zeroes_phi_only_inside_its_block_and_pairs_the_arms(tmp_path):
     """`zeroed_memory` empties φ's tokens (positions kept) and restores φ after; the tiny run scores both arms on
     the same storyboards and writes the paired table."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from return_consistency import zeroed_memory
+    from benchmarks.return_consistency import zeroed_memory
 
     from pfp_app.model.bundle import load_model
 
@@ -288,9 +282,8 @@ def test_return_consistency_zeroes_phi_only_inside_its_block_and_pairs_the_arms(
 def test_return_consistency_compares_two_runs_memory_arms_per_storyboard():
     """--compare: Δ is the mean of the per-storyboard differences of the memory arms over the storyboards both
     runs scored, and the zeroed arms' largest difference is reported."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import consistency as cons
-    from return_consistency import format_comparison
+    from benchmarks import consistency as cons
+    from benchmarks.return_consistency import format_comparison
 
     keys = [k for k, _ in cons.METRICS]
 

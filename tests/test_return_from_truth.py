@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import return_from_truth as rft  # noqa: E402
-from fidelity import drift_storyboard  # noqa: E402
-
-from pfp_app.data.world import render_storyboard  # noqa: E402
-from pfp_app.sampling.pipeline import GenerationSettings  # noqa: E402
+from benchmarks import return_from_truth as rft
+from benchmarks.fidelity import drift_storyboard
+from pfp_app.data.world import render_storyboard
+from pfp_app.sampling.pipeline import GenerationSettings
 
 
 def test_the_history_is_the_latents_wholly_before_the_shot():

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import return_loss as rl  # noqa: E402
-
-from pfp_app.data.world import sample_clip  # noqa: E402
-from pfp_app.model.bundle import build_random_model  # noqa: E402
-from pfp_app.film.storyboard import format_storyboard  # noqa: E402
-from pfp_app.train.data import character_returns_at, latent_prompts  # noqa: E402
+from benchmarks import return_loss as rl
+from pfp_app.data.world import sample_clip
+from pfp_app.model.bundle import build_random_model
+from pfp_app.film.storyboard import format_storyboard
+from pfp_app.train.data import character_returns_at, latent_prompts
 
 
 def test_the_box_mask_covers_the_characters_box_in_latent_cells():
@@ -102,7 +96,7 @@ def test_a_caption_table_stands_in_for_the_text_encoder(tmp_path):
 
 def test_recall_characters_reads_characters_where_they_are_in_view(tmp_path):
     """benchmarks/recall_characters.py: the frames it asks for show a character whole, and its table pairs the arms."""
-    import recall_characters as rch
+    from benchmarks import recall_characters as rch
 
     clip = sample_clip(7, 20.0, 64, 8)
     queries = rch.query_frames(clip.tracks, 41, 4, 3)

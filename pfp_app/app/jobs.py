@@ -7,8 +7,9 @@ time in the order they were submitted (several storyboards can be queued). The q
 queued or running back in the queue: a generation resumes from its finished segments.
 
 The queue knows nothing about models or the UI: `run(job, report, should_stop)` does the work, calls
-`report(dict)` with whatever the UI should show (merged into `job.view`, `job.version` bumped) and
-returns a final message; `should_stop()` turns true after `stop()`.
+`report(event)` with each of the generation session's typed events (`film/session.py`: the newest of each
+kind is kept in `job.events`, `job.version` bumped) and returns the last one (Done, Stopped or Failed),
+which sets the job's status; `should_stop()` turns true after `stop()`, the one way to stop a job.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Job:
     status: str = "queued"  # queued | running | done | failed | stopped | cancelled
     message: str = ""
     created: float = 0.0
-    view: dict = field(default_factory=dict)  # what the page shows (preview path, status HTML, ...); not saved
+    events: dict = field(default_factory=dict)  # event class name -> the newest event of that kind; not saved
     version: int = 0  # bumped at every report: a page redraws only what changed
 
     def record(self) -> dict:
@@ -46,11 +47,9 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, folder: str | Path, run: Callable[[Job, Callable[[dict], None], Callable[[], bool]], str],
-                 request_stop: Callable[[], None] | None = None):
+    def __init__(self, folder: str | Path, run: Callable[[Job, Callable[[object], None], Callable[[], bool]], object]):
         self.path = Path(folder) / QUEUE_FILE
         self._run = run
-        self._request_stop = request_stop
         self._cond = threading.Condition()
         self._jobs: list[Job] = self._load()
         self._stop_id: str | None = None
@@ -129,8 +128,6 @@ class JobQueue:
             if job.status != "running":
                 return f"That job has already {job.status}."
             self._stop_id = job.id
-        if self._request_stop is not None:
-            self._request_stop()
         return "Stopping after the current denoising step; finished segments are kept."
 
     def _trim(self) -> None:
@@ -171,23 +168,25 @@ class JobQueue:
         while True:
             job = self._next()
 
-            def report(view: dict, job=job) -> None:
+            def report(event, job=job) -> None:
                 with self._cond:
-                    job.view.update(view)
+                    job.events[type(event).__name__] = event
                     job.version += 1
                     self._cond.notify_all()
 
             should_stop = lambda job=job: self._stop_id == job.id  # noqa: E731
             try:
-                message, status = self._run(job, report, should_stop), "done"
-                if should_stop():
-                    status = "stopped"
+                end = self._run(job, report, should_stop)
             except Exception as err:  # one job's failure never ends the worker
-                if not isinstance(err, ValueError):
-                    traceback.print_exception(err)
-                message, status = str(getattr(err, "message", None) or err), "failed"
+                end = Failed(err, 0, 0)
+            if isinstance(end, Failed) and not isinstance(end.error, ValueError):
+                traceback.print_exception(end.error)  # a bug: its traceback, in the app's log
+            status = {Done: "done", Stopped: "stopped", Failed: "failed"}.get(type(end), "done")
+            message = str(getattr(end.error, "message", None) or end.error) if isinstance(end, Failed) else ""
             with self._cond:
-                job.status, job.message = status, message or ""
+                if isinstance(end, (Done, Stopped, Failed)):
+                    job.events[type(end).__name__] = end
+                job.status, job.message = status, message
                 job.version += 1
                 self._trim()
                 self._save()

@@ -6,8 +6,8 @@ exactly (same prompt, times and model; same sampler settings; the film's seed fo
 recorded seed for a restore). Before anything finished is replaced, the project's current state is kept as a
 take (`takes/NNN/`), so nothing a creator made is lost.
 
-A run reports typed events through one callback: `Step` (every denoising step), `SegmentDone` (a segment is on
-disk), then one of `Done`, `Stopped` or `Failed`, which `run` also returns. The CLI prints them; the studio's
+A run reports typed events through one callback: `Started`, `Step` (every denoising step), `SegmentDone` (a
+segment is on disk), then one of `Done`, `Stopped` or `Failed`, which `run` also returns. The CLI prints them; the studio's
 job queue stores them and its views format them.
 """
 
@@ -31,6 +31,13 @@ from .timeline import TIMELINE, TimedSegment, TimeGrid
 
 
 # ---- events ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Started:
+    kept: int  # finished segments the run keeps as they are
+    num_segments: int
+    take: Path | None  # where the segments it replaces were kept (takes/NNN/), if any
+
 
 @dataclass(frozen=True)
 class Step:
@@ -75,7 +82,7 @@ class Failed:
         return isinstance(self.error, torch.cuda.OutOfMemoryError) or "out of memory" in str(self.error).lower()
 
 
-Event = Step | SegmentDone | Done | Stopped | Failed
+Event = Started | Step | SegmentDone | Done | Stopped | Failed
 END_EVENTS = (Done, Stopped, Failed)
 
 
@@ -184,11 +191,11 @@ class GenerationSession:
         t0 = time.perf_counter()
         n = len(plan.segments)
         try:
-            if self.project.finished_segments() > plan.keep:
-                keep_take(self.project)
+            take = keep_take(self.project) if self.project.finished_segments() > plan.keep else None
             self.project.drop_segments_from(plan.keep)
             self.project.write_storyboard(plan.text)
             self.project.write_settings(self.settings_record(plan))
+            emit(Started(plan.keep, n, take))
             history = self.project.load_history(plan.keep) if plan.keep else None
             results = self.pipe.generate_segments(
                 plan.segments, plan.seeds.__getitem__, plan.samplers.__getitem__, start=plan.keep, history=history,

@@ -15,7 +15,7 @@ from pathlib import Path
 from .project import Project
 
 TAKES_DIR = "takes"
-_TOP_FILES = ("storyboard.txt", "settings.json", "film.mp4", "seeds.json", "storyboard_draft.txt")
+_TOP_FILES = ("storyboard.txt", "settings.json", "film.mp4", "storyboard_draft.txt")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

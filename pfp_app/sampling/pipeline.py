@@ -142,6 +142,8 @@ class PFPPipeline:
         on_step(segment_index, num_segments, step, steps); should_stop() is checked between segments and between
         steps (GenerationStopped; a segment stopped midway is discarded).
         """
+        if start >= len(segments):
+            return
         if start and (history is None or history.shape[2] != segments[start].first_latent):
             raise ValueError(f"cannot continue from segment {start}: the history holds "
                              f"{0 if history is None else history.shape[2]} latent frames, the storyboard's segments "

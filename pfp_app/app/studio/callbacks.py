@@ -1,23 +1,23 @@
 """The studio's state and callbacks: plain methods over the core, one per UI action, testable without a browser.
 
-A `Studio` holds the projects folder, the loaded pipeline (loaded by `load()`, never at import), one job lock
-(generation, recall and export share the model: a second job is refused with a clear message) and a stop flag.
-Callbacks take and return plain values (text, numbers, file paths, numpy images, `gr.update` dicts); failures
-become `gr.Error` (the job ends, the app stays usable) or `gr.Warning`.
-
-Generation runs the core in a worker thread; the callback is a generator that turns the core's `on_step` /
-`on_segment` callbacks into progress updates and yields the newest segment's MP4 as soon as it is written.
+A `Studio` holds the projects folder and the loaded pipeline (loaded by `load()`, never at import). Generation,
+recall, export and footage preparation share the model, one at a time (`using_model`): a generation waits for a
+recall to end; the inspector is refused while a generation runs. Generation runs in the job queue's one worker
+thread (`job_view.py`): `generate`, `regenerate` and `restore_export` plan a run with the core's session
+(`film/session.py`), run it there and return its last event; every event goes to `emit`. Callbacks take and
+return plain values (text, numbers, file paths, numpy images, `gr.update` dicts); a user's mistake becomes a
+`gr.Error` with one clear message.
 """
 
 from __future__ import annotations
 
 import math
-import queue
+import shutil
 import sys
 import threading
-import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
@@ -26,16 +26,17 @@ import torch
 from ...model.memory_encoder import memory_token_count
 from ...model.bundle import ModelLoadError, load_model
 from ..options import MAX_SEED, OptionError, check_options, check_seconds
-from ...sampling.pipeline import GenerationSettings, GenerationStopped, PFPPipeline, seconds_to_frame
+from ...sampling.pipeline import PFPPipeline, seconds_to_frame
+from ...film.export import read_export_record, restore_footage, write_film
 from ...film.project import Project, ProjectError
+from ...film.session import Done, Event, GenerationSession, Plan
 from ...film.storyboard import Storyboard, StoryboardError, parse_storyboard
-from ...film.takes import keep_take
-from ...io.video import VideoReadError, read_video, write_mp4
+from ...io.video import VideoReadError
 from ...film import footage as fm
 from . import project_state as ps
 from .footage_view import FootagePanel
-from .recall_view import check_upload, encode_clip, metrics_markdown, prepare_clip, recall_images
 from .status_view import status_html
+from .recall_view import check_upload, encode_clip, metrics_markdown, prepare_clip, recall_images
 from .storyboard_view import WHOLE_FILM, check_storyboard, preset_names, read_preset, replace_prompt_in_text
 
 DEFAULT_PROJECT = "untitled"
@@ -67,6 +68,9 @@ def _no_change(n: int) -> tuple:
     return tuple(gr.update() for _ in range(n))
 
 
+RESTORE_FILE = "restore_source.mp4"  # an export being restored, copied into its project when the job is queued
+
+
 class Studio:
     def __init__(self, projects_dir: str | Path = "projects", model_spec: str = "default", profile: str = "auto"):
         self.root = Path(projects_dir).resolve()
@@ -77,9 +81,8 @@ class Studio:
         self.profile_note = ""
         self.runtime = _optional_runtime()
         self._applied_profile: str | None = None
-        self._job = threading.Lock()
-        self._job_name = ""
-        self._stop = threading.Event()
+        self._model_lock = threading.Lock()
+        self._busy_with = ""  # what holds the model: 'a generation', 'a recall', ...
         self._history_cache: tuple | None = None  # (key, history latents, the film's frames)
         self._clip_cache: tuple | None = None  # (key, Clip, latents)
         self.footage = FootagePanel(self)  # "start from footage" (footage_view.py)
@@ -203,7 +206,7 @@ class Studio:
         ps.remember_last(self.root, name)
         picker = gr.update(choices=sorted(set(self.projects()) | {name}), value=name)
         if not folder.is_dir():
-            return (picker, gr.update(), gr.update(), gr.update(), None, self._status_html(message="New project."),
+            return (picker, gr.update(), gr.update(), gr.update(), None, status_html(message="New project."),
                     self._slider(None), f"New project **{name}**: it is saved in `{folder}` when you save or generate.")
         project = Project(folder)
         s = project.read_settings()
@@ -215,7 +218,7 @@ class Studio:
         preview = str(project.segment_video_path(n - 1)) if n else None
         total = s.get("num_segments", n)
         msg = f"Opened **{name}**: {n} of {total} segments finished." if n else f"Opened **{name}** (nothing generated yet)."
-        return (picker, text or gr.update(), seed, steps, preview, self._status_html(n, total, message=msg),
+        return (picker, text or gr.update(), seed, steps, preview, status_html(n, total, message=msg),
                 self._slider(project, reset=True), msg)
 
     def restore(self):
@@ -235,16 +238,6 @@ class Studio:
         """restore's outputs and check's, from one event (see open_and_check)."""
         return self.open_and_check(ps.last_project(self.root) or DEFAULT_PROJECT, editor_text)
 
-    def project_summary(self, name: str) -> str:
-        try:
-            folder = ps.project_folder(self.root, name)
-        except ProjectError:
-            return ""
-        if not folder.is_dir():
-            return f"New project **{name}** (not saved yet)."
-        n = Project(folder).finished_segments()
-        return f"Project **{name}**: {n} finished segment{'s' * (n != 1)} in `{folder}`."
-
     def save_storyboard(self, name: str, text: str) -> str:
         sb = self._parse(text)
         project = self._open(name)
@@ -252,87 +245,106 @@ class Studio:
         ps.remember_last(self.root, name)
         return f"Saved the storyboard ({len(sb.shots)} shots) to `{project.folder / ps.DRAFT_FILE}`."
 
-    # generation -----------------------------------------------------------------------------------------
-    def _settings(self, seed, steps) -> GenerationSettings:
-        return GenerationSettings(**_checked(seed=seed, steps=steps))
-
-    def _acquire(self, what: str) -> None:
-        if not self._job.acquire(blocking=False):
-            raise gr.Error(f"Busy: {self._job_name} is running. One job at a time — wait for it or press Stop.")
-        self._job_name = what
-        self._stop.clear()
-
-    def _release(self) -> None:
-        self._job_name = ""
-        self._job.release()
-
-    def refuse_if_busy(self) -> None:
-        if self.busy:
-            raise gr.Error(f"Busy: {self._job_name or 'a job'} is running. One job at a time — wait for it or press Stop.")
+    # the model, one job at a time ----------------------------------------------------------------------
+    @contextmanager
+    def using_model(self, what: str, wait: bool = False):
+        """Hold the model for `what`; wait=False: refuse at once (gr.Error 'Busy: ...') while another job holds it."""
+        if not self._model_lock.acquire(blocking=wait):
+            raise gr.Error(f"Busy: {self._busy_with or 'a job'} is running. One job at a time: wait for it or press Stop.")
+        self._busy_with = what
+        try:
+            yield
+        finally:
+            self._busy_with = ""
+            self._model_lock.release()
 
     @property
     def busy(self) -> bool:
-        return self._job.locked()
+        return self._model_lock.locked()
 
-    def stop(self) -> str:
-        if not self.busy:
-            return "Nothing is running."
-        if self._job_name != "a generation":
-            return f"{self._job_name.capitalize()} is running; it cannot be stopped but finishes soon."
-        self._stop.set()
-        return "Stopping after the current denoising step; finished segments are kept."
+    # generation ---------------------------------------------------------------------------------------
+    def checked_request(self, name: str, text: str, seed, steps) -> dict:
+        """A Generate request checked before it is queued: storyboard, project name and options (gr.Error)."""
+        self._parse(text)
+        self._open(name)
+        return dict(project=name.strip(), text=text, **_checked(seed=seed, steps=steps))
 
     def generate(self, project_name: str, text: str, seed, steps, profile: str = "auto",
-                 progress: Callable | None = None) -> Iterator[tuple]:
-        """Generate the storyboard into the project; finished segments that these settings would make again
-        exactly are kept (a stopped or killed run resumes). Yields (preview, status, slider, storyboard text, seed)."""
-        t_click = time.perf_counter()
-        sb = self._parse(text)
+                 emit: Callable[[Event], None] = lambda e: None, should_stop: Callable[[], bool] | None = None) -> Event:
+        """Generate the storyboard into the project, keeping the finished segments these settings would make again
+        (a stopped or killed run resumes); what it replaces is kept as a take. Returns the run's last event."""
+        self._parse(text)
         project = self._open(project_name)
-        settings = self._settings(seed, steps)
-        self._acquire("a generation")
-        try:
+        opts = _checked(seed=seed, steps=steps)
+        ps.save_draft(project, text)
+        ps.remember_last(self.root, project_name)
+        return self._run(project, profile, emit, should_stop,
+                         lambda session: session.plan(text, opts["seed"], self._sampler(opts["steps"])))
+
+    def regenerate(self, project_name: str, text: str, shot, prompt: str, seed, steps, profile: str = "auto",
+                   emit: Callable[[Event], None] = lambda e: None,
+                   should_stop: Callable[[], bool] | None = None) -> Event:
+        """Regenerate one shot (new seed and/or edited prompt) and recompute the shots after it from the new history;
+        the segments before it are kept untouched."""
+        _, k, text, _ = self.shot_edit(text, shot, prompt)
+        project = self._open(project_name)
+        opts = _checked(seed=seed, steps=steps)
+        ps.save_draft(project, text)
+        ps.remember_last(self.root, project_name)
+
+        def plan(session: GenerationSession) -> Plan:
+            try:
+                return session.plan(text, opts["seed"], self._sampler(opts["steps"]), from_shot=k)
+            except ValueError as err:
+                raise gr.Error(str(err)) from None
+
+        return self._run(project, profile, emit, should_stop, plan)
+
+    def restore_export(self, project_name: str, profile: str = "auto", emit: Callable[[Event], None] = lambda e: None,
+                       should_stop: Callable[[], bool] | None = None) -> Event:
+        """Regenerate the project of the export queued for restoring (`queue_restore`): its footage, storyboard, and
+        every segment with the seed and sampler settings it was made with."""
+        project = self._open(project_name, create=False)
+        record = read_export_record(project.folder / RESTORE_FILE)
+        if record is None:
+            raise gr.Error(f"Project '{project_name}' has no export to restore: drop one in 'Start from footage'")
+
+        def plan(session: GenerationSession) -> Plan:
+            footage = restore_footage(session.pipe, record)
+            if footage is not None or fm.has_footage(project):  # the export's footage (or none) starts the film
+                session.replace_footage(footage)
+            return session.plan_restore(record)
+
+        return self._run(project, profile, emit, should_stop, plan)
+
+    def queue_restore(self, project_name: str, export_path: str | Path) -> tuple[dict, str]:
+        """Keep an export in the project for `restore_export` (an upload's temporary file may be gone before the
+        job runs); returns the job's parameters and its storyboard."""
+        record = read_export_record(export_path)
+        if record is None:
+            raise gr.Error("Drop an MP4 exported by PFP Studio to restore its project")
+        project = self._open(project_name)
+        shutil.copyfile(export_path, project.folder / RESTORE_FILE)
+        ps.save_draft(project, record.storyboard)
+        return dict(project=project_name.strip()), record.storyboard
+
+    def _sampler(self, steps: int | None):
+        return self.model.sampler.overridden(steps=steps)
+
+    def _run(self, project: Project, profile: str, emit, should_stop, make_plan) -> Event:
+        with self.using_model("a generation", wait=True):
             pipe = self._job_pipeline(profile)
-            segments = pipe.schedule(sb, after_footage=fm.has_footage(project))
-            keep = self._resumable(project, pipe, segments, settings)
-            take = self._keep_take(project, keep)
-            ps.save_draft(project, text)
-            ps.remember_last(self.root, project_name)
-            if keep == len(segments):
-                project.drop_segments_from(keep)  # the storyboard got shorter
-                msg = (f"Nothing to generate: all {keep} segments are finished with these settings. "
-                       "Change a prompt, the seed or the steps, or use “Regenerate this shot”.")
-                yield (self._film_preview(project, pipe), self._status_html(keep, keep, message=msg),
-                       self._slider(project), gr.update(), gr.update())
-                return
-            project.drop_segments_from(keep)
-            note = f"kept {keep} finished segment{'s' * (keep != 1)}; " if keep else ""
-            note += f"the previous take is in {take.relative_to(project.folder)}/; " if take else ""
+            session = GenerationSession(pipe, project)
+            end = session.run(make_plan(session), emit, should_stop)
+            if isinstance(end, Done) or project.finished_segments():
+                self.film_preview(project)
+            return end
 
-            def work(**cb):
-                return pipe.generate(text, settings, project, start_segment=keep, **cb)
-
-            yield from self._stream(work, project, pipe, settings, len(segments), keep, progress, t_click,
-                                    f"Generating: {note}", gr.update())
-        finally:
-            self._release()
-
-    @staticmethod
-    def _keep_take(project: Project, keep: int):
-        """Before segments keep.. are replaced: the whole current take goes to takes/NNN/ (issue 15: Generate
-        with another storyboard or seed replaced a creator's segments without asking). Returns its folder."""
-        return keep_take(project) if project.finished_segments() > keep else None
-
-    def _resumable(self, project: Project, pipe: PFPPipeline, segments, settings: GenerationSettings) -> int:
-        """Segments to keep for Generate: none if the model, the film's seed (segment 0's; a regenerated shot keeps
-        its own) or the sampler differ from the project's last run, else the finished ones whose prompt and times
-        match the storyboard."""
-        if project.finished_segments() == 0:
-            return 0
-        s = project.read_settings()
-        same = (s.get("model") == pipe.model.name and ps.first_seed(project) == settings.seed
-                and s.get("sampler_settings") == ps.segment_record(pipe, settings, segments[0])["sampler"])
-        return ps.reusable_prefix(project, pipe, segments) if same else 0
+    def _job_pipeline(self, profile: str | None) -> PFPPipeline:
+        try:
+            return self._pipeline(profile)
+        except Exception as err:  # a runtime profile that cannot be applied here
+            raise gr.Error(f"Cannot apply runtime profile '{profile}': {err}") from None
 
     def select_shot(self, text: str, shot) -> str:
         """The prompt of the picked shot, for the regenerate box."""
@@ -361,134 +373,6 @@ class Studio:
             sb = parse_storyboard(text)
         return sb, k, text, new_text
 
-    def regenerate(self, project_name: str, text: str, shot, prompt: str, seed, steps, profile: str = "auto",
-                   progress: Callable | None = None) -> Iterator[tuple]:
-        """Regenerate one shot (new seed and/or edited prompt) and recompute the shots after it from the new
-        history; the segments before it are kept untouched. Yields like `generate` (with the new storyboard text)."""
-        t_click = time.perf_counter()
-        sb, k, text, new_text = self.shot_edit(text, shot, prompt)
-        project = self._open(project_name)
-        settings = self._settings(seed, steps)
-        self._acquire("a generation")
-        try:
-            pipe = self._job_pipeline(profile)
-            after_footage = fm.has_footage(project)
-            segments = pipe.schedule(sb, after_footage=after_footage)
-            try:
-                first = pipe.first_segment_of_shot(sb, k, after_footage=after_footage)
-            except ValueError:
-                raise gr.Error(f"Shot {k + 1} has no segment of its own (it is shorter than one segment)") from None
-            # segments before the shot are kept only while their prompts and times still match the storyboard
-            keep = ps.reusable_prefix(project, pipe, segments)
-            finished = project.finished_segments()
-            start = min(first, keep)
-            self._keep_take(project, start)
-            ps.save_draft(project, text)
-            ps.remember_last(self.root, project_name)
-            if start == min(first, finished):
-                def work(**cb):
-                    return pipe.regenerate_shot(project, text, k, settings, **cb)
-                note = f"shot {k + 1} from segment {start + 1}"
-            else:  # an earlier shot changed as well: regenerate from there
-                project.drop_segments_from(start)
-
-                def work(**cb):
-                    return pipe.generate(text, settings, project, start_segment=start, **cb)
-                note = f"from segment {start + 1} (an earlier shot changed too)"
-            yield from self._stream(work, project, pipe, settings, len(segments), start, progress, t_click,
-                                    f"Regenerating {note}, keeping {start} segment{'s' * (start != 1)}: ",
-                                    new_text)
-        finally:
-            self._release()
-
-    def _job_pipeline(self, profile: str | None) -> PFPPipeline:
-        try:
-            return self._pipeline(profile)
-        except Exception as err:  # a runtime profile that cannot be applied here
-            raise gr.Error(f"Cannot apply runtime profile '{profile}': {err}") from None
-
-    def _stream(self, work: Callable, project: Project, pipe: PFPPipeline, settings: GenerationSettings,
-                n_segments: int, start: int, progress: Callable | None, t_click: float, verb: str,
-                text_update) -> Iterator[tuple]:
-        """Run `work(on_segment=, on_step=, should_stop=)` in a thread; yield UI updates as it reports."""
-        events: queue.Queue = queue.Queue()
-
-        def on_segment(res):
-            ps.write_record(project, pipe, settings, res)
-            events.put(("segment", res))
-
-        def run():
-            try:
-                work(on_segment=on_segment, on_step=lambda *a: events.put(("step", a)), should_stop=self._stop.is_set)
-                events.put(("done", None))
-            except BaseException as err:  # handed to the UI thread
-                events.put(("error", err))
-
-        seed_update = gr.update()  # the main Seed field keeps what the user typed (a regenerate has its own seed)
-        worker = threading.Thread(target=run, name="pfp-generate", daemon=True)
-        worker.start()
-        first_preview = None
-        done_segments = start
-        try:
-            runtime = f" ({self.profile_note})" if self.profile_note else ""
-            yield (gr.update(), self._status_html(start, n_segments, 0, settings.steps, verb + "starting…" + runtime),
-                   gr.update(), text_update, seed_update)
-            while True:
-                kind, payload = events.get()
-                if kind == "step":
-                    k, n, i, steps = payload
-                    total = max(1, (n - start) * steps)
-                    if progress is not None:
-                        progress(((k - start) * steps + i, total), desc=f"segment {k + 1}/{n} · step {i}/{steps}")
-                    what = f"segment {k + 1} of {n}" + (": decoding" if i == steps else "")
-                    yield (gr.update(), self._status_html(k, n, i, steps, verb + what),
-                           gr.update(), gr.update(), gr.update())
-                elif kind == "segment":
-                    seg = payload.segment
-                    done_segments = seg.index + 1
-                    if first_preview is None:
-                        first_preview = time.perf_counter() - t_click
-                    msg = (f"{verb}segment {seg.index + 1} of {n_segments} done in {payload.seconds:.1f} s "
-                           f"({payload.memory_tokens:,} memory tokens) · first preview {first_preview:.1f} s after the click")
-                    preview = gr.update(value=str(project.segment_video_path(seg.index)),
-                                        label=f"Newest segment {seg.index + 1}/{n_segments} · shot {seg.shot_index + 1}")
-                    yield (preview, self._status_html(done_segments, n_segments, message=msg), self._slider(project),
-                           gr.update(), gr.update())
-                elif kind == "done":
-                    total_s = time.perf_counter() - t_click
-                    first = f" · first preview {first_preview:.1f} s after the click" if first_preview else ""
-                    made = n_segments - start
-                    kept = f" ({start} earlier segment{'s' * (start != 1)} kept)" if start else ""
-                    msg = f"Done: {made} segment{'s' * (made != 1)} in {total_s:.1f} s{kept}{first}."
-                    yield (self._film_preview(project, pipe), self._status_html(n_segments, n_segments, message=msg),
-                           self._slider(project), gr.update(), gr.update())
-                    return
-                else:
-                    err = payload
-                    kept = project.finished_segments()
-                    if isinstance(err, GenerationStopped):
-                        msg = f"Stopped. {kept} finished segment{'s' * (kept != 1)} kept in the project."
-                        yield (self._film_preview(project, pipe) if kept else None,
-                               self._status_html(kept, n_segments, message=msg), self._slider(project),
-                               gr.update(), gr.update())
-                        return
-                    if _is_oom(err):
-                        if torch.cuda.is_available():
-                            torch.cuda.empty_cache()
-                        raise gr.Error(f"Out of GPU memory. {kept} finished segments are kept; choose a lower-memory "
-                                       "runtime profile or fewer steps, then press Generate to continue.")
-                    traceback.print_exception(err, file=sys.stderr)
-                    raise gr.Error(f"Generation failed ({type(err).__name__}: {err}). {kept} finished segments are "
-                                   "kept; the app is still usable.")
-        finally:
-            if worker.is_alive():  # the page went away mid-job: stop the worker and wait for it
-                self._stop.set()
-                worker.join()
-
-    def _status_html(self, seg_done: int = 0, n_segments: int = 0, step: int | None = None, steps: int | None = None,
-                     message: str = "") -> str:
-        return status_html(seg_done, n_segments, step, steps, message)
-
     def _slider(self, project: Project | None, reset: bool = False):
         """Inspector slider over the project's history (its footage, then the generated part), in seconds."""
         n = project.finished_segments() if project is not None else 0
@@ -509,28 +393,11 @@ class Studio:
             return self._slider(None)
 
     # previews and export ----------------------------------------------------------------------------------
-    def _write_segments(self, project: Project, out: Path, segments: range, crf: int, with_footage: bool = False) -> Path:
-        """The segments' decoded MP4s joined into one H.264 MP4, with model, seeds and storyboard in its comment;
-        with_footage: the project's footage first (the whole film only)."""
-        if len(segments) == 0:
-            raise gr.Error("Nothing to export: the project has no finished segment")
-        lead = fm.footage_video_path(project) if with_footage and segments.start == 0 and fm.has_footage(project) else None
-
-        def frames():
-            if lead is not None:
-                yield from read_video(lead)[0]
-            for i in segments:
-                yield from read_video(project.segment_video_path(i))[0]
-
-        note = fm.with_footage_field(ps.reproduce_note(project), project, lead)
-        return write_mp4(out, frames(), self.model.video.fps, crf=crf, comment=note)
-
-    def _film_preview(self, project: Project, pipe: PFPPipeline):
-        n = project.finished_segments()
-        if n == 0:
+    def film_preview(self, project: Project) -> Path | None:
+        """The film so far (with its footage) as previews/film.mp4; None before the first segment."""
+        if project.finished_segments() == 0:
             return None
-        path = self._write_segments(project, project.folder / "previews" / "film.mp4", range(n), crf=20, with_footage=True)
-        return gr.update(value=str(path), label=f"The film so far: {n} segment{'s' * (n != 1)}")
+        return write_film(project, project.folder / "previews" / "film.mp4", crf=20)
 
     def _shot_segments(self, project: Project, shot: int) -> range:
         n = project.finished_segments()
@@ -549,8 +416,8 @@ class Studio:
         """One shot's segments as one MP4, playable on its own."""
         project = self._open(project_name, create=False)
         k = int(shot) if shot is not None else 0
-        path = self._write_segments(project, project.folder / "previews" / f"shot_{k + 1:02d}.mp4",
-                                    self._shot_segments(project, k), crf=18)
+        path = write_film(project, project.folder / "previews" / f"shot_{k + 1:02d}.mp4", self._shot_segments(project, k),
+                          crf=18, with_footage=False)
         return str(path)
 
     def export(self, project_name: str, crf, which=WHOLE_FILM, footage: str = fm.EXPORT_WITH_FOOTAGE):
@@ -563,10 +430,14 @@ class Studio:
             segments, out = range(project.finished_segments()), project.film_path
         else:
             segments, out = self._shot_segments(project, which), project.folder / f"shot_{which + 1:02d}.mp4"
-        path = self._write_segments(project, out, segments, crf, with_footage=footage != fm.EXPORT_GENERATED_ONLY)
-        ps.write_seeds(project)
+        try:
+            with self.using_model("an export"):  # the project's segments must not change while they are read
+                path = write_film(project, out, segments, crf=crf, with_footage=footage != fm.EXPORT_GENERATED_ONLY)
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
         return str(path), (f"Exported {len(segments)} segment{'s' * (len(segments) != 1)} to `{path}` (CRF {crf}); "
-                           f"storyboard and seeds are in its comment and in `{project.folder}`.")
+                           "its comment holds the storyboard, the seeds and the sampler settings: dropping it in "
+                           "'Start from footage' restores the same film.")
 
     # memory inspector -----------------------------------------------------------------------------------
     def _history(self, project: Project):
@@ -588,10 +459,10 @@ class Studio:
         return self._history_cache[1], self._history_cache[2]
 
     def _inspector_job(self, fn):
-        if not self._job.acquire(blocking=False):
-            gr.Warning(f"Busy: {self._job_name} is running; the inspector works when it is finished.")
+        if not self._model_lock.acquire(blocking=False):
+            gr.Warning(f"Busy: {self._busy_with} is running; the inspector works when it is finished.")
             return None
-        self._job_name = "a recall"
+        self._busy_with = "a recall"
         try:
             return fn()
         except gr.Error:
@@ -604,7 +475,8 @@ class Studio:
             traceback.print_exception(err, file=sys.stderr)
             raise gr.Error(f"Recall failed ({type(err).__name__}: {err})") from None
         finally:
-            self._release()
+            self._busy_with = ""
+            self._model_lock.release()
 
     def inspect(self, project_name: str, seconds, steps, seed=0):
         """-> (true frame, recalled frame, error map, metrics Markdown) at `seconds` of the project's history."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from ...film import footage as fm
-from ...film.export import ExportRecord, read_export_record, restore_footage
+from ...film.export import read_export_record
 from ...io.video import VideoReadError
 
 NO_FOOTAGE = "No footage: the storyboard starts from nothing. Upload a video, an image or several stills to continue them."
@@ -81,8 +81,7 @@ class FootagePanel:
                     "(storyboard, seed, steps and footage) into the editor, or use its frames as footage.",
                     gr.update(visible=True))
         project = self.studio._open(project_name)
-        self.studio._acquire("footage preparation")
-        try:
+        with self.studio.using_model("footage preparation"):
             with tempfile.TemporaryDirectory(prefix="pfp-stills-") as tmp:
                 try:
                     path = _footage_path(paths, Path(tmp))
@@ -92,8 +91,6 @@ class FootagePanel:
                     fm.save_footage(project, footage, source)
                 except (fm.FootageError, VideoReadError) as err:
                     raise gr.Error(str(err).replace(str(paths[0]), paths[0].name)) from None
-        finally:
-            self.studio._release()
         return str(fm.footage_video_path(project)), self.describe(project), gr.update(visible=False)
 
     def use_as_footage(self, project_name: str, upload, still_seconds):
@@ -107,25 +104,9 @@ class FootagePanel:
             raise gr.Error(str(err)) from None
         return None, NO_FOOTAGE
 
-    def restore(self, project_name: str, upload):
-        """-> (storyboard text, seed, steps, preview, info, offer hidden): an export's project back in the editor;
-        its footage (the export's first frames) goes into the project, which must hold no generated segment."""
+    def export_of(self, upload) -> Path:
+        """The one MP4 exported by PFP Studio in an upload (restore), else gr.Error."""
         paths = _paths(upload)
-        record: ExportRecord | None = read_export_record(paths[0]) if len(paths) == 1 else None
-        if record is None:
+        if len(paths) != 1 or read_export_record(paths[0]) is None:
             raise gr.Error("Drop an MP4 exported by PFP Studio to restore its project")
-        project = self.studio._open(project_name)
-        try:
-            footage = restore_footage(self._pipe(), record)
-            if footage is not None:
-                fm.save_footage(project, footage)
-            elif fm.has_footage(project):
-                fm.remove_footage(project)
-        except (fm.FootageError, VideoReadError) as err:
-            raise gr.Error(str(err)) from None
-        if len({v for v in record.seeds.values()}) > 1:
-            gr.Warning(f"The export used several seeds ({record.describe()}); Generate uses seed {record.seed}: "
-                       "regenerate the later shots with their seeds, or use `python -m pfp_app generate --restore`.")
-        preview, info = self.show(project_name)
-        return (record.storyboard, record.seed, record.steps or gr.update(), preview,
-                info + f"  \nRestored from `{record.path.name}`: press Generate.", gr.update(visible=False))
+        return paths[0]

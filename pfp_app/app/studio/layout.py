@@ -201,9 +201,10 @@ def build_demo(studio: Studio) -> gr.Blocks:
                               footage_outputs + [restore_offer], **fjob).then(studio._slider_of, project, at)
         as_footage_btn.click(studio.footage.use_as_footage, [project, footage_upload, still_s],
                              footage_outputs + [restore_offer], **fjob).then(studio._slider_of, project, at)
-        restore_btn.click(studio.footage.restore, [project, footage_upload],
-                          [storyboard, seed, steps] + footage_outputs + [restore_offer], **fjob).then(
-            studio._slider_of, project, at)
+        # restoring an export is a job like Generate: its storyboard goes into the editor, the job regenerates
+        # the film with the export's own seeds and sampler settings
+        restore_btn.click(jobs.enqueue_restore, [project, footage_upload, profile],
+                          [storyboard, status, seen, project_msg, restore_offer], **submit)
         footage_remove.click(studio.footage.remove, project, footage_outputs).then(studio._slider_of, project, at)
     return demo
 
