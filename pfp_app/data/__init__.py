@@ -4,7 +4,6 @@ from pfp_app.data.world import (
     WorldClip,
     WorldClipDataset,
     all_captions,
-    appearance_signature,
     caption_for,
     collate_clips,
     frames_for_seconds,
@@ -12,8 +11,6 @@ from pfp_app.data.world import (
     render_storyboard,
     sample_clip,
     sample_storyboard,
-    signature_agreement,
-    view_agreement,
 )
 from pfp_app.data.video_folder import VideoFolderDataset
 
@@ -22,7 +19,6 @@ __all__ = [
     "WorldClip",
     "WorldClipDataset",
     "all_captions",
-    "appearance_signature",
     "caption_for",
     "collate_clips",
     "frames_for_seconds",
@@ -30,6 +26,4 @@ __all__ = [
     "render_storyboard",
     "sample_clip",
     "sample_storyboard",
-    "signature_agreement",
-    "view_agreement",
 ]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-from ..model.memory_dit import MemoryTokens
+from ..model.memory_dit import MemoryTokens, join_memory
 from .settings import NUM_TRAIN_TIMESTEPS, SamplerSettings
 
 
@@ -34,18 +34,23 @@ def sample_train_t(batch: int, shift: float, generator: torch.Generator | None =
 
 def velocity_loss(velocity, latents_x0, noise, t, text, memory, frame_positions) -> torch.Tensor:
     """MSE between the predicted and the true velocity (noise - x0) at x_t; x0, noise (B, C, T, H, W), t (B,).
-    `velocity(x_t, timesteps, text, memory, frame_positions)` is the DiT (the trainer passes its own noise and t,
-    drawn with its generator, so that one DDP forward covers φ and G)."""
+    `velocity(x_t, timesteps, text, memory, frame_positions)` is the DiT."""
     x_t = add_noise(latents_x0, noise, t)
     v = velocity(x_t, t * NUM_TRAIN_TIMESTEPS, text, memory, frame_positions)
     return F.mse_loss(v.float(), (noise - latents_x0).float())
 
 
-def flow_loss(model, latents_x0, text, memory, frame_positions, shift, generator=None) -> torch.Tensor:
-    """MSE between predicted and true velocity for x0 (B, C, T, H, W)."""
-    b = latents_x0.shape[0]
-    t = sample_train_t(b, shift, generator, latents_x0.device)
-    noise = torch.randn(latents_x0.shape, generator=generator, device=latents_x0.device, dtype=latents_x0.dtype)
+def flow_loss(model, latents_x0, text, memory, frame_positions, shift: float | None = None, generator=None, *,
+              t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The velocity MSE of x0 (B, C, T, H, W) at a random point of its path: t (B,) logit-normal with timestep
+    `shift`, then the noise (like x0), both drawn with `generator` unless given. The trainer gives both: it draws t
+    with its batch generator on the CPU and the noise where the model runs."""
+    if t is None:
+        if shift is None:
+            raise ValueError("drawing t needs the timestep shift")
+        t = sample_train_t(latents_x0.shape[0], shift, generator, latents_x0.device)
+    if noise is None:
+        noise = torch.randn(latents_x0.shape, generator=generator, device=latents_x0.device, dtype=latents_x0.dtype)
     return velocity_loss(model, latents_x0, noise, t, text, memory, frame_positions)
 
 
@@ -55,11 +60,18 @@ def retrieval_batch(history: torch.Tensor, num_query: int, generator: torch.Gene
     return torch.randperm(t, generator=generator)[: min(num_query, t)].sort().values
 
 
-def retrieval_loss(model, encoder, history, text, num_query, shift, generator=None) -> torch.Tensor:
-    """Stage 1: history (B, C, T, H, W); denoise H_Ω given φ(H); queries keep their true time positions."""
-    omega = retrieval_batch(history, num_query, generator).to(history.device)
+def retrieval_loss(model, encoder, history, text, num_query: int | None = None, shift: float | None = None,
+                   generator=None, *, omega: torch.Tensor | None = None, t=None, noise=None) -> torch.Tensor:
+    """Stage 1: history (B, C, T, H, W); denoise H_Ω given φ(H), the queries at their true time positions in the
+    history. Ω: `omega` (sorted latent frame indices) or `num_query` frames drawn with `generator`; t and noise as
+    in `flow_loss`. `model(x_t, timesteps, text, memory, frame_positions)` is G, `encoder` φ."""
+    if omega is None:
+        if num_query is None:
+            raise ValueError("retrieval_loss needs num_query (or the query frames, omega)")
+        omega = retrieval_batch(history, num_query, generator)
+    omega = omega.to(history.device)
     memory = encoder(history)
-    return flow_loss(model, history[:, :, omega], text, memory, omega.float(), shift, generator)
+    return flow_loss(model, history[:, :, omega], text, memory, omega.float(), shift, generator, t=t, noise=noise)
 
 
 @dataclass
@@ -72,25 +84,40 @@ class NextSegmentBatch:
     positions: torch.Tensor  # (n,) the segment's latent time positions s .. s + n - 1
 
 
+def draw_split(frames: int, segment_frames: int, generator=None, min_history: int = 1) -> int:
+    """A split s drawn uniformly from [min_history, frames - n]: the history's length before an n-frame segment."""
+    if frames < min_history + segment_frames:
+        raise ValueError(f"clip of {frames} latent frames is too short for a {segment_frames}-frame segment")
+    return int(torch.randint(min_history, frames - segment_frames + 1, (1,), generator=generator))
+
+
 def next_segment_batch(clip, segment_frames, generator=None, min_history=1, split: int | None = None) -> NextSegmentBatch:
     """clip (B, C, T, H, W) -> a split s drawn uniformly from [min_history, T - n] with `generator` (the
-    trainer passes min_history=0: a share of its batches is the first segment, which has no memory), or the
+    trainer draws with min_history=0: a share of its batches is the first segment, which has no memory), or the
     given `split` (the trainer's shot-aligned starts)."""
     t = clip.shape[2]
     if t < min_history + segment_frames:
         raise ValueError(f"clip of {t} latent frames is too short for a {segment_frames}-frame segment")
     if split is not None and not 0 <= split <= t - segment_frames:
         raise ValueError(f"split {split} leaves no {segment_frames}-frame segment in a clip of {t} latent frames")
-    s = split if split is not None else int(torch.randint(min_history, t - segment_frames + 1, (1,), generator=generator))
+    s = split if split is not None else draw_split(t, segment_frames, generator, min_history)
     positions = torch.arange(s, s + segment_frames, device=clip.device, dtype=torch.float32)
     return NextSegmentBatch(s, clip[:, :, s : s + segment_frames], clip[:, :, :s] if s > 0 else None, positions)
 
 
-def next_segment_loss(model, encoder, clip, text, segment_frames, shift, generator=None, min_history=1) -> torch.Tensor:
-    """Stage 2: clip (B, C, T, H, W); a random split s: denoise clip[s:s+n] given φ(clip[:s])."""
-    batch = next_segment_batch(clip, segment_frames, generator, min_history)
-    memory = encoder(batch.history) if batch.history is not None else None
-    return flow_loss(model, batch.target, text, memory, batch.positions, shift, generator)
+def next_segment_loss(model, encoder, clip, text, segment_frames, shift: float | None = None, generator=None,
+                      min_history=1, *, split: int | None = None, t=None, noise=None,
+                      extra_memory: Callable | None = None) -> torch.Tensor:
+    """Stage 2: clip (B, C, T, H, W); a split s (drawn, or the given `split`): denoise clip[s:s+n] at its time
+    positions given φ(clip[:s]); t and noise as in `flow_loss`. encoder None: no memory (G alone, the trainer's
+    stage `base`). extra_memory(history, positions) -> [MemoryTokens or None, ...]: tokens that join φ's memory
+    after it (the trainer's recent and return frames at full resolution, memory_dit.recent_tokens)."""
+    batch = next_segment_batch(clip, segment_frames, generator, min_history, split)
+    memory = encoder(batch.history) if encoder is not None and batch.history is not None else None
+    extra = [] if extra_memory is None else [p for p in extra_memory(batch.history, batch.positions) if p is not None]
+    if extra:
+        memory = join_memory(memory, *extra)
+    return flow_loss(model, batch.target, text, memory, batch.positions, shift, generator, t=t, noise=noise)
 
 
 def make_scheduler(name: str, shift: float):
