@@ -160,14 +160,15 @@ def return_sampler_settings(args) -> dict:
 def _mean_signature(frames, boxes):
     import numpy as np
 
-    from pfp_app.data.world import appearance_signature
+    from pfp_app.evaluation.world_scores import appearance_signature
 
     return np.mean([appearance_signature(frames[i], box) for i, box in boxes], axis=0)
 
 
 def score_storyboard(gen, gt, truth: dict) -> dict:
     """gen, gt: (T, H, W, 3) uint8 of the generated and ground-truth videos -> consistency scores."""
-    from pfp_app.data.world import COLOURS, signature_agreement, view_agreement
+    from pfp_app.data.world import COLOURS
+    from pfp_app.evaluation.world_scores import signature_agreement, view_agreement
 
     fps = gt.fps
     t_max = min(len(gen), gt.num_frames)

@@ -61,14 +61,12 @@ from pfp_app.data.world import (
     SHAPES,
     Character,
     ShotScene,
-    appearance_signature,
     caption_for,
     render_storyboard,
     sample_storyboard,
-    signature_agreement,
-    view_agreement,
 )
 from pfp_app.evaluation.metrics import mean_and_ci95
+from pfp_app.evaluation.world_scores import appearance_signature, signature_agreement, view_agreement
 from pfp_app.film.storyboard import parse_storyboard
 
 REFERENCE_SEED = 90_000  # render seeds of the reference views / sprites (no storyboard uses them)

@@ -125,7 +125,7 @@ def consistency_case(pipe, index: int, steps: int, storyboard_seed: int, ret: in
         scores = cs.score_storyboard(film, gt, truth)
         if "place_chance" not in scores:  # the Q shot is shorter than the spread of offsets score_storyboard uses
             p_first, other = shot_frames(shots[0], v.fps, gt.num_frames), shot_frames(shots[2], v.fps, gt.num_frames)
-            from pfp_app.data.world import view_agreement
+            from pfp_app.evaluation.world_scores import view_agreement
 
             k = list(range(min(len(p_first), len(other))))
             scores["place_chance"] = float(np.mean([view_agreement(gt.frames[p_first[i]], gt.frames[other[i]]) for i in k]))

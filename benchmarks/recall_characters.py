@@ -10,7 +10,7 @@ the characters (4×4×2 pools a 20-px sprite into one or two tokens), or it keep
 shot start. This separates them with the stage-1 task itself (frame retrieval, as the inspector recalls): for each
 held-out clip, φ(the whole clip); frames where a character is in view are recalled from pure noise (no caption,
 the model's sampler steps, unguided), decoded, and the character's signature in its true box is compared with the
-true frame's (`data.world.appearance_signature` / `signature_agreement`, 1 = same). Beside it: the same recall with
+true frame's (`world_scores.appearance_signature` / `signature_agreement`, 1 = same). Beside it: the same recall with
 φ's tokens × 0 (what G draws from nothing), the codec's reconstruction (the ceiling), a different character of the
 same clip set (chance), and the place's view agreement (what φ is known to keep). Mean ± 95% interval over frames.
 """
@@ -30,7 +30,7 @@ from benchmarks import retrieval_ablation as ra
 from benchmarks import return_loss as rl  # the same held-out clips and latent cache
 
 from pfp_app.model.memory_dit import MemoryTokens
-from pfp_app.data.world import appearance_signature, signature_agreement, view_agreement
+from pfp_app.evaluation.world_scores import appearance_signature, signature_agreement, view_agreement
 from pfp_app.sampling.flow import sample
 
 

@@ -16,7 +16,6 @@ from pfp_app.data.world import (
     WorldClipDataset,
     all_captions,
     all_characters,
-    appearance_signature,
     canonical_caption,
     caption_for,
     collate_clips,
@@ -25,10 +24,9 @@ from pfp_app.data.world import (
     render_storyboard,
     sample_clip,
     sample_storyboard,
-    signature_agreement,
     storyboard_returns,
-    view_agreement,
 )
+from pfp_app.evaluation.world_scores import appearance_signature, signature_agreement, view_agreement
 from pfp_app.film.storyboard import format_storyboard, parse_storyboard
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "presets" / "storyboards").glob("*.txt"))
