@@ -12,10 +12,10 @@ from PIL import Image
 
 from pfp_app.film import footage as fm
 from pfp_app.app.cli import main
-from pfp_app.film.export import guidance_comment, parse_export_comment, read_export_record
+from pfp_app.film.export import read_export_record, write_film
+from pfp_app.film.session import GenerationSession
 from pfp_app.film.footage import FootageError, check_footage, prepare_footage, save_footage
 from pfp_app.model.causal_decode import WARMUP_LATENTS
-from pfp_app.sampling.pipeline import GenerationSettings
 from pfp_app.film.project import Project
 from pfp_app.io.video import read_mp4_comment, read_video, write_mp4
 
@@ -123,10 +123,18 @@ def test_nothing_is_half_written_when_saving_footage_fails(tiny_pipeline, tmp_pa
 
 def test_footage_is_not_replaced_under_generated_segments(tiny_pipeline, tmp_path):
     project = Project(tmp_path / "p")
-    tiny_pipeline.generate("0s: a\nend: 1s", GenerationSettings(steps=1), project)
+    _run(tiny_pipeline, project, "0s: a\nend: 1s")
     with pytest.raises(FootageError, match="already holds 1 generated segment.*nothing was changed"):
         save_footage(project, prepare_footage(tiny_pipeline, _video(tmp_path / "in.mp4")))
     assert not fm.has_footage(project)
+
+
+def _run(pipe, project, text, seed=0, **plan_kw):
+    session = GenerationSession(pipe, project)
+    plan = session.plan(text, seed, pipe.model.sampler.overridden(steps=1), **plan_kw)
+    events = []
+    session.run(plan, events.append)
+    return [e for e in events if type(e).__name__ == "SegmentDone"]
 
 
 # ---- the join and the history --------------------------------------------------------------------------
@@ -140,14 +148,15 @@ def test_generation_continues_the_footage_latents(tiny_pipeline, tmp_path):
     save_footage(project, f, check_footage(src))
     (copy,) = [p for p in fm.footage_dir(project).iterdir() if p.name.startswith("source")]
     assert copy.read_bytes() == src.read_bytes()
-    res = tiny_pipeline.generate(STORY, GenerationSettings(steps=1), project)
-    bare = tiny_pipeline.generate(STORY, GenerationSettings(steps=1))
+    one_step = tiny_pipeline.model.sampler.overridden(steps=1)
+    _run(tiny_pipeline, project, STORY)  # the session starts the project's film from its footage
+    res = tiny_pipeline.generate(STORY, 0, one_step, footage=f.latents)
+    assert torch.equal(project.load_history(), torch.cat([x.latents for x in res], dim=2))
+    bare = tiny_pipeline.generate(STORY, 0, one_step)
     assert res[0].memory_tokens > 0 and bare[0].memory_tokens == 0
-    other = tiny_pipeline.generate(STORY, GenerationSettings(steps=1), footage=torch.zeros_like(f.latents))
+    other = tiny_pipeline.generate(STORY, 0, one_step, footage=torch.zeros_like(f.latents))
     assert not torch.allclose(res[0].latents, other[0].latents)  # the footage's memory changes what is drawn
     assert sum(x.frames.shape[1] for x in res) == sum(x.frames.shape[1] for x in bare) == 24  # 3 s either way
-    explicit = tiny_pipeline.generate(STORY, GenerationSettings(steps=1), footage=f.latents)
-    assert torch.equal(explicit[0].latents, res[0].latents)  # the project's footage is used by default
     ctx = f.latents[:, :, -WARMUP_LATENTS:]
     expected = tiny_pipeline.model.codec.decode_continuation(ctx, res[0].latents)[0]
     r = tiny_pipeline.model.codec.temporal_ratio
@@ -162,66 +171,19 @@ def test_generation_continues_the_footage_latents(tiny_pipeline, tmp_path):
 
     # regenerating a shot keeps the footage and everything before the shot
     seg0 = project.load_history(1).clone()
-    again = tiny_pipeline.regenerate_shot(project, __import__("pfp_app.film.storyboard", fromlist=["x"]).parse_storyboard(STORY),
-                                          1, GenerationSettings(seed=5, steps=1))
-    assert again[0].segment.index == 1 and again[0].memory_tokens == res[1].memory_tokens
+    again = _run(tiny_pipeline, project, STORY, seed=5, from_shot=1)
+    assert again[0].segment == 1 and again[0].memory_tokens == res[1].memory_tokens
     assert torch.equal(project.load_history(1), seg0) and fm.has_footage(project)
 
-    # export: with the footage (default) or the generated part only, said in the comment
-    film = tiny_pipeline.export(project)
-    gen_only = tiny_pipeline.export(project, tmp_path / "gen.mp4", with_footage=False)
+    # export: with the footage (default) or the generated part only, said in the record
+    film = write_film(project)
+    gen_only = write_film(project, tmp_path / "gen.mp4", with_footage=False)
     assert len(read_video(film)[0]) == f.num_frames + len(read_video(gen_only)[0]) == frames.shape[1]
-    assert f"footage_frames={f.num_frames}" in read_mp4_comment(film)
-    assert "footage=excluded" in read_mp4_comment(gen_only)
+    assert read_export_record(film).footage_frames == f.num_frames and f'"footage_frames":{f.num_frames}' in read_mp4_comment(film)
+    assert read_export_record(gen_only).footage_excluded
 
 
-# ---- re-opening an export ------------------------------------------------------------------------------
-
-def test_export_comment_parses_back_to_storyboard_seeds_and_steps():
-    rec = parse_export_comment("PFP Studio | model=default seeds=0:3,1:3,2:7 steps=16 memory_rate=4x4x2 "
-                               "footage_frames=33\n0s: a\nend: 2s\n", "film.mp4")
-    assert rec.storyboard == "0s: a\nend: 2s\n" and rec.steps == 16 and rec.footage_frames == 33
-    assert [rec.seed_of(k) for k in range(4)] == [3, 3, 7, 7] and rec.seed == 3
-    assert rec.guidance is None  # exports made before guidance was recorded: the model's default
-    assert parse_export_comment("PFP Studio | model=default seed=1 steps=8 guidance=3\n0s: a", "g.mp4").guidance == 3.0
-    assert parse_export_comment("Lavf58 encoder", "x.mp4") is None
-    with pytest.raises(ValueError, match="'bad.mp4' has a PFP Studio comment that cannot be read"):
-        parse_export_comment("PFP Studio | seed=x\n0s: a", "bad.mp4")
-
-
-def test_export_records_two_scale_guidance_and_a_one_scale_record_stays_one_scale():
-    """Restoring regenerates with the recorded sampler: two scales where recorded, else one scale throughout
-    (guidance_scale_2 = guidance), even when the model's default has two."""
-    rec = parse_export_comment("PFP Studio | model=default seed=1 steps=8 guidance=6 guidance2=1 boundary=0.6\n0s: a", "g.mp4")
-    s = rec.generation_settings(4)
-    assert (s.seed, s.steps, s.guidance_scale, s.guidance_scale_2, s.boundary_ratio) == (4, 8, 6.0, 1.0, 0.6)
-    assert "guidance 6 (then 1 below timestep ratio 0.6)" in rec.describe()
-    starts = parse_export_comment("PFP Studio | seed=1 guidance=3 start_guidance=6 start_guidance2=1 boundary=0.6\n0s: a",
-                                  "s.mp4")
-    s = starts.generation_settings(1)
-    assert (s.guidance_scale, s.shot_start_guidance_scale, s.shot_start_guidance_scale_2) == (3.0, 6.0, 1.0)
-    assert "guidance 3 (6 on a shot's first segment, then 1 below 0.6)" in starts.describe()
-    old = parse_export_comment("PFP Studio | model=default seed=1 steps=8 guidance=3\n0s: a", "g.mp4").generation_settings(1)
-    assert old.guidance_scale == 3.0 and old.guidance_scale_2 is old.shot_start_guidance_scale is None  # 3 alone
-    with pytest.raises(ValueError, match="cannot be read"):
-        parse_export_comment("PFP Studio | seed=1 guidance=6 guidance2=1\n0s: a", "half.mp4")
-    assert old.context_latents == 0  # exports from before context latents were recorded used none
-    ctx = parse_export_comment("PFP Studio | seed=1 guidance=3 context=1\n0s: a", "c.mp4")
-    assert ctx.generation_settings(1).context_latents == 1 and "1 context latent(s) within a shot" in ctx.describe()
-    assert guidance_comment({"guidance_scale": 3.0, "context_latents": 1}) == " guidance=3 context=1"
-    mg = parse_export_comment("PFP Studio | seed=1 guidance=3" + guidance_comment({"memory_guidance_scale": 2.0})
-                              + "\n0s: a", "m.mp4")
-    assert mg.generation_settings(1).memory_guidance_scale == 2.0 and "memory guidance 2 within a shot" in mg.describe()
-    assert old.memory_guidance_scale == 0.0
-    recent = parse_export_comment("PFP Studio | seed=1 guidance=3" + guidance_comment({"recent_latents": 1}) + "\n0s: a",
-                                  "r.mp4")
-    assert recent.generation_settings(1).recent_latents == 1 and "1 recent latent(s)" in recent.describe()
-    assert old.recent_latents == 0  # exports made before v7 generated without recent frames
-    with pytest.raises(ValueError, match="cannot be read"):
-        parse_export_comment("PFP Studio | seed=1 context=x\n0s: a", "bad.mp4")
-    with pytest.raises(ValueError, match="cannot be read"):
-        parse_export_comment("PFP Studio | seed=1 recent=-1\n0s: a", "bad.mp4")
-
+# ---- re-opening an export (the records themselves: tests/test_session.py) --------------------------------
 
 def _cli(capsys, *argv):
     rc = main(list(argv))
@@ -242,9 +204,14 @@ def test_cli_continues_footage_and_restores_an_export_exactly(tmp_path, capsys):
     again = ["generate", "--storyboard", str(tmp_path / "story.txt"), "--out", str(tmp_path / "film.mp4"), *base]
     rc, out, err = _cli(capsys, *again, "--from", str(src))  # a killed run resumes: same footage, nothing redone
     assert rc == 0 and "resuming: 2 finished segments" in err and "segment 1/2" not in err
-    rc, out, err = _cli(capsys, *again, "--from", str(_video(tmp_path / "other.mp4", seed=1)))
-    assert rc == 2 and "holds another storyboard or other settings" in err
-    assert fm.footage_meta(first)["source"] == "clip.mp4"  # nothing overwritten
+    old = first.load_history()
+    rc, out, err = _cli(capsys, *again, "--from", str(_video(tmp_path / "other.mp4", seed=1)))  # another footage:
+    assert rc == 0 and "made from another footage: kept in" in err  # what was made from the first is a take
+    take = first.folder / "takes" / "001"
+    assert fm.footage_meta(first)["source"] == "other.mp4" and (take / "segments" / "seg_001.safetensors").is_file()
+    assert not torch.equal(first.load_history(), old)
+    rc, out, err = _cli(capsys, *again, "--from", str(src))  # and back: the film made from clip.mp4 again
+    assert rc == 0 and torch.equal(first.load_history(), old)
 
     # an export of the app: refused as footage unless the user says which they want
     rc, out, err = _cli(capsys, "generate", "--storyboard", str(tmp_path / "story.txt"), "--from",
@@ -257,9 +224,11 @@ def test_cli_continues_footage_and_restores_an_export_exactly(tmp_path, capsys):
     assert rc == 0, err
     second = Project(tmp_path / "restored_project")
     assert second.read_storyboard() == first.read_storyboard()
-    assert second.read_settings()["seed"] == 4 and second.read_settings()["steps"] == 1
+    assert second.read_settings()["seed"] == 4 and second.read_settings()["sampler_settings"]["steps"] == 1
     assert fm.load_footage_latents(second).shape == fm.load_footage_latents(first).shape
     assert len(read_video(tmp_path / "restored.mp4")[0]) == len(read_video(tmp_path / "film.mp4")[0])
+    # the footage comes back through the MP4 (lossy), so the film is regenerated from a near-identical history
+    assert second.finished_segments() == first.finished_segments()
 
     rc, out, err = _cli(capsys, "generate", "--restore", "--from", str(src), "--out", str(tmp_path / "y.mp4"), *base)
     assert rc == 2 and "'clip.mp4' was not exported by PFP Studio" in err
@@ -274,6 +243,12 @@ def test_cli_bad_footage_fails_before_the_model_loads(tmp_path, capsys):
     assert not (tmp_path / "o_project").exists()
 
 
+def rec_defaults():
+    from pfp_app.model.bundle import MODEL_CONFIGS
+
+    return MODEL_CONFIGS["tiny"].sampler
+
+
 def test_cli_guidance_is_used_recorded_in_the_export_and_restored(tmp_path, capsys):
     """--guidance overrides the model's; the export's comment records it and --restore generates with it."""
     (tmp_path / "story.txt").write_text(STORY)
@@ -283,9 +258,11 @@ def test_cli_guidance_is_used_recorded_in_the_export_and_restored(tmp_path, caps
     assert rc == 0, err
     assert Project(tmp_path / "film_project").read_settings()["sampler_settings"]["guidance_scale"] == 2.5
     rec = read_export_record(tmp_path / "film.mp4")
-    assert rec.guidance == 2.5 and "guidance 2.5" in rec.describe()
+    assert rec.sampler_of(0, rec_defaults()).guidance_scale == 2.5
     rc, out, err = _cli(capsys, "generate", "--restore", "--from", str(tmp_path / "film.mp4"),
                         "--out", str(tmp_path / "restored.mp4"), "--model", "tiny-random", "--device", "cpu")
     assert rc == 0, err
-    restored = Project(tmp_path / "restored_project").read_settings()["sampler_settings"]
-    assert restored["guidance_scale"] == 2.5 and restored["shot_start_guidance_scale"] is None  # one scale, as recorded
+    restored = Project(tmp_path / "restored_project")
+    assert restored.read_settings()["sampler_settings"]["guidance_scale"] == 2.5  # one scale, as recorded
+    assert restored.read_settings()["sampler_settings"]["shot_start_guidance_scale"] is None
+    assert torch.equal(restored.load_history(), Project(tmp_path / "film_project").load_history())  # the same film

@@ -8,6 +8,8 @@ trainer trains them where the app uses them.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 
 import pytest
@@ -21,13 +23,18 @@ from pfp_app.model.memory_dit import (
     recent_tokens,
 )
 from pfp_app.model.bundle import build_random_model
-from pfp_app.sampling.pipeline import GenerationSettings
 from pfp_app.film.storyboard import parse_storyboard
 from pfp_app.train.data import LatentClips, ShotAlignedStarts
-from pfp_app.train.trainer import TrainConfig, _memory_step, train
+from pfp_app.train.memory_loop import _memory_step
+from pfp_app.train.trainer import TrainConfig, train
 
 # tiny: 64x64 at 8 fps, 3 latent frames per segment; shot 1 runs over two segments (see test_pipeline.py)
 STORYBOARD = "0s: a red fox in the snow\n1s: the fox runs across a frozen lake\nend: 4s\n"
+
+
+def _s(pipe, **override):
+    """The model's sampler settings with `override`."""
+    return replace(pipe.model.sampler, **override)
 
 
 def test_recent_tokens_are_the_frame_g_would_see_clean_in_its_own_sequence():
@@ -95,8 +102,8 @@ def test_the_app_gives_recent_frames_within_a_shot_only(tiny_pipeline, monkeypat
     gets the history's last latent frame as 8x8 full-resolution tokens at its own time."""
     seen = spy_on_sampler(monkeypatch)
     sb = parse_storyboard(STORYBOARD)
-    results = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2, recent_latents=1))
-    without = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2))
+    results = tiny_pipeline.generate(sb, 0, _s(tiny_pipeline, steps=2, recent_latents=1))
+    without = tiny_pipeline.generate(sb, 0, _s(tiny_pipeline, steps=2))
     phi_tokens = [None if m is None else m.num_tokens for m, _ in seen[3:]]  # the run without recent frames
     assert seen[0][0] is None and seen[1][0].num_tokens == phi_tokens[1]
     memory, positions = seen[2]
@@ -134,9 +141,9 @@ def test_a_shot_that_repeats_an_earlier_prompt_gets_that_shots_last_frame(tiny_p
     with return_latents 0 the film is exactly as before."""
     seen = spy_on_sampler(monkeypatch)
     sb = parse_storyboard(RETURNING)
-    results = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2, return_latents=1))
+    results = tiny_pipeline.generate(sb, 0, _s(tiny_pipeline, steps=2, return_latents=1))
     n = len(results)
-    without = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2))
+    without = tiny_pipeline.generate(sb, 0, _s(tiny_pipeline, steps=2))
     assert [r.segment.shot_index for r in results] == [0, 1, 2]  # one segment per shot (tiny: 1 s segments)
     phi = [None if m is None else m.num_tokens for m, _ in seen[n:]]
     assert seen[1][0].num_tokens == phi[1]  # a new prompt: φ's memory alone
@@ -157,7 +164,7 @@ def test_a_return_can_get_the_frames_its_earlier_shot_began_with(tiny_pipeline, 
     that frame's time, instead of the last."""
     seen = spy_on_sampler(monkeypatch)
     sb = parse_storyboard(RETURNING)
-    results = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2, return_latents=1,
+    results = tiny_pipeline.generate(sb, 0, _s(tiny_pipeline, steps=2, return_latents=1,
                                                             return_latents_from="start"))
     memory, _ = seen[2]
     phi = memory.num_tokens - 4 * 4
@@ -167,7 +174,7 @@ def test_a_return_can_get_the_frames_its_earlier_shot_began_with(tiny_pipeline, 
     torch.testing.assert_close(memory.tokens[:, phi:], expected.to(memory.tokens.dtype))
     # as_recent: the same frame, placed just before the returning segment (where a continued shot's frame sits)
     seen.clear()
-    again = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2, return_latents=1,
+    again = tiny_pipeline.generate(sb, 0, _s(tiny_pipeline, steps=2, return_latents=1,
                                                           return_latents_from="start", return_latents_as_recent=True))
     memory, positions = seen[2]
     assert torch.all(memory.coords[phi:, 0] == positions[0] - 1)
@@ -189,8 +196,8 @@ def test_memory_guidance_at_a_return_applies_to_the_returning_shots_first_segmen
 
     monkeypatch.setattr(pipeline_module, "sample", spy)
     sb = parse_storyboard(RETURNING)
-    guided = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2, return_memory_guidance_scale=3.0))
-    plain = tiny_pipeline.generate(sb, GenerationSettings(seed=0, steps=2))
+    guided = tiny_pipeline.generate(sb, 0, _s(tiny_pipeline, steps=2, return_memory_guidance_scale=3.0))
+    plain = tiny_pipeline.generate(sb, 0, _s(tiny_pipeline, steps=2))
     assert scales == [0.0, 0.0, 3.0] + [0.0, 0.0, 0.0]
     for i in (0, 1):
         torch.testing.assert_close(guided[i].latents, plain[i].latents)
@@ -211,8 +218,10 @@ def test_the_trainer_gives_recent_frames_to_segments_inside_a_shot_only():
     clips = LatentClips(torch.randn(6, 4, 12, 2, 2), prompts)
     seen = []
 
-    def module(x0, text, history, positions, t, noise, recent=0, reference=None):
-        seen.append((int(positions[0]), history is not None, recent))
+    def module(objective, latents, text, t, noise, omega=None, split=None, segment_frames=None, recent=0,
+               reference=None):
+        first = int(omega[0]) if objective == "retrieval" else split  # the first denoised frame's position
+        seen.append((first, objective == "retrieval" or split > 0, recent))  # (.., a history is given, ..)
         return torch.zeros(())
 
     cfg = TrainConfig(stage="finetune", batch_size=2, retrieval_share=0.0, caption_dropout=0.0, recent_latents=1)
@@ -261,8 +270,9 @@ def test_repeat_batches_are_returns_and_the_trainer_gives_them_the_repeated_shot
     assert starts.at_repeat.keys() == {8} and starts.openings(8, torch.tensor([0, 1, 1])).tolist() == [0, 2, 2]
     seen = []
 
-    def module(x0, text, history, positions, t, noise, recent=0, reference=None):
-        seen.append((int(positions[0]), reference))
+    def module(objective, latents, text, t, noise, omega=None, split=None, segment_frames=None, recent=0,
+               reference=None):
+        seen.append((split, reference))
         return torch.zeros(())
 
     cfg = TrainConfig(stage="finetune", batch_size=3, retrieval_share=0.0, caption_dropout=0.0, repeat_share=1.0,
@@ -295,29 +305,30 @@ def test_repeat_batches_are_returns_and_the_trainer_gives_them_the_repeated_shot
 
 
 def test_the_reference_frames_sit_just_before_the_segment_as_recent_tokens():
-    from pfp_app.train.trainer import MemoryTrainingModule
+    from pfp_app.train.memory_loop import MemoryTrainingModule
 
     model = build_random_model("tiny")
     module = MemoryTrainingModule(model)
     captured = []
-    import pfp_app.train.trainer as trainer_module
+    import pfp_app.sampling.flow as flow
 
-    real = trainer_module.velocity_loss
+    real = flow.velocity_loss
 
     def spy(fn, x0, noise, t, text, memory, positions):
-        captured.append(memory)
+        captured.append((memory, positions))
         return real(fn, x0, noise, t, text, memory, positions)
 
-    trainer_module.velocity_loss = spy
+    flow.velocity_loss = spy
     try:
         c = model.transformer.config.in_channels
         x0, history = torch.randn(1, c, 3, 8, 8), torch.randn(1, c, 6, 8, 8)
         positions = torch.arange(6, 9, dtype=torch.float32)
-        module(x0, torch.zeros(1, 2, model.transformer.config.text_dim), history, positions, torch.tensor([0.5]),
-               torch.randn_like(x0), 0, history[:, :, 1:2])
+        module("next_segment", torch.cat([history, x0], dim=2), torch.zeros(1, 2, model.transformer.config.text_dim),
+               torch.tensor([0.5]), torch.randn_like(x0), split=6, segment_frames=3, reference=history[:, :, 1:2])
     finally:
-        trainer_module.velocity_loss = real
-    memory = captured[0]
+        flow.velocity_loss = real
+    memory, segment_positions = captured[0]
+    assert torch.equal(segment_positions, positions)  # the segment after the split, at its own times
     g = model.transformer
     expected = recent_tokens(g, history[:, :, 1:2], torch.tensor([5.0]))
     n = expected.tokens.shape[1]
@@ -347,7 +358,7 @@ def test_g_learns_to_draw_a_return_from_the_repeated_shots_opening():
     """A tiny G trained on returns that show again the frame their repeated shot began with (random latents
     otherwise, so only that frame can predict them) reaches a clearly lower loss on those batches when the trainer
     gives it that frame (--return-frames 1) than when only φ's compressed memory holds it."""
-    from pfp_app.train.trainer import MemoryTrainingModule
+    from pfp_app.train.memory_loop import MemoryTrainingModule
 
     gen_data = torch.Generator().manual_seed(0)
     lat = torch.randn(16, 8, 12, 8, 8, generator=gen_data)  # (N, C, T', H', W')
@@ -382,23 +393,23 @@ def test_g_learns_to_draw_a_return_from_the_repeated_shots_opening():
     assert with_frame < 0.8 * without, (with_frame, without)
 
 
-def test_an_export_records_the_return_settings_and_regenerates_with_them():
-    from dataclasses import asdict
+def test_an_export_records_the_return_settings_and_regenerates_with_them(tiny_pipeline):
+    from pfp_app.film.export import Run, export_comment, parse_export_comment
 
-    from pfp_app.film.export import guidance_comment, parse_export_comment
-    from pfp_app.sampling.flow import SamplerSettings
-
-    sampler = asdict(SamplerSettings(recent_latents=1, return_latents=1, return_latents_from="start",
-                                     return_latents_as_recent=True, return_memory_guidance_scale=1.5))
-    comment = f"PFP Studio | model=default seed=0 steps=8{guidance_comment(sampler)}\n0s: a fox\nend: 2s"
-    rec = parse_export_comment(comment, "film.mp4")
-    s = rec.generation_settings(seed=0)
+    sampler = _s(tiny_pipeline, recent_latents=1, return_latents=1, return_latents_from="start",
+                 return_latents_as_recent=True, return_memory_guidance_scale=1.5)
+    rec = parse_export_comment(export_comment("default", [Run(0, 0, sampler.to_record())], "0s: a fox\nend: 2s"),
+                               "film.mp4")
+    assert rec.sampler_of(0, tiny_pipeline.model.sampler) == sampler
+    # the key=value record written before: its return fields, and none where it named none
+    legacy = parse_export_comment("PFP Studio | model=default seed=0 steps=8 guidance=1 recent=1 return=1 "
+                                  "return_start=1 return_recent=1 return_guidance=1.5\n0s: a fox\nend: 2s", "l.mp4")
+    s = legacy.sampler_of(0, tiny_pipeline.model.sampler)
     assert (s.return_latents, s.return_latents_from, s.return_latents_as_recent, s.return_memory_guidance_scale) == (
         1, "start", True, 1.5)
-    assert "a return gets its earlier shot's first 1 latent(s) as the frames it continues" in rec.describe()
-    # an export made before they were recorded (or without them) regenerates with none
-    old = parse_export_comment("PFP Studio | model=default seed=0 steps=8 recent=1\n0s: a fox\nend: 2s", "old.mp4")
-    s = old.generation_settings(seed=0)
+    old = parse_export_comment("PFP Studio | model=default seed=0 steps=8 guidance=1 recent=1\n0s: a fox\nend: 2s",
+                               "old.mp4")
+    s = old.sampler_of(0, sampler)
     assert (s.return_latents, s.return_latents_from, s.return_latents_as_recent, s.return_memory_guidance_scale) == (
         0, "end", False, 0.0)
 

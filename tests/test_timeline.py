@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from pfp_app.model.causal_decode import StreamingDecoder
-from pfp_app.sampling.pipeline import GenerationSettings
 from pfp_app.film.project import Project
+from pfp_app.film.session import GenerationSession
 from pfp_app.film.storyboard import StoryboardError, parse_storyboard
 from pfp_app.film.timeline import TimeGrid, real_shot_times, shot_aligned_schedule
 from pfp_app.io.video import read_video
 
 CUTS = "0s: a red circle\n3.5s: a blue square\n6s: a green triangle\n11s: a white circle\ntotal: 14s\n"
 DEFAULT_GRID = TimeGrid(fps=8, temporal_ratio=4, lead_frames=1, segment_latent_frames=5)
+
+
+def _s(pipe, **override):
+    """The model's sampler settings with `override`."""
+    return replace(pipe.model.sampler, **override)
 
 
 def frame_prompts(segments) -> list[str]:
@@ -70,7 +77,10 @@ def test_grid_is_read_from_the_model(tiny_pipeline):
 @pytest.fixture(scope="module")
 def cut_film(tiny_pipeline, tmp_path_factory):
     project = Project(tmp_path_factory.mktemp("cuts"))
-    results = tiny_pipeline.generate(CUTS, GenerationSettings(seed=0, steps=1), project)
+    session = GenerationSession(tiny_pipeline, project)
+    session.run(session.plan(CUTS, 0, _s(tiny_pipeline, steps=1)))
+    results = tiny_pipeline.generate(CUTS, 0, _s(tiny_pipeline, steps=1))
+    assert torch.equal(project.load_history(), torch.cat([r.latents for r in results], dim=2))
     return project, results
 
 
@@ -116,6 +126,8 @@ def test_continuing_a_project_uses_the_schedule_of_latent_frames(tiny_pipeline, 
     for i in range(3):
         for src in (project.segment_latents_path(i), project.segment_video_path(i)):
             (copy.segments_dir / src.name).write_bytes(src.read_bytes())
-    more = tiny_pipeline.generate(CUTS, GenerationSettings(seed=0, steps=1), copy, start_segment=3)
+    segments = tiny_pipeline.schedule(CUTS)
+    more = list(tiny_pipeline.generate_segments(segments, lambda k: 0, lambda k: _s(tiny_pipeline, steps=1), start=3,
+                                                history=copy.load_history(3)))
     assert [r.segment.index for r in more] == list(range(3, len(results)))
     assert torch.allclose(torch.cat([r.latents for r in more], 2), torch.cat([r.latents for r in results[3:]], 2), atol=1e-4)
