@@ -9,7 +9,7 @@ segment of 9 latent frames (1, 16, 9, 60, 104) and 20 s of history (80 latent fr
   (a) seconds per denoising step: segment alone, + φ memory at each rate, + the full uncompressed history;
   (b) φ: compressing 20 s of history, and adding one segment to an existing memory (encode_incremental);
   (c) the whole pipeline (text encoder, φ, DiT steps, VAE decode) under each runtime profile: peak VRAM
-      and step time relative to `resident`, through pfp_app.runtime.profiles.apply_profile exactly as the app runs.
+      and step time relative to `resident`, through pfp_app.runtime.apply.apply_profile exactly as the app runs.
 Every measurement is time-boxed (--budget-s in all), OOMs are recorded as 'OOM', and the JSON in --out is
 rewritten after every measurement, so a timeout still leaves data. The markdown tables are printed last.
 """
@@ -201,7 +201,7 @@ def build_transformer(shape: Shape, device, seed: int = 0):
 
     from pfp_app.model.memory_dit import enable_memory_blocks
     from pfp_app.model.bundle import MODEL_CONFIGS
-    from pfp_app.runtime.profiles import cast_for_compute
+    from pfp_app.runtime.offload import cast_for_compute
 
     with init_empty_weights(include_buffers=False):
         # the app's own blocks: memory tokens at t = 0 through the two-group timestep path
@@ -425,7 +425,9 @@ def section_steps(b: Bench, shape: Shape, rows) -> None:
 
 def _profile_run(b: Bench, shape: Shape, name: str, inp: "Inputs", rec: dict, profiles=None) -> None:
     """One row of (c): build the bundle, apply the profile, run text -> φ -> DiT steps -> VAE decode."""
-    from pfp_app.runtime.profiles import apply_profile, estimate_peak_bytes, get_profile, model_footprint
+    from pfp_app.runtime.apply import apply_profile
+    from pfp_app.runtime.footprint import estimate_peak_bytes, model_footprint
+    from pfp_app.runtime.profiles import get_profile
 
     t = time.perf_counter()
     model = build_model(shape, b.device, b.dtype)

@@ -11,15 +11,19 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pfp_app.runtime import profiles as rt
-from pfp_app.model.memory_dit import MemoryTokens, memory_dit_forward
 from pfp_app.model.bundle import build_random_model
+from pfp_app.model.memory_dit import MemoryTokens, memory_dit_forward
+from pfp_app.model.text_encoder import TextEncoder
+from pfp_app.runtime.apply import CodecOnDevice, TextEncoderOnDevice, apply_profile
+from pfp_app.runtime.footprint import ModelFootprint, choose_profile, estimate_peak_bytes, host_bytes_needed, model_footprint
+from pfp_app.runtime.offload import enable_fp8_storage, on_device
+from pfp_app.runtime.profiles import load_profiles, parse_profile, profile_names
 
 GiB = 1024**3
 
 # Sizes of the Wan 2.1 14B bundle (DiT, umT5-XXL, Wan VAE, φ) at 480p with a 20-s memory: faked sizes,
 # no weights, to test the decisions.
-WAN14B = rt.ModelFootprint(
+WAN14B = ModelFootprint(
     transformer_params=14_288_000_000, transformer_block_params=351_000_000, transformer_outer_params=233_000_000,
     transformer_largest_layer=157_000_000, text_encoder_params=5_681_000_000, text_encoder_largest_layer=1_050_000_000,
     vae_params=127_000_000, memory_encoder_params=23_000_000, dit_activation_bytes=int(5.1e9),
@@ -63,10 +67,10 @@ def _run(model, dtype):
 # ---- profiles as files ----------------------------------------------------------------------------------
 
 def test_shipped_profiles_load_and_auto_comes_first():
-    names = rt.profile_names()
+    names = profile_names()
     assert names[0] == "auto"
     assert {"resident", "fp8", "offload", "offload+fp8", "lowvram", "cpu"} <= set(names)
-    profiles = rt.load_profiles()
+    profiles = load_profiles()
     assert profiles["offload+fp8"].settings.transformer_storage == torch.float8_e4m3fn
     assert profiles["offload+fp8"].settings.transformer_offload == "block"
     assert profiles["cpu"].settings.compute_dtype == torch.float32 and profiles["cpu"].auto_rank is None
@@ -74,7 +78,7 @@ def test_shipped_profiles_load_and_auto_comes_first():
 
 def test_unknown_profile_lists_the_valid_ones():
     with pytest.raises(ValueError) as err:
-        rt.apply_profile(build_random_model("tiny"), "turbo", "cpu")
+        apply_profile(build_random_model("tiny"), "turbo", "cpu")
     for name in ("auto", "resident", "fp8", "offload", "offload+fp8", "lowvram", "cpu"):
         assert name in str(err.value)
 
@@ -82,7 +86,7 @@ def test_unknown_profile_lists_the_valid_ones():
 @pytest.mark.parametrize("name", ["fp8", "offload", "offload+fp8", "resident", "lowvram"])
 def test_gpu_profile_on_cpu_is_a_clear_error(name):
     with pytest.raises(ValueError, match=rf"'{re_escape(name)}' needs a CUDA GPU.*--profile cpu"):
-        rt.apply_profile(build_random_model("tiny"), name, "cpu")
+        apply_profile(build_random_model("tiny"), name, "cpu")
 
 
 def re_escape(s: str) -> str:
@@ -94,16 +98,16 @@ def re_escape(s: str) -> str:
 def test_user_profile_file_is_read_and_checked(tmp_path):
     (tmp_path / "mine.json").write_text('{"name": "mine", "description": "d", "auto_rank": 9, "settings": '
                                         '{"transformer": {"storage_dtype": "float8_e4m3fn", "offload": "block"}}}')
-    profiles = rt.load_profiles([tmp_path])
-    assert profiles["mine"].settings.transformer_storage == torch.float8_e4m3fn and "mine" in rt.profile_names([tmp_path])
+    profiles = load_profiles([tmp_path])
+    assert profiles["mine"].settings.transformer_storage == torch.float8_e4m3fn and "mine" in profile_names([tmp_path])
     with pytest.raises(ValueError, match="unknown setting 'transformer.speed'"):
-        rt.parse_profile({"name": "x", "settings": {"transformer": {"speed": 2}}})
+        parse_profile({"name": "x", "settings": {"transformer": {"speed": 2}}})
     with pytest.raises(ValueError, match="not a dtype"):
-        rt.parse_profile({"name": "x", "settings": {"compute_dtype": "float7"}})
+        parse_profile({"name": "x", "settings": {"compute_dtype": "float7"}})
     with pytest.raises(ValueError, match="choose one of none, block"):
-        rt.parse_profile({"name": "x", "settings": {"transformer": {"offload": "disk"}}})
+        parse_profile({"name": "x", "settings": {"transformer": {"offload": "disk"}}})
     with pytest.raises(ValueError, match="reserved"):
-        rt.parse_profile({"name": "auto"})
+        parse_profile({"name": "auto"})
 
 
 # ---- the automatic choice ---------------------------------------------------------------------------------
@@ -118,7 +122,7 @@ def test_user_profile_file_is_read_and_checked(tmp_path):
     (4, 128, "offload+fp8"),  # nothing fits: the smallest, said so
 ])
 def test_choose_profile_for_wan14b_sizes(free_gib, host_gib, expected):
-    name, reason = rt.choose_profile(WAN14B, free_bytes=int(free_gib * GiB), host_free_bytes=int(host_gib * GiB))
+    name, reason = choose_profile(WAN14B, free_bytes=int(free_gib * GiB), host_free_bytes=int(host_gib * GiB))
     assert name == expected, reason
     assert f"{free_gib:.1f} GiB free" in reason and f"-> {expected}" in reason.replace("-> trying ", "-> ")
     if free_gib == 4:
@@ -128,27 +132,27 @@ def test_choose_profile_for_wan14b_sizes(free_gib, host_gib, expected):
 
 
 def test_estimates_shrink_down_the_profile_ladder():
-    p = rt.load_profiles()
-    est = {n: rt.estimate_peak_bytes(WAN14B, p[n].settings) / GiB for n in ("resident", "lowvram", "fp8", "offload", "offload+fp8")}
+    p = load_profiles()
+    est = {n: estimate_peak_bytes(WAN14B, p[n].settings) / GiB for n in ("resident", "lowvram", "fp8", "offload", "offload+fp8")}
     assert est["resident"] > est["lowvram"] > est["fp8"] > est["offload"] > est["offload+fp8"]
     assert 40 < est["resident"] < 60  # issue 5 measured 53.5 GiB for the 14B DiT resident
-    assert rt.host_bytes_needed(WAN14B, p["offload+fp8"].settings) < rt.host_bytes_needed(WAN14B, p["offload"].settings)
+    assert host_bytes_needed(WAN14B, p["offload+fp8"].settings) < host_bytes_needed(WAN14B, p["offload"].settings)
 
 
 def test_choose_profile_from_a_tiny_model_with_faked_sizes():
     model = build_random_model("tiny")
-    fp = rt.model_footprint(model)
+    fp = model_footprint(model)
     assert fp.transformer_params == sum(p.numel() for p in model.transformer.parameters())
-    assert rt.choose_profile(fp, free_bytes=2 * GiB)[0] == "resident"
+    assert choose_profile(fp, free_bytes=2 * GiB)[0] == "resident"
     big = replace(fp, transformer_params=fp.transformer_params * 100_000, transformer_block_params=fp.transformer_block_params * 100_000)
-    name, reason = rt.choose_profile(big, free_bytes=2 * GiB, host_free_bytes=64 * GiB)
+    name, reason = choose_profile(big, free_bytes=2 * GiB, host_free_bytes=64 * GiB)
     assert name in ("offload", "offload+fp8") and "2.0 GiB free" in reason
 
 
 def test_auto_without_cuda_is_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert rt.choose_profile(build_random_model("tiny"))[0] == "cpu"
-    info = rt.apply_profile(build_random_model("tiny"), "auto")
+    assert choose_profile(build_random_model("tiny"))[0] == "cpu"
+    info = apply_profile(build_random_model("tiny"), "auto")
     assert info.name == "cpu" and info.device == torch.device("cpu") and info.dtype == torch.float32
 
 
@@ -157,12 +161,12 @@ def test_auto_without_cuda_is_cpu(monkeypatch):
 def test_cpu_profile_keeps_outputs_identical():
     model = build_random_model("tiny")
     before = _run(model, torch.float32)
-    info = rt.apply_profile(model, "cpu", "cpu")
+    info = apply_profile(model, "cpu", "cpu")
     assert (info.name, info.device, info.dtype, info.attention) == ("cpu", torch.device("cpu"), torch.float32, "sdpa")
     after = _run(model, info.dtype)
     for a, b in zip(before, after):
         assert torch.equal(a, b)
-    assert rt.apply_profile(model, "cpu", "cpu") is info  # applying again is a no-op
+    assert apply_profile(model, "cpu", "cpu") is info  # applying again is a no-op
 
 
 def test_fp8_layerwise_casting_on_cpu_stores_float8_and_stays_close():
@@ -176,7 +180,7 @@ def test_fp8_layerwise_casting_on_cpu_stores_float8_and_stays_close():
     with torch.no_grad():
         ref = memory_dit_forward(dit, x, torch.tensor([400.0]), text, memory, positions)
     fp8 = copy.deepcopy(dit)
-    rt.enable_fp8_storage(fp8, torch.bfloat16)
+    enable_fp8_storage(fp8, torch.bfloat16)
     block = fp8.blocks[0]
     for w in (block.attn1.to_q.weight, block.attn2.to_k.weight, block.ffn.net[0].proj.weight, fp8.proj_out.weight):
         assert w.dtype in (torch.float8_e4m3fn, torch.bfloat16)
@@ -195,7 +199,7 @@ def test_gpu_profiles_emulated_on_cpu(name):
     """strict_device=False: float8 storage and the block-offload hooks run on the CPU (no streams)."""
     reference = _run(build_random_model("tiny"), torch.float32)
     model = build_random_model("tiny")
-    info = rt.apply_profile(model, name, "cpu", strict_device=False)
+    info = apply_profile(model, name, "cpu", strict_device=False)
     out = _run(model, info.dtype)
     fp8 = "fp8" in name
     assert (model.transformer.blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn) == fp8
@@ -212,14 +216,14 @@ def test_gpu_profiles_emulated_on_cpu(name):
 def test_switching_profiles_and_float8_refusal():
     model = build_random_model("tiny")
     reference = _run(model, torch.float32)
-    rt.apply_profile(model, "offload", "cpu", strict_device=False)
-    info = rt.apply_profile(model, "cpu", "cpu")  # hooks removed, same weights
+    apply_profile(model, "offload", "cpu", strict_device=False)
+    info = apply_profile(model, "cpu", "cpu")  # hooks removed, same weights
     assert not model.transformer.blocks[0]._diffusers_hook.hooks
     for a, b in zip(_run(model, info.dtype), reference):
         assert torch.equal(a, b)
-    rt.apply_profile(model, "fp8", "cpu", strict_device=False)
+    apply_profile(model, "fp8", "cpu", strict_device=False)
     with pytest.raises(ValueError, match="float8.*load the model again"):
-        rt.apply_profile(model, "cpu", "cpu")
+        apply_profile(model, "cpu", "cpu")
 
 
 def test_on_device_leaves_tensors_in_place():
@@ -227,7 +231,7 @@ def test_on_device_leaves_tensors_in_place():
     lin = torch.nn.Linear(4, 3)
     weight = lin.weight.data
     with pytest.raises(RuntimeError, match="inside"):
-        with rt.on_device(lin, "cpu"):
+        with on_device(lin, "cpu"):
             assert lin.weight.device.type == "cpu"
             raise RuntimeError("inside")
     assert lin.weight.data.data_ptr() == weight.data_ptr()
@@ -236,10 +240,10 @@ def test_on_device_leaves_tensors_in_place():
 def test_while_used_wrappers_give_the_same_results():
     model = build_random_model("tiny")
     x = torch.randn(1, 8, 3, 8, 8)
-    wrapped = rt.CodecOnDevice(model.codec, torch.device("cpu"))
+    wrapped = CodecOnDevice(model.codec, torch.device("cpu"))
     assert torch.equal(wrapped.decode(x), model.codec.decode(x)) and wrapped.device == torch.device("cpu")
 
-    class Enc(rt.TextEncoder):
+    class Enc(TextEncoder):
         text_dim, max_tokens = 3, 2
 
         def __init__(self):
@@ -249,4 +253,4 @@ def test_while_used_wrappers_give_the_same_results():
             return self.model(torch.ones(len(prompts), 2, 3, device=self.device))
 
     enc = Enc()
-    assert torch.equal(rt.TextEncoderOnDevice(enc, torch.device("cpu")).encode(["a"]), enc.encode(["a"]))
+    assert torch.equal(TextEncoderOnDevice(enc, torch.device("cpu")).encode(["a"]), enc.encode(["a"]))

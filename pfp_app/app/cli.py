@@ -97,7 +97,7 @@ def _load(args):
 
     from ..model.bundle import load_model
     from ..sampling.pipeline import PFPPipeline
-    from ..runtime.profiles import apply_profile
+    from ..runtime.apply import apply_profile
 
     device = _device(args.device)
     # bf16 on load for GPUs: a 14B DiT in float32 would need ~57 GB of RAM

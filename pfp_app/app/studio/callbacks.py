@@ -44,9 +44,10 @@ MAX_STEPS = 100  # the sliders' range; pfp_app.app.options allows up to 1000 (th
 
 
 def _optional_runtime():
-    """pfp_app.runtime.profiles (issue 5) when it exists and offers apply_profile(model, name); else None (CPU only)."""
+    """pfp_app.runtime (apply_profile, profile_names) when it imports and offers apply_profile(model, name); else None
+    (CPU only)."""
     try:
-        from ...runtime import profiles as runtime  # type: ignore[attr-defined]
+        from ... import runtime
     except ImportError:
         return None
     return runtime if callable(getattr(runtime, "apply_profile", None)) else None
