@@ -1,4 +1,4 @@
-"""Tests for pfp_app.film.storyboard: parsing, errors, round trip, segment schedule."""
+"""Tests for pfp_app.film.storyboard: parsing, errors, round trip."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ from hypothesis import strategies as st
 
 from pfp_app.film.storyboard import (
     MAX_SECONDS,
-    Segment,
     Shot,
     Storyboard,
     StoryboardError,
     format_storyboard,
     parse_storyboard,
-    segment_schedule,
 )
 
 
@@ -204,35 +202,6 @@ def test_format_is_exact_for_awkward_floats() -> None:
     assert parse_storyboard(text) == sb
 
 
-# ---------------------------------------------------------------- segments
-
-
-def test_segment_schedule_example() -> None:
-    sb = parse_storyboard("0s: a\n10s: b\n13s: c\nend: 20s")
-    segs = segment_schedule(sb, 4.0)
-    assert [(s.start, s.end, s.prompt, s.shot_index) for s in segs] == [
-        (0.0, 4.0, "a", 0),
-        (4.0, 8.0, "a", 0),
-        (8.0, 12.0, "a", 0),  # shot b starts mid-segment: takes effect next segment
-        (12.0, 16.0, "b", 1),
-        (16.0, 20.0, "c", 2),
-    ]
-    assert [s.index for s in segs] == list(range(5))
-    # 21 s needs 6 segments; the last one runs past the end (3 s of overrun)
-    sb = parse_storyboard("0s: a\nend: 21s")
-    segs = segment_schedule(sb, 4.0)
-    assert len(segs) == 6 and segs[-1] == Segment(5, 20.0, 24.0, "a", 0)
-
-
-def test_segment_schedule_float_noise() -> None:
-    sb = parse_storyboard("0s: a\nend: 30s")
-    assert len(segment_schedule(sb, 0.1)) == 300  # 30 / 0.1 = 300.00000000000006
-    with pytest.raises(ValueError):
-        segment_schedule(sb, 0.0)
-    with pytest.raises(ValueError):
-        segment_schedule(sb, math.nan)
-
-
 # ---------------------------------------------------------------- properties
 
 _prompt = st.text(
@@ -275,19 +244,3 @@ def test_parse_never_raises_anything_else(text: str) -> None:
 @given(storyboards())
 def test_round_trip(sb: Storyboard) -> None:
     assert parse_storyboard(format_storyboard(sb)) == sb
-
-
-@settings(max_examples=200, deadline=None)
-@given(storyboards(), st.sampled_from([0.5, 1.0, 1 / 3, 2.0, 5.0, 7.3, 0.1]))
-def test_segment_schedule_covers_duration(sb: Storyboard, seg: float) -> None:
-    segs = segment_schedule(sb, seg)
-    assert len(segs) == max(1, math.ceil(sb.duration / seg - 1e-9))
-    assert segs[0].start == 0.0
-    for a, b in zip(segs, segs[1:]):
-        assert a.end == b.start
-    assert segs[-1].start < sb.duration <= segs[-1].end + 1e-9 * seg
-    for i, s in enumerate(segs):
-        assert s.index == i
-        assert math.isclose(s.end - s.start, seg, rel_tol=1e-9, abs_tol=1e-9)
-        assert s.prompt == sb.prompt_at(s.start)
-        assert sb.shots[s.shot_index].start <= s.start

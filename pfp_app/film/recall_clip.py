@@ -15,7 +15,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..app.options import shorten
 from ..io.video import MAX_UPLOAD_BYTES, VideoInfo, VideoReadError, frames_to_tensor, read_video, video_info
 
 
@@ -31,20 +30,6 @@ class Clip:
     @property
     def last_time(self) -> float:
         return self.time_of(self.frames.shape[1] - 1)
-
-    def check_time(self, at: float, at_name: str = "", duration: float | None = None) -> float:
-        """`at` as a float if it lies in this clip (half a frame of slack at both ends), else ValueError.
-        A cached clip is checked here: `at=1e9` used to return the last frame and `inf` an OverflowError."""
-        try:
-            x = float(at)
-        except (TypeError, ValueError):
-            raise ValueError(f"{at_name}{shorten(at)} is not a time in seconds") from None
-        end = duration if duration is not None else self.source_duration
-        end = self.last_time if end is None else max(end, self.last_time)
-        if not (math.isfinite(x) and self.first_time - 0.5 / self.fps <= x <= end + 0.5 / self.fps):
-            raise ValueError(f"{at_name}{x:g} s is outside the compressed history "
-                             f"({self.first_time:.2f} to {end:.2f} s)")
-        return x
 
     def frame_index(self, seconds: float) -> int:
         return min(self.frames.shape[1] - 1, max(0, round((seconds - self.first_time) * self.fps)))

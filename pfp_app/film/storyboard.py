@@ -282,33 +282,6 @@ def format_storyboard(sb: Storyboard) -> str:
     return "\n".join(lines) + "\n"
 
 
-def segment_schedule(sb: Storyboard, segment_seconds: float) -> list[Segment]:
-    """Split ``[0, duration)`` into ``ceil(duration / segment_seconds)`` back-to-back
-    segments of exactly ``segment_seconds`` each.
-
-    The last segment is NOT shortened, so the video may run up to one segment past
-    ``duration`` (a 1e-9 relative tolerance absorbs float noise, e.g. 30 / 0.1).
-    Each segment takes the prompt of the shot active at the segment's START
-    (``sb.prompt_at(segment.start)``): a shot change inside a segment takes effect
-    from the next segment.
-    """
-    seg = float(segment_seconds)
-    if not (math.isfinite(seg) and seg > 0):
-        raise ValueError(f"segment_seconds must be a positive number, got {segment_seconds!r}")
-    n = max(1, math.ceil(sb.duration / seg))
-    while n > 1 and (n - 1) * seg >= sb.duration - 1e-9 * seg:
-        n -= 1
-    if n > MAX_SEGMENTS:
-        raise ValueError(f"{n} segments of {seg}s is too many (limit {MAX_SEGMENTS})")
-    out = []
-    for i in range(n):
-        start = i * seg
-        k = sb.shot_index_at(start)
-        end = (i + 1) * seg
-        out.append(Segment(index=i, start=start, end=end, prompt=sb.shots[k].prompt, shot_index=k))
-    return out
-
-
 MAX_STORYBOARD_FILE_BYTES = 4 * MAX_STORYBOARD_CHARS  # UTF-8 takes at most 4 bytes a character
 
 

@@ -61,10 +61,6 @@ class TimeGrid:
         """The latent frame that decodes to film frame `frame`."""
         return self.lead_latents + frame // self.temporal_ratio
 
-    def pixel_of_film_frame(self, frame: int) -> int:
-        """Index of film frame `frame` among the pixel frames the codec decodes from the whole history."""
-        return frame + self.lead_frames
-
 
 @dataclass(frozen=True)
 class TimedSegment(Segment):
