@@ -93,7 +93,7 @@ def test_generate_leaves_a_project_folder_beside_the_mp4(film):
     assert (project / "settings.json").is_file() and (project / "film.mp4").is_file()
     names = sorted(p.name for p in (project / "segments").iterdir())
     # shot 1 (0-1 s) is one segment, shot 2 (1-3 s) two: segments end at the cut
-    assert names == [f"seg_00{i}.{ext}" for i in range(3) for ext in ("mp4", "safetensors")]
+    assert names == [f"seg_00{i}.{ext}" for i in range(3) for ext in ("json", "mp4", "safetensors")]
 
 
 def test_generate_resumes_a_finished_project_and_resamples_fps(film, tmp_path, capsys):
@@ -275,20 +275,22 @@ def test_model_folder_with_a_bogus_bundle_file_names_it(capsys, film, tmp_path, 
     assert "pfp_model.json" in _model_error(capsys, film, tmp_path, folder)
 
 
-def test_project_folder_holding_another_storyboard_is_refused(capsys, film, tmp_path):
+def test_a_project_folder_holding_another_storyboard_keeps_it_as_a_take(capsys, film, tmp_path):
+    """One resume policy for the CLI and the studio: what a run would replace is kept in takes/NNN/."""
     out, _ = film
     project = tmp_path / "project"
     shutil.copytree(out.with_name("film_project"), project)
     before = {p.name: p.read_bytes() for p in (project / "segments").iterdir()}
     other = tmp_path / "other.txt"
     other.write_text("0s: a lighthouse at night\nend: 2s\n")
-    line = expect_error(capsys, ["generate", "--storyboard", str(other), "--out", str(tmp_path / "o.mp4"),
-                                 "--project", str(project), "--model", "tiny-random", "--steps", "2"],
-                        "holds another storyboard or other settings", alone=False)
-    assert "nothing was overwritten" in line
-    assert {p.name: p.read_bytes() for p in (project / "segments").iterdir()} == before
-    assert parse_storyboard((project / "storyboard.txt").read_text()) == parse_storyboard(STORYBOARD)
-    assert not (tmp_path / "o.mp4").exists()
+    rc, _, err = run_cli(capsys, "generate", "--storyboard", str(other), "--out", str(tmp_path / "o.mp4"),
+                         "--project", str(project), "--model", "tiny-random", "--steps", "2")
+    assert rc == 0, err
+    assert "3 finished segments were made from another storyboard or other settings: they are kept" in err
+    take = project / "takes" / "001"
+    assert {p.name: p.read_bytes() for p in (take / "segments").iterdir()} == before
+    assert parse_storyboard((take / "storyboard.txt").read_text()) == parse_storyboard(STORYBOARD)
+    assert (project / "storyboard.txt").read_text() == other.read_text() and (tmp_path / "o.mp4").is_file()
 
 
 def test_a_saved_model_folder_loads_and_behaves_as_saved(tiny_model, film, tmp_path, capsys):

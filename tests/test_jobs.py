@@ -9,6 +9,7 @@ import pytest
 
 from pfp_app.app.jobs import QUEUE_FILE, JobQueue
 from pfp_app.film.project import Project
+from pfp_app.film.session import Done, SegmentDone, Stopped
 from pfp_app.app.studio import Studio
 from pfp_app.app.studio.job_view import StudioJobs
 
@@ -24,12 +25,12 @@ class Recorder:
 
     def __call__(self, job, report, should_stop):
         self.started.set()
-        report({"status": f"running {job.params['name']}"})
+        report(SegmentDone(0, 1, 0, None, 0.1, 0))
         while not self.gate.wait(0.01):
             if should_stop():
-                return "stopped"
+                return Stopped(0, 1)
         self.ran.append(job.params["name"])
-        return f"made {job.params['name']}"
+        return Done(1, 0, 1, 0.1)
 
 
 def test_jobs_run_one_at_a_time_in_order(tmp_path):
@@ -39,8 +40,9 @@ def test_jobs_run_one_at_a_time_in_order(tmp_path):
         q.submit("generate", {"name": name})
     assert q.wait_idle(10)
     assert run.ran == ["a", "b", "c"]
-    assert [(j.status, j.message) for j in q.jobs()] == [("done", "made a"), ("done", "made b"), ("done", "made c")]
-    assert q.jobs()[0].view == {"status": "running a"} and q.jobs()[0].version >= 2
+    assert [j.status for j in q.jobs()] == ["done", "done", "done"]
+    events = q.jobs()[0].events  # the newest event of each kind, the last one included
+    assert set(events) == {"SegmentDone", "Done"} and events["Done"].made == 1 and q.jobs()[0].version >= 2
 
 
 def test_queue_survives_a_restart_and_resumes_the_running_job(tmp_path):
@@ -65,15 +67,14 @@ def test_queue_survives_a_restart_and_resumes_the_running_job(tmp_path):
 def test_stop_reaches_the_running_job_and_cancels_a_queued_one(tmp_path):
     run = Recorder()
     run.gate.clear()
-    stops = []
-    q = JobQueue(tmp_path, run, request_stop=lambda: stops.append(1)).start()
+    q = JobQueue(tmp_path, run).start()
     a = q.submit("generate", {"name": "a"})
     b = q.submit("generate", {"name": "b"})
     assert run.started.wait(5)
     assert q.stop(b.id) == "Cancelled the queued job."
     assert "Stopping" in q.stop()
     assert q.wait_idle(10)
-    assert q.get(a.id).status == "stopped" and q.get(b.id).status == "cancelled" and stops == [1]
+    assert q.get(a.id).status == "stopped" and q.get(b.id).status == "cancelled"
     assert run.ran == []
 
 
@@ -81,13 +82,13 @@ def test_a_failing_job_is_reported_and_the_worker_goes_on(tmp_path):
     def run(job, report, should_stop):
         if job.params["name"] == "bad":
             raise ValueError("line 2: times must increase")
-        return "ok"
+        return Done(0, 0, 0, 0.0)
 
     q = JobQueue(tmp_path, run).start()
     q.submit("generate", {"name": "bad"})
     q.submit("generate", {"name": "good"})
     assert q.wait_idle(10)
-    assert [(j.status, j.message) for j in q.jobs()] == [("failed", "line 2: times must increase"), ("done", "ok")]
+    assert [(j.status, j.message) for j in q.jobs()] == [("failed", "line 2: times must increase"), ("done", "")]
 
 
 def test_a_damaged_queue_file_is_kept_aside(tmp_path):

@@ -19,6 +19,8 @@ from pfp_app.film.storyboard import StoryboardError, parse_storyboard
 from pfp_app.film.takes import list_takes
 from pfp_app.app.studio import Studio
 from pfp_app.io.video import MAX_COMMENT_CHARS, read_mp4_comment, video_info, write_mp4
+from pfp_app.film.export import read_export_record
+from pfp_app.app.studio.job_view import started_note
 
 from test_cli import expect_error, run_cli
 
@@ -51,7 +53,8 @@ def test_cli_exports_a_storyboard_over_128_kib(tmp_path, capsys):
     story = write_storyboard(tmp_path / "long.txt", "0s: " + "a red circle " * 11_000 + "\nend: 1.5s\n")
     rc, out, err = run_cli(capsys, *generate(tmp_path, story))
     assert rc == 0, err
-    assert read_mp4_comment(tmp_path / "film.mp4").startswith("PFP Studio | model=tiny-random")
+    record = read_export_record(tmp_path / "film.mp4")  # the storyboard is cut, the record before it is whole
+    assert record.model == "tiny-random" and record.runs[0].sampler["steps"] == 1
 
 
 def test_nul_byte_is_refused_before_the_model_loads(tmp_path, capsys):
@@ -133,16 +136,17 @@ def test_cli_accepts_an_empty_folder_and_its_own_project_again(tmp_path, capsys)
 def test_studio_generate_with_another_seed_keeps_the_previous_take(tmp_path):
     studio = Studio(tmp_path / "projects", model_spec="tiny-random").load()
     sb = "0s: a red striped circle\n1s: a blue dotted square\nend: 2.5s\n"  # two segments
-    list(studio.generate("p", sb, 0, 1))
+    studio.generate("p", sb, 0, 1)
     p = Project(studio.root / "p")
     old = [p.segment_latents_path(i).read_bytes() for i in range(2)]
-    out = list(studio.generate("p", sb, 7, 1))
-    assert "the previous take is in takes/001/" in out[0][1]
+    events = []
+    studio.generate("p", sb, 7, 1, emit=events.append)
+    assert "the previous take is in takes/001/" in started_note(events[0])
     take = list_takes(p)[-1]
     assert [(take / "segments" / f"seg_{i:03d}.safetensors").read_bytes() for i in range(2)] == old
     assert (take / "storyboard.txt").read_text() == p.read_storyboard()
     assert p.segment_latents_path(0).read_bytes() != old[0]
-    list(studio.generate("p", sb.replace("blue dotted", "green solid"), 7, 1))
+    studio.generate("p", sb.replace("blue dotted", "green solid"), 7, 1)
     assert [t.name for t in list_takes(p)] == ["001", "002"]
 
 

@@ -13,11 +13,15 @@ import numpy as np
 import pytest
 import torch
 
+from pfp_app.film.export import read_export_record
 from pfp_app.film.project import Project
+from pfp_app.film.session import Done, Failed, SegmentDone, Started, Stopped
 from pfp_app.film.storyboard import parse_storyboard
+from pfp_app.app.jobs import Job
 from pfp_app.app.studio import Studio
 from pfp_app.app.studio import project_state as ps
-from pfp_app.io.video import read_mp4_comment, read_video, write_mp4
+from pfp_app.app.studio.job_view import end_message, job_status
+from pfp_app.io.video import read_video, write_mp4
 
 # tiny-random: at most 3 latent frames (1.5 s) per segment, cut at every shot; the first latent frame is the lead
 # frame, left out of the film -> shot 1 (0-1 s) is one segment of 8 frames, shot 2 (1-2.5 s) one of 12
@@ -31,9 +35,17 @@ def studio(tmp_path_factory) -> Studio:
     return Studio(tmp_path_factory.mktemp("projects"), model_spec="tiny-random").load()
 
 
-def run(gen) -> list[tuple]:
-    """Consume a generation callback; returns every update it yielded."""
-    return list(gen)
+def run(studio, *args, kind="generate", **kw) -> Job:
+    """A generation as the job queue runs it: a job holding the newest event of each kind, its status line."""
+    job = Job("t", kind, {}, status="running")
+    fn = {"generate": studio.generate, "regenerate": studio.regenerate}[kind]
+    end = fn(*args, emit=lambda e: job.events.__setitem__(type(e).__name__, e), **kw)
+    job.status = {Done: "done", Stopped: "stopped", Failed: "failed"}[type(end)]
+    return job
+
+
+def message(job: Job) -> str:
+    return job_status(job)
 
 
 def value(update):
@@ -47,16 +59,16 @@ def digest(path: Path) -> str:
 @dataclass
 class Generated:
     project: Project
-    updates: list  # what the generation callback yielded
-    progress: list  # what it reported to gr.Progress
+    events: list  # every event the run emitted
+    end: object
 
 
 @pytest.fixture(scope="module")
 def generated(studio) -> Generated:
     """The 2-shot storyboard generated into project 'film' (shared by the tests that only read it)."""
-    calls = []
-    out = run(studio.generate("film", STORYBOARD, 0, STEPS, progress=lambda p, desc=None: calls.append(p)))
-    return Generated(Project(studio.root / "film"), out, calls)
+    events = []
+    end = studio.generate("film", STORYBOARD, 0, STEPS, emit=events.append)
+    return Generated(Project(studio.root / "film"), events, end)
 
 
 @pytest.fixture
@@ -112,103 +124,107 @@ def test_presets_load_and_parse(studio):
 # ------------------------------------------------------------------ generation
 
 
-def test_generate_writes_every_segment_and_previews_it(studio, generated):
-    film, updates = generated.project, generated.updates
-    assert film.finished_segments() == 2
+def test_generate_writes_every_segment_and_reports_each_step(studio, generated):
+    film, events = generated.project, generated.events
+    assert film.finished_segments() == 2 and isinstance(generated.end, Done)
     for i in range(2):
-        assert film.segment_video_path(i).is_file() and ps.record_path(film, i).is_file()
-    previews = [value(u[0]) for u in updates if value(u[0])]
-    assert str(film.segment_video_path(0)) in previews  # the newest segment, as soon as it is written
-    assert str(film.folder / "previews" / "film.mp4") == previews[-1]
-    assert "Done" in updates[-1][1]
-    assert updates[-1][2]["maximum"] == pytest.approx(19 / 8)  # 20 frames at 8 fps: exactly 2.5 s
-    assert generated.progress and generated.progress[-1] == (2 * STEPS, 2 * STEPS)  # per step of every segment
-    rec = json.loads(ps.record_path(film, 1).read_text())
+        assert film.segment_video_path(i).is_file() and film.segment_record_path(i).is_file()
+    segs = [e for e in events if isinstance(e, SegmentDone)]
+    assert [e.video for e in segs] == [film.segment_video_path(0), film.segment_video_path(1)]  # previewed at once
+    assert sum(type(e).__name__ == "Step" for e in events) == 2 * STEPS  # per step of every segment
+    assert (film.folder / "previews" / "film.mp4").is_file()  # the film so far, written when the run ends
+    rec = json.loads(film.segment_record_path(1).read_text())
     assert rec["prompt"] == "a blue dotted square" and rec["seed"] == 0 and rec["sampler"]["steps"] == STEPS
     assert (studio.root / ".last").read_text() == "film"
+    assert studio._slider(film)["maximum"] == pytest.approx(19 / 8)  # 20 frames at 8 fps: exactly 2.5 s
+
+
+def test_the_status_line_formats_the_events(studio, generated):
+    job = Job("j", "generate", {}, status="running")
+    step = next(e for e in generated.events if type(e).__name__ == "Step")
+    job.events = {"Started": generated.events[0], "Step": step}
+    assert "segment 1 of 2" in job_status(job) and "pfp-step-progress" in job_status(job)
+    job.events["Done"], job.status = generated.end, "done"
+    assert "Done: 2 segments in" in job_status(job)
+    assert "Stopped. 1 finished segment kept" in end_message(Stopped(1, 2))
+    oom = Failed(torch.cuda.OutOfMemoryError("CUDA out of memory"), 1, 2)
+    assert "Out of GPU memory. 1 finished segments are kept" in end_message(oom)
+    bug = end_message(Failed(ZeroDivisionError("division by zero"), 0, 2))
+    assert "Generating failed (ZeroDivisionError" in bug and "the app is still usable" in bug
 
 
 def test_generate_again_keeps_everything(studio, film):
     before = digest(film.segment_latents_path(1))
-    out = run(studio.generate("film", STORYBOARD, 0, STEPS))
-    assert "Nothing to generate" in out[-1][1]
+    job = run(studio, "film", STORYBOARD, 0, STEPS)
+    assert "Nothing to generate" in message(job)
     assert digest(film.segment_latents_path(1)) == before
 
 
 def test_generate_after_editing_the_last_shot_keeps_the_first(studio):
-    run(studio.generate("edit", STORYBOARD, 0, STEPS))
+    run(studio, "edit", STORYBOARD, 0, STEPS)
     p = Project(studio.root / "edit")
     first, second = digest(p.segment_latents_path(0)), digest(p.segment_latents_path(1))
-    out = run(studio.generate("edit", STORYBOARD.replace("blue dotted", "yellow solid"), 0, STEPS))
-    assert "kept 1 finished segment" in out[0][1]
+    job = run(studio, "edit", STORYBOARD.replace("blue dotted", "yellow solid"), 0, STEPS)
+    assert job.events["Started"].kept == 1 and "(1 earlier segment kept)" in message(job)
     assert digest(p.segment_latents_path(0)) == first and digest(p.segment_latents_path(1)) != second
+    assert job.events["Started"].take.name == "001"  # the replaced segment is kept as a take
 
 
 def test_regenerate_shot_keeps_earlier_segments_byte_identical(studio):
-    run(studio.generate("regen", STORYBOARD, 0, STEPS))
+    run(studio, "regen", STORYBOARD, 0, STEPS)
     p = Project(studio.root / "regen")
     kept = {f.name: digest(f) for f in p.segments_dir.glob("seg_000.*")}
     old = digest(p.segment_latents_path(1))
-    out = run(studio.regenerate("regen", STORYBOARD, 1, "a purple solid square", 7, STEPS))
+    _, _, new_text, _ = studio.shot_edit(STORYBOARD, 1, "a purple solid square")
+    job = run(studio, "regen", STORYBOARD, 1, "a purple solid square", 7, STEPS, kind="regenerate")
     assert {f.name: digest(f) for f in p.segments_dir.glob("seg_000.*")} == kept
     assert digest(p.segment_latents_path(1)) != old and p.finished_segments() == 2
-    new_text = out[0][3]
-    # the prompt changes in the text as typed: comment and `total:` kept; the main Seed field keeps its value
+    # the prompt changes in the text as typed: comment and `total:` kept
     assert new_text == STORYBOARD.replace("a blue dotted square", "a purple solid square")
-    assert all(value(u[4]) is None for u in out)
-    assert "Done: 1 segment in" in out[-1][1] and "(1 earlier segment kept)" in out[-1][1]
+    assert "Done: 1 segment in" in message(job) and "(1 earlier segment kept)" in message(job)
     assert Project(studio.root / "regen").read_storyboard() == new_text
-    assert ps.seeds(p) == {0: 0, 1: 7}
-    assert "seeds=0:0,1:7" in ps.reproduce_note(p)
+    assert [p.read_segment_record(i)["seed"] for i in range(2)] == [0, 7]
+    assert [(r.start, r.seed) for r in read_export_record(studio.export("regen", 20)[0]).runs] == [(0, 0), (1, 7)]
     # Generate afterwards (with the film's seed) has nothing left to do: the regenerated shot is not undone
-    assert "Nothing to generate" in run(studio.generate("regen", new_text, 0, STEPS))[-1][1]
+    assert "Nothing to generate" in message(run(studio, "regen", new_text, 0, STEPS))
     assert studio.open_project("regen")[2] == 0  # reopened: the film's seed, not the regenerated shot's
 
 
-def test_stop_keeps_finished_segments(studio, monkeypatch):
-    write = ps.write_record
-
-    def stop_after_first(project, pipe, settings, result):  # runs in the worker, right after a segment is saved
-        write(project, pipe, settings, result)
-        studio.stop()
-
-    monkeypatch.setattr(ps, "write_record", stop_after_first)
-    out = run(studio.generate("stopped", THREE, 0, STEPS))
+def test_stop_keeps_finished_segments(studio):
+    events = []
+    end = studio.generate("stopped", THREE, 0, STEPS, emit=events.append,
+                          should_stop=lambda: any(isinstance(e, SegmentDone) for e in events))
     p = Project(studio.root / "stopped")
-    assert "Stopped" in out[-1][1] and "1 finished segment kept" in out[-1][1]
+    assert isinstance(end, Stopped) and "1 finished segment kept" in end_message(end)
     assert p.finished_segments() == 1 and p.segment_video_path(0).is_file()
     assert not studio.busy
-    monkeypatch.setattr(ps, "write_record", write)
-    out = run(studio.generate("stopped", THREE, 0, STEPS))  # resumes: the finished segment is kept
-    assert "kept 1 finished segment" in out[0][1] and p.finished_segments() == 3
+    job = run(studio, "stopped", THREE, 0, STEPS)  # resumes: the finished segment is kept
+    assert job.events["Started"].kept == 1 and p.finished_segments() == 3
 
 
-def test_second_job_is_refused_while_one_runs(studio, film):
-    studio._acquire("a generation")
-    try:
+def test_the_inspector_is_refused_while_a_generation_holds_the_model(studio, film):
+    with studio.using_model("a generation"):
         with pytest.raises(gr.Error, match="Busy: a generation is running"):
-            studio.refuse_if_busy()  # the button's first, instant check
-        with pytest.raises(gr.Error, match="Busy"):
-            next(studio.generate("film", STORYBOARD, 0, STEPS))  # and the lock, should two clicks race
+            with studio.using_model("an export"):
+                pass
         with pytest.warns(UserWarning, match="Busy"):
             out = studio.inspect("film", 0.5, STEPS)
         assert all(u == {"__type__": "update"} for u in out)
-    finally:
-        studio._release()
+    assert not studio.busy
 
 
-def test_failure_in_a_job_is_a_clear_error_and_the_app_stays_usable(studio, film, monkeypatch):
-    pipe = studio._pipeline()
+def test_failure_in_a_job_is_an_event_and_the_app_stays_usable(studio, film, monkeypatch):
+    import pfp_app.sampling.pipeline as pipeline_module
 
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(pipe, "generate", oom)
-    with pytest.raises(gr.Error, match="Out of GPU memory"):
-        run(studio.generate("oom", STORYBOARD, 0, STEPS))
-    monkeypatch.setattr(pipe, "generate", lambda *a, **k: 1 / 0)
-    with pytest.raises(gr.Error, match="ZeroDivisionError"):
-        run(studio.generate("oom", STORYBOARD, 0, STEPS))
+    monkeypatch.setattr(pipeline_module, "sample", oom)
+    end = studio.generate("oom", STORYBOARD, 0, STEPS)
+    assert isinstance(end, Failed) and end.out_of_memory and "Out of GPU memory" in end_message(end)
+    monkeypatch.setattr(pipeline_module, "sample", lambda *a, **k: 1 / 0)
+    end = studio.generate("oom", STORYBOARD, 0, STEPS)
+    assert isinstance(end, Failed) and isinstance(end.error, ZeroDivisionError)
     monkeypatch.undo()
     assert not studio.busy
     assert studio.inspect("film", 0.5, STEPS)[3].count("PSNR") == 2  # the next job works
@@ -217,7 +233,7 @@ def test_failure_in_a_job_is_a_clear_error_and_the_app_stays_usable(studio, film
 @pytest.mark.parametrize("name", ["../escape", "/etc", "a/b", "..", "", ".hidden", "x" * 81, "a\\b", "nul\0"])
 def test_unsafe_project_names_are_refused(studio, name):
     with pytest.raises(gr.Error, match="refused"):
-        run(studio.generate(name, STORYBOARD, 0, STEPS))
+        studio.generate(name, STORYBOARD, 0, STEPS)
     with pytest.raises(gr.Error, match="refused"):
         studio.save_storyboard(name, STORYBOARD)
     if name:
@@ -228,11 +244,11 @@ def test_unsafe_project_names_are_refused(studio, name):
 
 def test_bad_settings_are_refused(studio):
     with pytest.raises(gr.Error, match="Storyboard error"):
-        run(studio.generate("bad", "0s: a\n1:05 b", 0, STEPS))
+        studio.checked_request("bad", "0s: a\n1:05 b", 0, STEPS)
     with pytest.raises(gr.Error, match="Steps"):
-        run(studio.generate("bad", STORYBOARD, 0, 0))
+        studio.generate("bad", STORYBOARD, 0, 0)
     with pytest.raises(gr.Error, match="Seed"):
-        run(studio.generate("bad", STORYBOARD, -1, STEPS))
+        studio.checked_request("bad", STORYBOARD, -1, STEPS)
 
 
 # ------------------------------------------------------------------ projects
@@ -280,20 +296,35 @@ def test_shot_preview_is_one_playable_mp4(studio, film):
         studio.shot_preview("film", 2)
 
 
-def test_export_writes_mp4_with_storyboard_and_seeds(studio, film):
+def test_export_writes_mp4_with_storyboard_seeds_and_settings(studio, film):
     path, msg = studio.export("film", 23, -1)
     assert Path(path) == film.film_path and "2 segments" in msg
     frames, fps = read_video(path)
     assert frames.shape == (20, 64, 64, 3) and fps == 8  # exactly 2.5 s
-    comment = read_mp4_comment(path)
-    assert "model=tiny-random seed=0 steps=2" in comment and "1s: a blue dotted square" in comment
-    assert json.loads((film.folder / "seeds.json").read_text()) == {"0": 0, "1": 0}
+    record = read_export_record(path)
+    assert record.model == "tiny-random" and [(r.start, r.seed) for r in record.runs] == [(0, 0)]
+    assert record.sampler_of(0, studio.model.sampler) == studio.model.sampler.overridden(steps=STEPS)
+    assert "1s: a blue dotted square" in record.storyboard
     shot_path, _ = studio.export("film", 30, 0)
     assert Path(shot_path).name == "shot_01.mp4" and len(read_video(shot_path)[0]) == 8
     with pytest.raises(gr.Error, match="CRF"):
         studio.export("film", 60, -1)
     with pytest.raises(gr.Error, match="does not exist"):
         studio.export("nothing here", 23, -1)
+
+
+def test_studio_and_cli_exports_both_restore_the_same_film(studio, film, tmp_path, capsys):
+    """An export made by the studio, restored by the CLI, and one made by the CLI, restored by the studio: the
+    same latents as the original film (the record holds every segment's seed and sampler settings)."""
+    from pfp_app.app.cli import main
+
+    studio_export = Path(studio.export("film", 18)[0])
+    assert main(["generate", "--restore", "--from", str(studio_export), "--out", str(tmp_path / "cli.mp4"),
+                 "--model", "tiny-random"]) == 0
+    assert torch.equal(Project(tmp_path / "cli_project").load_history(), film.load_history())
+    studio.queue_restore("from cli", tmp_path / "cli.mp4")
+    assert isinstance(studio.restore_export("from cli"), Done)
+    assert torch.equal(Project(studio.root / "from cli").load_history(), film.load_history())
 
 
 # ------------------------------------------------------------------ memory inspector
@@ -407,22 +438,12 @@ def test_runtime_profiles_are_offered_when_installed(studio):
         assert studio.profile_choices() == ["auto"]  # CPU only
         pytest.skip("pfp_app.runtime.profiles (issue 5) is not installed: the studio runs on the CPU only")
     assert studio.profile_choices()[0] == "auto" and "cpu" in studio.profile_choices()
-    out = run(studio.generate("profiled", STORYBOARD, 0, STEPS, "cpu"))
-    assert "Done" in out[-1][1] and "cpu" in out[0][1]
+    assert isinstance(studio.generate("profiled", STORYBOARD, 0, STEPS, "cpu"), Done)
+    assert "cpu" in studio.profile_note
     if not torch.cuda.is_available():
         with pytest.raises(gr.Error, match="Cannot apply runtime profile 'resident'"):
-            run(studio.generate("profiled", STORYBOARD, 0, STEPS, "resident"))
+            studio.generate("profiled", STORYBOARD, 0, STEPS, "resident")
         assert not studio.busy
-
-
-def test_stop_when_idle_or_during_a_recall_says_so(studio):
-    assert studio.stop() == "Nothing is running."
-    studio._job.acquire()
-    studio._job_name = "a recall"
-    try:
-        assert "cannot be stopped" in studio.stop() and not studio._stop.is_set()
-    finally:
-        studio._release()
 
 
 def test_loading_a_preset_after_generating_resets_the_shot_controls(studio, film):

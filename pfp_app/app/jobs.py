@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..film.session import Done, Failed, Stopped
 from ..io.atomic import atomic_write_text
 
 QUEUE_FILE = ".jobs.json"
