@@ -52,7 +52,7 @@ class Loop:
     def __init__(self, model, cfg, device, legacy: bool):
         from diffusers.training_utils import EMAModel
 
-        from pfp_app.train.trainer import MemoryTrainingModule, _trainable
+        from pfp_app.train.memory_loop import MemoryTrainingModule, _trainable
 
         self.module = MemoryTrainingModule(model).to(device).train()
         self.params = _trainable(model, cfg)
@@ -65,7 +65,7 @@ class Loop:
         self.noise_gen = None if legacy else torch.Generator(device).manual_seed(1)
 
     def step(self, clips, text_encoder, n: int):
-        from pfp_app.train.trainer import _memory_step
+        from pfp_app.train.memory_loop import _memory_step
 
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             loss, _ = _memory_step(self.module, clips, text_encoder, self.cfg, self.gen, self.device, n, clips,

@@ -10,7 +10,8 @@ from pfp_app.data.world import parse_caption, sample_storyboard
 from pfp_app.sampling.flow import next_segment_batch
 from pfp_app.film.storyboard import format_storyboard
 from pfp_app.train.data import LatentClips, ShotAlignedStarts, character_returns_at, latent_prompts
-from pfp_app.train.trainer import TrainConfig, _memory_step, train
+from pfp_app.train.memory_loop import _memory_step
+from pfp_app.train.trainer import TrainConfig, train
 
 N = 5  # the default model's segment (latent frames)
 T = 41  # latent frames of a 20-s clip at 8 fps
@@ -62,8 +63,10 @@ def test_the_trainer_step_gives_g_the_shot_prompt_and_the_history_before_the_cut
         def null(self, b):
             return torch.zeros(b, 2, 3)
 
-    def module(x0, text, history, positions, t, noise, recent=0, reference=None):
-        seen.update(x0=x0, history=history, positions=positions, recent=recent)
+    def module(objective, latents, text, t, noise, omega=None, split=None, segment_frames=None, recent=0,
+               reference=None):
+        batch = next_segment_batch(latents, segment_frames, split=split)  # the segment and history it is given
+        seen.update(x0=batch.target, history=batch.history, positions=batch.positions, recent=recent)
         return torch.zeros(())
 
     cfg = TrainConfig(stage="finetune", batch_size=8, retrieval_share=0.0, caption_dropout=0.0)

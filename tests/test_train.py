@@ -117,7 +117,7 @@ def test_codec_with_a_frozen_encoder_trains_the_decoder_and_keeps_every_latent(t
 
 
 def test_cosine_schedule_warms_up_then_decays_to_its_floor_and_bad_names_are_refused():
-    from pfp_app.train.trainer import COSINE_FLOOR, lr_at
+    from pfp_app.train.common import COSINE_FLOOR, lr_at
 
     cfg = TrainConfig(stage="codec", lr=1e-3, warmup_steps=10, lr_schedule="cosine")
     assert lr_at(0, cfg, 0.0) == pytest.approx(1e-4)  # warm-up: step 1 of 10
@@ -135,7 +135,7 @@ def test_cosine_schedule_warms_up_then_decays_to_its_floor_and_bad_names_are_ref
 def test_codec_mse_loss_is_the_squared_error_and_a_cosine_run_logs_a_falling_rate(tmp_path):
     """--codec-loss mse trains for what PSNR measures: its loss is the squared error (plus the tiny KL term) of
     the same reconstruction that 'l1+mse' adds L1 to; a cosine run's logged learning rate falls step by step."""
-    from pfp_app.train.trainer import CodecTrainingModule
+    from pfp_app.train.codec_loop import CodecTrainingModule
 
     model = build_random_model("tiny")
     clip = torch.rand(2, 3, 9, 64, 64) * 2 - 1
@@ -307,7 +307,7 @@ def test_base_stage_trains_g_alone_and_leaves_phi_as_it_was(tmp_path):
 
 
 def test_latent_cache_is_read_back_and_trains_exactly_as_without_it(tmp_path, monkeypatch):
-    import pfp_app.train.trainer as trainer
+    import pfp_app.train.memory_loop as memory_loop
 
     cache = tmp_path / "cache"
     plain = train(TrainConfig(stage="pretrain", out=str(tmp_path / "plain"), max_steps=6, **TINY_DATA))
@@ -319,7 +319,7 @@ def test_latent_cache_is_read_back_and_trains_exactly_as_without_it(tmp_path, mo
     def no_rendering(*args, **kwargs):
         raise AssertionError("the clips were rendered again although the cache holds them")
 
-    monkeypatch.setattr(trainer, "_load_training_clips", no_rendering)
+    monkeypatch.setattr(memory_loop, "_load_training_clips", no_rendering)
     second = train(TrainConfig(stage="pretrain", out=str(tmp_path / "b"), max_steps=6, latent_cache=str(cache),
                                **TINY_DATA))
     assert plain["final_loss"] == first["final_loss"] == second["final_loss"]

@@ -7,63 +7,6 @@ import dataclasses
 import json
 
 
-# One help line per TrainConfig field (a test checks that none is missing).
-TRAIN_OPTION_HELP = {
-    "out": "output folder: checkpoints, metrics.jsonl and the loadable model in OUT/model",
-    "init": "where to start: a config name (random weights: default, small, tiny) or a model folder",
-    "data": "'world' (the procedural storyboard world), 'bank:DIR' (the real-footage bank), 'A+B' (both in turn) "
-            "or a folder of videos (optional NAME.txt captions)",
-    "num_clips": "training clips to render or read",
-    "clip_seconds": "length of each training clip in seconds",
-    "data_seed": "seed of the training clips (evaluate uses other seeds)",
-    "batch_size": "samples per micro-batch (per process)",
-    "lr": "peak learning rate (AdamW)",
-    "weight_decay": "AdamW weight decay",
-    "warmup_steps": "linear learning-rate warm-up steps",
-    "max_steps": "stop after this many optimizer steps",
-    "time_budget_min": "stop (and save) after this many minutes of training",
-    "checkpoint_every_min": "minutes between checkpoints (for --resume)",
-    "resume": "continue from the last checkpoint in --out",
-    "seed": "seed of initialisation, noise and batch order",
-    "num_query": "stage 1: latent frames retrieved per sample (|Ω|)",
-    "retrieval_share": "stage 2: share of batches that keep the stage-1 retrieval objective",
-    "caption_dropout": "share of samples trained with an empty caption",
-    "ema_decay": "decay of the exponential moving average of the weights",
-    "gradient_checkpointing": "recompute activations in the backward pass (less memory, slower)",
-    "lora_rank": "stage 2: LoRA rank on G instead of full fine-tuning (0: off)",
-    "text_table": "precomputed caption embeddings (.safetensors from `captions`) instead of the text encoder",
-    "codec_window": "frames per codec training window (1 + 4k)",
-    "log_every": "steps between lines in metrics.jsonl",
-    "workers": "data-loader worker processes",
-    "grad_accum": "micro-batches per optimizer step (gradient accumulation)",
-    "latent_cache": "folder of encoded training clips, reused by runs with the same data and codec",
-    "vae": "a trained codec folder (AutoencoderKLWan) to use instead of the --init model's",
-    "retrieval_data": "stage 2: data spec of the retrieval batches (default: --data)",
-    "codec_temporal_init": "a fresh codec's time taps: 'identity' (video mode = image mode) or 'random'",
-    "codec_mix": "video-mode codec batches: shares of world (or folder) clips, photo motion and real clips",
-    "codec_decoder_width": "stage codec: widen the --init codec's decoder to this base width first, keeping what it "
-                           "computes and every latent (0: keep its width)",
-    "codec_freeze_encoder": "stage codec: train the decoder alone; every latent stays as it is, so G and φ trained on "
-                            "the --init codec's latents need no new training",
-    "codec_loss": "stage codec: 'l1+mse' (L1 plus squared error, as v1-v5 were trained) or 'mse' (the squared error "
-                  "alone: what PSNR measures)",
-    "lr_schedule": "after the warm-up: 'constant' or 'cosine' (from --lr down to 5%% of it at the run's end: "
-                   "--max-steps or --time-budget-min, whichever comes first)",
-    "segment_starts": "stage 2 / base: 'shots' draws only segments the app generates (within one shot, a share "
-                      "starting a shot) or 'uniform' (any split, across cuts too: models before v6)",
-    "cut_share": "with --segment-starts shots: share of segment batches that start a shot (or the film)",
-    "return_share": "with --segment-starts shots: share of the shot-start batches in which a character comes back "
-                    "after an absence (the memory must give back how it looked)",
-    "recent_latents": "stage 2: within a shot, G also sees the history's last K latent frames at full resolution "
-                      "(the exported model generates with them; 0: φ's memory alone)",
-    "repeat_share": "with --segment-starts shots: share of the shot-start batches whose shot repeats an earlier "
-                    "shot's prompt (the app's return)",
-    "return_frames": "stage 2: those repeat batches also give G the first K latent frames of the shot they repeat, "
-                     "placed where a continued shot's recent frames sit (the exported model gives them at every "
-                     "return: pipeline return_latents, from the start, as recent; needs --repeat-share)",
-}
-
-
 def add_train_parsers(sub, full: bool = True) -> None:
     """The train, captions, pack-model and evaluate subcommands. full=False leaves out train's options, which
     need the trainer (and torch) imported: `python -m pfp_app --help` then prints at once."""
@@ -96,24 +39,18 @@ def add_train_parsers(sub, full: bool = True) -> None:
 
 
 def _add_train_options(t) -> None:
-    from .trainer import STAGES, TrainConfig
+    """One option per TrainConfig field (--max-steps for max_steps), its help the field's (common.option)."""
+    from .common import STAGES, TrainConfig
 
-    t.add_argument("--stage", choices=STAGES, required=True,
-                   help="codec (the VAE), base (G alone), pretrain (stage 1: frame retrieval), finetune (stage 2)")
     for f in dataclasses.fields(TrainConfig):
-        if f.name in ("stage",):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f"{TRAIN_OPTION_HELP[f.name]} (default: %(default)s)"
-        if f.type in ("bool", bool):
-            t.add_argument(flag, action="store_true", default=f.default, help=TRAIN_OPTION_HELP[f.name])
+        flag, help_ = "--" + f.name.replace("_", "-"), f.metadata["help"].replace("%", "%%")
+        if f.name == "stage":
+            t.add_argument(flag, choices=STAGES, required=True, help=help_)
+        elif f.type in ("bool", bool):
+            t.add_argument(flag, action="store_true", default=f.default, help=help_)
         else:
-            kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], str)
-            if "float" in str(f.type):
-                kind = float
-            elif "int" in str(f.type):
-                kind = int
-            t.add_argument(flag, type=kind, default=f.default, help=help_)
+            kind = float if "float" in str(f.type) else int if "int" in str(f.type) else str
+            t.add_argument(flag, type=kind, default=f.default, help=f"{help_} (default: %(default)s)")
 
 
 def add_caption_parser(sub) -> None:
