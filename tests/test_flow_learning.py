@@ -21,6 +21,7 @@ from pfp_app.sampling.flow import (
     NUM_TRAIN_TIMESTEPS,
     SamplerSettings,
     add_noise,
+    draw_split,
     flow_loss,
     make_scheduler,
     next_segment_batch,
@@ -28,6 +29,7 @@ from pfp_app.sampling.flow import (
     retrieval_batch,
     retrieval_loss,
     sample,
+    sample_train_t,
 )
 from pfp_app.model.memory_encoder import MemoryEncoder
 from pfp_app.evaluation.metrics import psnr
@@ -221,6 +223,51 @@ def test_next_segment_loss_sees_only_the_past_and_denoises_what_follows():
         assert seen["memory"].coords[:, 0].max() == s - 1  # the memory ends right before the segment
     with pytest.raises(ValueError, match="too short"):
         next_segment_loss(model, enc, clip[:, :, :3], None, segment_frames=3, shift=3.0)
+
+
+def test_the_objectives_take_the_trainers_draws_and_its_extra_memory():
+    """The trainer draws Ω or the split, t and the noise itself (t on the CPU, the noise where G runs) and hands
+    them to these objectives: given the very draws an objective makes with its generator, the loss is the same.
+    Extra memory (the trainer's recent and return frames) joins after φ's, built from the history before the split
+    and the segment's positions; without φ (stage `base`) the segment is denoised with no memory."""
+    clip = torch.randn(2, 4, 10, 8, 8, generator=torch.Generator().manual_seed(12))
+    enc = MemoryEncoder(latent_channels=4, hidden_dim=8, rate="2x2x1", variant="only_lr")
+    seen = {}
+
+    def model(x, timestep, text, memory, positions):
+        seen["memory"] = memory
+        shown = 0.0 if memory is None else memory.tokens.mean()
+        return 0.5 * x + shown + positions.view(1, 1, -1, 1, 1) + timestep.view(-1, 1, 1, 1, 1) / 1000
+
+    drawn = retrieval_loss(model, enc, clip, None, num_query=3, shift=3.0, generator=torch.Generator().manual_seed(8))
+    g = torch.Generator().manual_seed(8)
+    omega, t = retrieval_batch(clip, 3, g), sample_train_t(2, 3.0, g)
+    given = retrieval_loss(model, enc, clip, None, omega=omega, t=t, noise=torch.randn(2, 4, 3, 8, 8, generator=g))
+    assert drawn.item() > 0.1 and torch.equal(given, drawn)
+
+    drawn = next_segment_loss(model, enc, clip, None, 3, shift=2.0, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    split, t = draw_split(10, 3, g), sample_train_t(2, 2.0, g)
+    noise = torch.randn(2, 4, 3, 8, 8, generator=g)
+    assert torch.equal(next_segment_loss(model, enc, clip, None, 3, split=split, t=t, noise=noise), drawn)
+
+    extra = MemoryTokens(torch.full((2, 5, 8), 7.0), torch.zeros(5, 3))
+
+    def extra_memory(history, positions):
+        seen.update(history=history, positions=positions)
+        return [extra, None]
+
+    next_segment_loss(model, enc, clip, None, 3, split=4, t=t, noise=noise, extra_memory=extra_memory)
+    assert torch.equal(seen["history"], clip[:, :, :4])
+    assert torch.equal(seen["positions"], torch.arange(4, 7, dtype=torch.float32))
+    phi = enc(clip[:, :, :4])
+    assert torch.equal(seen["memory"].tokens, torch.cat([phi.tokens, extra.tokens], dim=1))
+    next_segment_loss(model, None, clip, None, 3, split=4, t=t, noise=noise)
+    assert seen["memory"] is None
+    with pytest.raises(ValueError, match="needs num_query"):
+        retrieval_loss(model, enc, clip, None, t=t, noise=noise)
+    with pytest.raises(ValueError, match="timestep shift"):
+        next_segment_loss(model, enc, clip, None, 3, split=4)
 
 
 def test_next_segment_batch_with_no_minimum_history_includes_the_first_segment_without_memory():

@@ -158,6 +158,40 @@ def test_codec_mse_loss_is_the_squared_error_and_a_cosine_run_logs_a_falling_rat
     assert len(rates) == 4 and all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 0.2 * 1e-3
 
 
+def test_every_option_has_its_help_beside_it_and_parses_to_its_default():
+    """`train`'s options are TrainConfig's fields, each with the help written beside it (common.option): none is
+    missing, and the command line gives the dataclass's defaults and types."""
+    import argparse
+    import dataclasses
+
+    from pfp_app.train.cli import add_train_parsers
+
+    parser = argparse.ArgumentParser()
+    add_train_parsers(parser.add_subparsers(dest="command"))
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    actions = {a.dest: a for a in train_parser._actions if a.option_strings and a.dest != "help"}
+    fields = dataclasses.fields(TrainConfig)
+    assert set(actions) == {f.name for f in fields}
+    for f in fields:
+        assert f.metadata["help"].strip(), f.name
+        assert actions[f.name].help.startswith(f.metadata["help"].replace("%", "%%")), f.name
+    args = parser.parse_args(["train", "--stage", "finetune", "--shift", "5", "--time-budget-min", "2"])
+    assert (TrainConfig(**{f.name: getattr(args, f.name) for f in fields})
+            == TrainConfig(stage="finetune", shift=5.0, time_budget_min=2.0))
+
+
+def test_the_timestep_shift_is_an_option_recorded_with_the_run(tmp_path, monkeypatch):
+    import pfp_app.train.memory_loop as memory_loop
+
+    shifts, real = [], memory_loop.sample_train_t
+    monkeypatch.setattr(memory_loop, "sample_train_t", lambda b, shift, gen: shifts.append(shift) or real(b, shift, gen))
+    out = tmp_path / "shift"
+    train(TrainConfig(stage="pretrain", out=str(out), max_steps=2, shift=1.5, **TINY_DATA))
+    assert shifts == [1.5, 1.5]  # every batch's t
+    assert json.loads((out / "model" / "training.json").read_text())["config"]["shift"] == 1.5
+    assert TrainConfig().shift == 3.0  # what the trainer drew with before it was an option
+
+
 def test_pretrain_loss_decreases(tmp_path):
     out = tmp_path / "pre"
     t0 = time.time()
