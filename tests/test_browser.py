@@ -175,7 +175,7 @@ def test_studio_in_a_browser(server):
         frames, fps = read_video(mp4)
         assert frames.shape == {"tiny-random": (24, 64, 64, 3), "default": (24, 128, 128, 3)}[MODEL] and fps == 8
     comment = read_mp4_comment(film)
-    assert "seed=0" in comment and "1.5s: a green dotted square in front of the gravel path" in comment
+    assert '"seed":0' in comment and "1.5s: a green dotted square in front of the gravel path" in comment
     assert (projects / ".last").read_text() == "untitled"
     assert external == [], f"the page tried to reach the internet: {external}"
 
@@ -347,4 +347,4 @@ def test_upload_footage_and_continue_it_in_a_browser(server, tmp_path):
     assert len(film) == len(footage) + sum(len(read_video(s)[0]) for s in segments)
     assert np.abs(film[: len(footage)].astype(int) - footage.astype(int)).mean() < 10  # the film starts with the clip (H.264 of noise: ~3; another clip: ~85)
     comment = read_mp4_comment(project / "film.mp4")
-    assert f"footage_frames={len(footage)}" in comment and "3s: a red striped circle" in comment
+    assert f'"footage_frames":{len(footage)}' in comment and "3s: a red striped circle" in comment

@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 # what a user can cause: every error of ours is a ValueError (StoryboardError, ModelLoadError, OptionError, ...), and
-# files that are missing or not readable; anything else is a bug and keeps its traceback
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, IsADirectoryError,
-                                                    NotADirectoryError, PermissionError)
+# the file system's (missing, unreadable, full); anything else is a bug and keeps its traceback
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

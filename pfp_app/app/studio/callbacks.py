@@ -136,7 +136,7 @@ class Studio:
                  "<b style='color:#c2410c'>UNTRAINED: random weights, the video will be noise-like</b>")
         lines = [f"**Model:** `{m.name}` · {state}",
                  f"{v.width}×{v.height} at {v.fps} fps · segments of at most {self.segment_seconds:g} s, "
-                 f"cut at every shot · {v.steps} steps by default · {self._pipeline().device} "
+                 f"cut at every shot · {m.sampler.steps} steps by default · {self._pipeline().device} "
                  + ("" if self.runtime else "(CPU only: runtime profiles not installed)")]
         if self.model_note:
             lines.insert(0, f"**Note:** {self.model_note}")
