@@ -242,7 +242,7 @@ def test_a_model_trained_with_recent_frames_generates_with_them(tmp_path):
     out = tmp_path / "ft"
     train(TrainConfig(stage="finetune", init="tiny", out=str(out), num_clips=4, clip_seconds=3.0, batch_size=2,
                       workers=0, max_steps=2, recent_latents=1, retrieval_share=0.0, log_every=1))
-    assert json.loads((out / "model" / "pfp_model.json").read_text())["video"]["recent_latents"] == 1
+    assert json.loads((out / "model" / "pfp_model.json").read_text())["sampler"]["recent_latents"] == 1
     with pytest.raises(ValueError, match="--recent-latents must be >= 0, and needs --segment-starts shots"):
         train(TrainConfig(stage="finetune", init="tiny", out=str(tmp_path / "u"), recent_latents=1,
                           segment_starts="uniform"))
@@ -350,7 +350,7 @@ def test_a_model_trained_with_return_frames_generates_returns_with_them(tmp_path
     train(TrainConfig(stage="finetune", init="tiny", out=str(out), num_clips=6, clip_seconds=20.0, batch_size=2,
                       workers=0, max_steps=2, recent_latents=1, repeat_share=0.5, return_frames=1,
                       retrieval_share=0.0, log_every=1))
-    video = json.loads((out / "model" / "pfp_model.json").read_text())["video"]
+    video = json.loads((out / "model" / "pfp_model.json").read_text())["sampler"]
     assert (video["return_latents"], video["return_latents_from"], video["return_latents_as_recent"]) == (1, "start", True)
 
 

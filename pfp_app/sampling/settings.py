@@ -52,18 +52,25 @@ class SamplerSettings:
     return_latents_as_recent: bool = False
     # at such a return's first segment, memory guidance of this scale (elsewhere a shot's first segment takes none)
     return_memory_guidance_scale: float = 0.0
+    # at a return's first segment, the first `return_keyframes` latent frames of the shot it returns to (its first
+    # appearance) are denoised again just before the segment, pinned to their values (`flow.sample`'s context, the
+    # replacement method): the return is drawn as that view continued, so the place and the characters come back
+    # as they were and do not drift from return to return. 0: off (the return is drawn from the prompt and memory)
+    return_keyframes: int = 0
+    # and that segment is sampled as a shot's continuation (the within-shot guidance, memory guidance and recent
+    # frames, the keyframes as the frames it continues) instead of as a shot start
+    return_as_continuation: bool = False
 
     def __post_init__(self):
         if self.return_latents_from not in RETURN_SOURCES:
-            raise ValueError(f"return_latents_from must be one of {', '.join(RETURN_SOURCES)}, "
-                             f"not {self.return_latents_from!r}")
+            raise ValueError(f"return_latents_from must be 'end' or 'start', not {self.return_latents_from!r}")
 
     # ---- what one segment uses --------------------------------------------------------------------------------
     def for_segment(self, shot_start: bool, returning: bool = False) -> "SamplerSettings":
         """The settings of one segment: a shot's first segment takes the shot-start scales, if any, no context
         and no memory guidance, except a return's (`returning`: its prompt repeats an earlier shot's), which takes
-        return_memory_guidance_scale."""
-        if not shot_start:
+        return_memory_guidance_scale, or, with return keyframes as a continuation, the within-shot settings."""
+        if not shot_start or (returning and self.return_keyframes and self.return_as_continuation):
             return self
         s = replace(self, context_latents=0, recent_latents=0,
                     memory_guidance_scale=self.return_memory_guidance_scale if returning else 0.0)
