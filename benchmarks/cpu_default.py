@@ -24,10 +24,12 @@ import torch
 
 from pfp_app.model.causal_decode import StreamingDecoder
 from pfp_app.model.bundle import load_model
-from pfp_app.sampling.pipeline import GenerationSettings, PFPPipeline
+from pfp_app.film.session import GenerationSession, SegmentDone
+from pfp_app.sampling.pipeline import PFPPipeline
+from pfp_app.film.export import write_film
 from pfp_app.film.project import Project
 from pfp_app.film.recall_clip import encode_clip, prepare_clip
-from pfp_app.film.storyboard import Shot, Storyboard, parse_storyboard
+from pfp_app.film.storyboard import Shot, Storyboard, format_storyboard, parse_storyboard
 from pfp_app.io.video import read_video, write_mp4
 
 
@@ -97,16 +99,22 @@ def main() -> None:
         seg_cpu = []  # process CPU seconds per segment (robust to other jobs on a shared CPU), and its decoding part
         cpu_mark = [time.process_time()]
 
-        def on_segment(r):
+        results = []  # SegmentDone events
+
+        def on_event(r):
+            if not isinstance(r, SegmentDone):
+                return
+            results.append(r)
             first.append(time.perf_counter() - t0)
             seg_cpu.append((time.process_time() - cpu_mark[0], decode_cpu[-1] if decode_cpu else 0.0))
             cpu_mark[0] = time.process_time()
-            print(f"segment {r.segment.index}: {r.sampling_seconds:.1f} s sampling, {r.decoding_seconds:.1f} s decoding "
+            print(f"segment {r.segment}: {r.sampling_seconds:.1f} s sampling, {r.decoding_seconds:.1f} s decoding "
                   f"(wall); {seg_cpu[-1][0]:.1f} CPU s", file=sys.stderr, flush=True)
 
-        results = pipe.generate(sb, GenerationSettings(seed=0), project, on_segment=on_segment)
+        session = GenerationSession(pipe, project)
+        session.run(session.plan(format_storyboard(sb), 0), on_event)
         t_gen = time.perf_counter() - t0
-        n_frames = sum(r.frames.shape[1] for r in results)
+        n_frames = sum(len(read_video(project.segment_video_path(i))[0]) for i in range(project.finished_segments()))
         fps = model.video.fps
         # the inspector, as the studio runs it: the first recall finds nothing cached
         recall_times, recall_cpu, psnrs = [], [], []
@@ -118,7 +126,7 @@ def main() -> None:
             recall_cpu.append(time.process_time() - c0)
             psnrs.append(float(md.split("| PSNR | ")[1].split(" dB")[0]))
         # an upload: the film, repeated to 20 s, as a 640x360 24-fps clip
-        film, _ = read_video(pipe.export(project, Path(tmp) / "film.mp4"), size=(360, 640))
+        film, _ = read_video(write_film(project, Path(tmp) / "film.mp4"), size=(360, 640))
         idx = (torch.arange(20 * 24) * fps // 24) % len(film)
         clip_path = write_mp4(Path(tmp) / "upload.mp4", film[idx.numpy()], 24, crf=18)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -156,8 +164,9 @@ def main() -> None:
     for k, v in rows:
         print(f"| {k} | {v} |")
     print("\n| segment | shot | latent frames | film frames | sampling s | decoding s |\n|---|---|---|---|---|---|")
+    segments = pipe.schedule(sb)
     for r in results:
-        g = r.segment
+        g = segments[r.segment]
         print(f"| {g.index} | {g.shot_index + 1} | {g.num_latents} | {g.num_frames} | {r.sampling_seconds:.2f} | "
               f"{r.decoding_seconds:.2f} |")
 

@@ -41,7 +41,6 @@ def reset_peak() -> None:
 def make_project(folder: Path, pipe, minutes: float):
     """A project with ceil(minutes * 60 / segment seconds) segments of synthetic frames; returns it."""
     from pfp_app.film.project import Project
-    from pfp_app.io.video import write_mp4
 
     v = pipe.model.video
     project = Project(folder)
@@ -51,9 +50,10 @@ def make_project(folder: Path, pipe, minutes: float):
     for i in range(n):
         t = np.arange(frames_per_segment)[:, None, None] + i * frames_per_segment
         frames = np.stack([(x + 3 * t) % 256, (y + 2 * t) % 256, (x + y + t) % 256], axis=-1).astype(np.uint8)
-        write_mp4(project.segment_video_path(i), frames, v.fps, crf=12)
-        project.save_segment_latents(i, torch.zeros(1, 1, 1, 1), {"prompt": "synthetic", "seed": 0})
+        project.save_segment(i, torch.zeros(1, 1, 1, 1), frames, v.fps,
+                             {"prompt": "synthetic", "seed": 0, "sampler": pipe.model.sampler.to_record()})
     project.write_storyboard(f"0s: synthetic\nend: {minutes * 60:g}s\n")
+    project.write_settings({"model": pipe.model.name, "video": {"fps": v.fps}})
     return project
 
 
@@ -61,6 +61,7 @@ def child(args) -> None:
     """Runs in a fresh process: load the model, export the project one way, print a JSON line."""
     from pfp_app.model.bundle import load_model
     from pfp_app.sampling.pipeline import PFPPipeline
+    from pfp_app.film.export import write_film
     from pfp_app.film.project import Project
     from pfp_app.io.video import frames_to_tensor, read_video, write_mp4
 
@@ -71,7 +72,7 @@ def child(args) -> None:
     loaded = _status_mib("VmRSS")
     t0 = time.perf_counter()
     if args.mode == "streaming":
-        pipe.export(project, Path(args.project) / "out.mp4")
+        write_film(project, Path(args.project) / "out.mp4")
     else:  # what export did before: every segment decoded to float32 and concatenated
         frames = torch.cat([frames_to_tensor(read_video(project.segment_video_path(i))[0])
                             for i in range(project.finished_segments())], dim=1)  # (3, T, H, W)

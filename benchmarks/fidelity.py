@@ -52,7 +52,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.consistency import add_return_sampler_args, return_sampler_settings  # the sampler options at a return
+from benchmarks.sampler_args import add_sampler_args, sampler_from_args
 from benchmarks.world_scoring import locate_by_colour, shot_frames, spread
 from pfp_app.data.world import (
     COLOURS,
@@ -310,36 +310,20 @@ def drift_scores(video: np.ndarray, gt, ch: Character, place: str) -> list[dict]
 
 # ---------------------------------------------------------------------------------------------- generation
 
-def generate(pipe, sb, settings) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-    """(T, H, W, 3) uint8 video of the storyboard (GenerationSettings `settings`), and (first frame, end frame,
-    shot index) of each segment."""
+def generate(pipe, sb, seed: int, sampler=None) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """(T, H, W, 3) uint8 video of the storyboard (with `seed` and `sampler`, default: the model's), and (first
+    frame, end frame, shot index) of each segment."""
     import torch
 
     from pfp_app.io.video import tensor_to_frames
 
-    results = pipe.generate(sb, settings)
+    results = pipe.generate(sb, seed, sampler)
     ends = np.cumsum([r.frames.shape[1] for r in results]).tolist()  # film frames (3, n, H, W) per segment
     segments = [(e - r.frames.shape[1], e, r.segment.shot_index) for r, e in zip(results, ends)]
     return tensor_to_frames(torch.cat([r.frames for r in results], dim=1)), segments
 
 
-def _settings(args, seed: int):
-    from pfp_app.sampling.pipeline import GenerationSettings
-
-    return GenerationSettings(seed=seed, steps=args.steps, guidance_scale=args.guidance, **_scales(args))
-
-
-def _scales(args) -> dict:
-    """GenerationSettings' guidance fields from the command line (None: the model's; --guidance alone: one scale)."""
-    return dict(guidance_scale_2=args.guidance_2, boundary_ratio=args.boundary,
-                shot_start_guidance_scale=args.start_guidance, shot_start_guidance_scale_2=args.start_guidance_2,
-                context_latents=args.context_latents, memory_guidance_scale=args.memory_guidance,
-                recent_latents=args.recent_latents, **return_sampler_settings(args))
-
-
 def run(args) -> dict:
-    from dataclasses import asdict
-
     from pfp_app.model.bundle import load_model
     from pfp_app.sampling.pipeline import PFPPipeline
 
@@ -351,17 +335,14 @@ def run(args) -> dict:
 
         use_caption_table(model, args.text_table)
     pipe = PFPPipeline(model, device=device)
+    sampler = sampler_from_args(model, args)
     size, fps = model.video.height, model.video.fps
     refs = References(size, fps)
     if args.videos:
         Path(args.videos).mkdir(parents=True, exist_ok=True)
     res = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": f"{platform.machine()} CPU" if not _cuda() else "cuda", "argv": sys.argv[1:],
-                    "model": args.model, "steps": args.steps or model.sampler.steps, "sampler": model.sampler.sampler,
-                    **{k: v for k, v in asdict(_settings(args, args.seed).sampler_settings(model)).items()
-                       if "guidance" in k or k in ("boundary_ratio", "context_latents", "recent_latents",
-                                                                                "return_latents", "return_latents_from",
-                                                                                "return_latents_as_recent")},
+                    "model": args.model, "sampler_settings": sampler.to_record(),
                     "segment_seconds": pipe.segment_seconds, "num_storyboards": args.num_storyboards,
                     "seconds": args.seconds, "seed": args.seed, "drift_seconds": args.drift_seconds,
                     "drift_period": args.drift_period},
@@ -370,7 +351,7 @@ def run(args) -> dict:
         t0 = time.time()
         sb, render_seed = heldout_storyboard(i, args.seed, args.seconds)
         gt = render_storyboard(sb, size, fps, seed=render_seed)
-        video, segments = generate(pipe, sb, _settings(args, args.seed + i))
+        video, segments = generate(pipe, sb, args.seed + i, sampler)
         if args.videos:  # for rescoring without generating again
             np.savez_compressed(Path(args.videos) / f"storyboard{i}.npz", video=video, segments=np.array(segments))
         starts = [a for a, _, _ in segments]
@@ -385,7 +366,7 @@ def run(args) -> dict:
         t0 = time.time()
         sb, ch, place = drift_storyboard(args.drift_seconds, args.drift_period, args.seed)
         gt = render_storyboard(sb, size, fps, seed=args.seed + 999)
-        video, _ = generate(pipe, sb, _settings(args, args.seed + 999))
+        video, _ = generate(pipe, sb, args.seed + 999, sampler)
         if args.videos:
             np.savez_compressed(Path(args.videos) / "drift.npz", video=video)
         res["drift"] = {"storyboard": [f"{float(s.start):g}s: {s.prompt}" for s in sb.shots],
@@ -473,14 +454,23 @@ def _guidance(m: dict) -> str:
             text += " as if they were the frames it continues"
     if m.get("return_memory_guidance_scale"):
         text += f"; memory guidance {m['return_memory_guidance_scale']:g} at a return's first segment"
+    if m.get("return_keyframes"):
+        text += (f"; a return continues the first {m['return_keyframes']} latent(s) of the shot it returns to"
+                 + (", as a shot's continuation" if m.get("return_as_continuation") else ""))
     return text
+
+
+def sampler_meta(m: dict) -> dict:
+    """A results file's sampler settings: its "sampler_settings", or (files written before) the flat fields."""
+    return m.get("sampler_settings") or m
 
 
 def format_tables(res: dict) -> str:
     m, s = res["meta"], res["summary"]
+    sm = sampler_meta(m)
     took = f"{m['total_s'] / 60:.1f} min" if "total_s" in m else "stopped part-way"
-    lines = [f"### Prompt fidelity (issue 13): `{m['model']}`, {len(res['storyboards'])} of {m['num_storyboards']} "
-             f"held-out storyboards of {m['seconds']:g} s (seeds {m['seed']}+), {m['steps']} {m['sampler']} steps, guidance {_guidance(m)}, "
+    lines = [f"### Prompt fidelity: `{m['model']}`, {len(res['storyboards'])} of {m['num_storyboards']} "
+             f"held-out storyboards of {m['seconds']:g} s (seeds {m['seed']}+), {sm['steps']} {sm['sampler']} steps, guidance {_guidance(sm)}, "
              f"{m['machine']}, {took}", "",
              f"Command: `python benchmarks/fidelity.py {' '.join(m['argv'])}`", "",
              "| attribute (per shot / per character) | generated | ground-truth render (ceiling) | chance |",
@@ -554,24 +544,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num-storyboards", type=int, default=32, help="0: only the drift storyboard")
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each held-out storyboard")
-    ap.add_argument("--steps", type=int, default=None, help="sampler steps per segment (default: the model's)")
-    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
-    ap.add_argument("--guidance-2", type=float, default=None,
-                    help="guidance below --boundary (1: none there; default: the model's, or --guidance throughout)")
-    ap.add_argument("--boundary", type=float, default=None,
-                    help="timestep ratio below which --guidance-2 applies (default: the model's)")
-    ap.add_argument("--start-guidance", type=float, default=None,
-                    help="guidance on each shot's first segment above --boundary (default: the model's)")
-    ap.add_argument("--start-guidance-2", type=float, default=None,
-                    help="guidance on each shot's first segment below --boundary (default: the model's)")
-    ap.add_argument("--context-latents", type=int, default=None,
-                    help="history latents re-denoised beside each segment within a shot (default: the model's)")
-    ap.add_argument("--memory-guidance", type=float, default=None,
-                    help="memory guidance within a shot (flow.SamplerSettings; default: the model's)")
-    ap.add_argument("--recent-latents", type=int, default=None,
-                    help="history latents G sees at full resolution within a shot (default: the model's; only a "
-                         "model trained with `train --recent-latents` knows them)")
-    add_return_sampler_args(ap)
+    add_sampler_args(ap)
     ap.add_argument("--model", default="default")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",

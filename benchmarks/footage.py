@@ -73,11 +73,9 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 
 def seam_case(pipe, footage, prompt: str, steps: int, seed: int) -> dict:
-    from pfp_app.sampling.pipeline import GenerationSettings
-
     seg_s = pipe.segment_seconds
     t0 = time.time()
-    res = pipe.generate(f"0s: {prompt}\nend: {2 * seg_s:g}s", GenerationSettings(seed=seed, steps=steps),
+    res = pipe.generate(f"0s: {prompt}\nend: {2 * seg_s:g}s", seed, pipe.model.sampler.overridden(steps=steps),
                         footage=footage.latents)
     foot = to_uint8(footage.frames)
     out = seam_scores(foot, [to_uint8(r.frames) for r in res])
@@ -92,7 +90,6 @@ def consistency_case(pipe, index: int, steps: int, storyboard_seed: int, ret: in
     """Footage 'A in front of P', then 'B in front of Q', then 'A in front of P': with vs without the footage."""
     from pfp_app.data.world import PLACES, ShotScene, all_characters, caption_for, render_storyboard
     from pfp_app.film.footage import footage_from_frames
-    from pfp_app.sampling.pipeline import GenerationSettings
     from pfp_app.film.storyboard import parse_storyboard
 
     v, codec = pipe.model.video, pipe.model.codec
@@ -110,14 +107,14 @@ def consistency_case(pipe, index: int, steps: int, storyboard_seed: int, ret: in
     footage = footage_from_frames(pipe, gt.frames[:n_foot], f"world-{index}")
     assert footage.num_frames == n_foot
     story = f"0s: {cap_b}\n{seg:g}s: {cap_a}\ntotal: {(1 + ret) * seg:g}s"  # times count from the footage's end
-    settings = GenerationSettings(seed=index, steps=steps)
+    sampler = pipe.model.sampler.overridden(steps=steps)
     foot = to_uint8(footage.frames)
     end = t_f + (1 + ret) * seg
     shots = [(0.0, t_f), (0.0, t_f), (t_f, t_f + seg), (t_f + seg, end), (t_f + seg, end)]
     truth = {"A": a, "B": b, "shots": shots}
     out = {"A": a.phrase, "B": b.phrase, "P": p, "Q": q}
     for arm, prefix in (("with", footage.latents), ("without", None)):
-        res = pipe.generate(story, settings, footage=prefix)
+        res = pipe.generate(story, index, sampler, footage=prefix)
         gen = np.concatenate([to_uint8(r.frames) for r in res])
         if prefix is None:  # without a history the first segment has r - 1 frames fewer: align on the time line
             gen = np.concatenate([np.repeat(gen[:1], codec.temporal_ratio - 1, axis=0), gen])

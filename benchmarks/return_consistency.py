@@ -29,6 +29,7 @@ from pathlib import Path
 
 from benchmarks import consistency as cons  # Table 2's storyboards and scores
 from benchmarks import retrieval_ablation as ra  # statistics
+from benchmarks.sampler_args import add_sampler_args, sampler_from_args
 
 ARMS = (("memory", "as shipped (φ's memory)"), ("zeroed", "φ's output zeroed"))
 
@@ -116,11 +117,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--storyboards", type=int, default=16)
-    ap.add_argument("--gen-steps", type=int, default=None, help="sampler steps (default: the model's)")
-    ap.add_argument("--context-latents", type=int, default=None, help="(default: the model's)")
-    ap.add_argument("--memory-guidance", type=float, default=None, help="within a shot (default: the model's)")
-    ap.add_argument("--recent-latents", type=int, default=None, help="within a shot (default: the model's)")
-    cons.add_return_sampler_args(ap)
+    add_sampler_args(ap, steps_flag="--gen-steps")
     ap.add_argument("--text-table", default=None, help="precomputed caption embeddings (a GPU machine has no MiniLM)")
     ap.add_argument("--write-captions", default=None, metavar="PATH",
                     help="only write the caption embeddings of these storyboards to PATH (run where MiniLM is)")
@@ -172,21 +169,20 @@ def main(argv=None) -> int:
 
         use_caption_table(model, args.text_table)
     s = cons.Settings(**({"storyboards": 2, "min_gap": 3.0, "gen_steps": 2} if args.tiny else
-                         {"storyboards": args.storyboards, "gen_steps": args.gen_steps or 0}))
+                         {"storyboards": args.storyboards, "gen_steps": args.steps or 0}))
     pipe = PFPPipeline(model, device=device)
+    sampler = sampler_from_args(model, args) if not args.tiny else model.sampler.overridden(steps=2)
     res = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()} CPU",
                     "argv": sys.argv[1:] if argv is None else list(argv), "model": model.name,
                     "storyboards": s.storyboards, "storyboard_seed": s.storyboard_seed, "min_gap": s.min_gap,
-                    "sampler_settings": pipe.settings_record(cons.make_storyboard(0, s, pipe.segment_seconds)[0],
-                                                             _settings(s, args))["sampler_settings"]},
+                    "sampler_settings": sampler.to_record()},
            "storyboards": []}
     out.parent.mkdir(parents=True, exist_ok=True)
     for i in range(s.storyboards):
-        row = {"index": i, "memory": cons.generate_and_score(pipe, i, s, _settings(s, args, seed=i))}
+        row = {"index": i, "memory": cons.generate_and_score(pipe, i, s, sampler)}
         with zeroed_memory(model):  # and no earlier shot's frames at a return: G sees no history where it is scored
-            row["zeroed"] = cons.generate_and_score(pipe, i, s, replace(_settings(s, args, seed=i), return_latents=0,
-                                                                             return_memory_guidance_scale=0.0))
+            row["zeroed"] = cons.generate_and_score(pipe, i, s, without_history_at_returns(sampler))
         res["storyboards"].append(row)
         out.write_text(json.dumps(res, indent=1))  # after every storyboard: a stopped run keeps what it measured
         print(f"  storyboard {i + 1}/{s.storyboards}: {row['memory']['seconds'] + row['zeroed']['seconds']:.0f} s",
@@ -199,12 +195,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def _settings(s: cons.Settings, args, seed: int = 0):
-    from pfp_app.sampling.pipeline import GenerationSettings
-
-    return GenerationSettings(seed=seed, steps=s.gen_steps or None, context_latents=args.context_latents,
-                              memory_guidance_scale=args.memory_guidance, recent_latents=args.recent_latents,
-                              **cons.return_sampler_settings(args))
+def without_history_at_returns(sampler):
+    """The settings of the φ-zeroed arm: nothing of the history at a return either (no earlier shot's frames, no
+    keyframes, no memory guidance there)."""
+    return replace(sampler, return_latents=0, return_memory_guidance_scale=0.0, return_keyframes=0)
 
 
 if __name__ == "__main__":

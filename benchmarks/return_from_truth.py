@@ -54,7 +54,7 @@ def history_latents_before(frame: int, temporal: int) -> int:
     return 1 + (frame - 1) // temporal
 
 
-def return_from_history(pipe, latents: torch.Tensor, gt, shot, settings) -> np.ndarray:
+def return_from_history(pipe, latents: torch.Tensor, gt, shot, seed: int, sampler=None) -> np.ndarray:
     """The ground truth's video with return shot `shot` (a Shot of gt.storyboard) drawn by the pipeline after the
     true history before it: (T, H, W, 3) uint8, the ground truth outside that shot."""
     from pfp_app.film.timeline import TimeGrid
@@ -65,7 +65,7 @@ def return_from_history(pipe, latents: torch.Tensor, gt, shot, settings) -> np.n
     footage_frames = 1 + temporal * (k - 1)  # the frames those latents decode to: the shot is drawn after them
     seconds = float(shot.end) - footage_frames / fps
     sb = parse_storyboard(f"0s: {shot.prompt}\nend: {seconds:g}s\n")
-    results = pipe.generate(sb, settings, footage=latents[:, :, :k])
+    results = pipe.generate(sb, seed, sampler, footage=latents[:, :, :k])
     drawn = tensor_to_frames(torch.cat([r.frames for r in results], dim=1))
     video = gt.frames.copy()
     end = min(footage_frames + len(drawn), len(video))
@@ -75,7 +75,7 @@ def return_from_history(pipe, latents: torch.Tensor, gt, shot, settings) -> np.n
 
 def run(args) -> dict:
     from pfp_app.model.bundle import build_random_model, load_model
-    from pfp_app.sampling.pipeline import GenerationSettings, PFPPipeline
+    from pfp_app.sampling.pipeline import PFPPipeline
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = (build_random_model("tiny") if args.tiny else load_model(args.model)).to(device)
@@ -83,22 +83,21 @@ def run(args) -> dict:
         from pfp_app.train.data import use_caption_table
 
         use_caption_table(model, args.text_table)
-    v = model.video
-    if v.return_latents or v.return_memory_guidance_scale:
+    v = model.sampler
+    if v.return_latents or v.return_memory_guidance_scale or v.return_keyframes:
         # each return is drawn as a new shot after footage: the pipeline sees no earlier shot with its prompt
-        raise SystemExit(f"{args.model} gives a return frames or guidance (return_latents {v.return_latents}, "
-                         f"return_memory_guidance_scale {v.return_memory_guidance_scale:g}), which this benchmark "
-                         "cannot give (it draws each return after footage, with no earlier shot); judge it by "
-                         "fidelity.py's drift and return_consistency.py")
+        raise SystemExit(f"{args.model} gives a return frames, keyframes or guidance (return_latents {v.return_latents}, "
+                         f"return_keyframes {v.return_keyframes}, return_memory_guidance_scale "
+                         f"{v.return_memory_guidance_scale:g}), which this benchmark cannot give (it draws each return "
+                         "after footage, with no earlier shot); judge it by fidelity.py's drift and return_consistency.py")
     pipe = PFPPipeline(model, device=device)
     size, fps = model.video.height, model.video.fps
-    settings = GenerationSettings(seed=0, steps=args.steps)
+    sampler = model.sampler.overridden(steps=args.steps)
     res = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()} CPU",
                     "argv": sys.argv[1:], "model": args.model, "storyboards": args.storyboards,
                     "seconds": args.seconds, "period": args.period, "films": args.films,
-                    "sampler_settings": pipe.settings_record(drift_storyboard(args.seconds, args.period, 0)[0],
-                                                             settings)["sampler_settings"]},
+                    "sampler_settings": sampler.to_record()},
            "returns": []}
     t_start = time.time()
     for i in range(args.storyboards):
@@ -111,14 +110,14 @@ def run(args) -> dict:
                    if sc is not None and sc.place == place and ch in sc.characters][1:]
         film = None
         if i < args.films:  # the whole film, as fidelity.py's drift measure draws it
-            video, _ = generate(pipe, sb, GenerationSettings(seed=seed + 999, steps=args.steps))
+            video, _ = generate(pipe, sb, seed + 999, sampler)
             film = drift_scores(video, gt, ch, place)
         for r, shot in enumerate(returns, start=1):
-            s = GenerationSettings(seed=seed * 100 + r, steps=args.steps)
+            s = seed * 100 + r
             rec = {"storyboard": i, "return": r, "at_s": float(shot.start)}
-            with_memory = drift_scores(return_from_history(pipe, latents, gt, shot, s), gt, ch, place)[r - 1]
+            with_memory = drift_scores(return_from_history(pipe, latents, gt, shot, s, sampler), gt, ch, place)[r - 1]
             with zeroed_memory(model):
-                zeroed = drift_scores(return_from_history(pipe, latents, gt, shot, s), gt, ch, place)[r - 1]
+                zeroed = drift_scores(return_from_history(pipe, latents, gt, shot, s, sampler), gt, ch, place)[r - 1]
             for m in MEASURES:
                 rec[f"{m}_memory"] = with_memory[f"{m}_gen"]
                 rec[f"{m}_zeroed"] = zeroed[f"{m}_gen"]

@@ -124,7 +124,7 @@ def test_fidelity_bench_tiny_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["meta"]["model"] == "tiny-random" and len(res["storyboards"]) == 1
-    assert res["meta"]["guidance_scale"] == 2.0
+    assert res["meta"]["sampler_settings"]["guidance_scale"] == 2.0
     fid = res["summary"]["fidelity"]
     assert fid["place"]["gt"]["n"] >= 1 and fid["place"]["chance"] == 1 / 7
     assert [r["return"] for r in res["drift"]["returns"]] == [1]

@@ -8,7 +8,6 @@ import torch
 from benchmarks import return_from_truth as rft
 from benchmarks.fidelity import drift_storyboard
 from pfp_app.data.world import render_storyboard
-from pfp_app.sampling.pipeline import GenerationSettings
 
 
 def test_the_history_is_the_latents_wholly_before_the_shot():
@@ -32,12 +31,12 @@ def test_a_return_is_drawn_after_the_true_history_and_the_rest_is_the_ground_tru
     seen = []
     real = pipe.generate
 
-    def spy(storyboard, settings=None, footage=None, **kw):
+    def spy(storyboard, seed=0, sampler=None, footage=None, **kw):
         seen.append(footage)
-        return real(storyboard, settings, footage=footage, **kw)
+        return real(storyboard, seed, sampler, footage=footage, **kw)
 
     monkeypatch.setattr(pipe, "generate", spy)
-    video = rft.return_from_history(pipe, latents, gt, shot, GenerationSettings(seed=0, steps=2))
+    video = rft.return_from_history(pipe, latents, gt, shot, 0, pipe.model.sampler.overridden(steps=2))
     first, end = int(round(float(shot.start) * fps)), int(round(float(shot.end) * fps))
     k = rft.history_latents_before(first, 4)
     torch.testing.assert_close(seen[0], latents[:, :, :k])

@@ -55,6 +55,8 @@ class SegmentDone:
     video: Path  # the segment's MP4 in the project
     seconds: float
     memory_tokens: int
+    sampling_seconds: float = 0.0  # φ, text and denoising
+    decoding_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,7 @@ class GenerationSession:
                 self.project.save_segment(seg.index, res.latents[0], res.frames, self.model.video.fps,
                                           self.segment_record(res))
                 emit(SegmentDone(seg.index, n, seg.shot_index, self.project.segment_video_path(seg.index), res.seconds,
-                                 res.memory_tokens))
+                                 res.memory_tokens, res.sampling_seconds, res.decoding_seconds))
             end: Event = Done(plan.to_make, plan.keep, n, time.perf_counter() - t0)
         except GenerationStopped:
             end = Stopped(self.project.finished_segments(), n)

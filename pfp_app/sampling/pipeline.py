@@ -23,7 +23,7 @@ from ..evaluation.metrics import history_mean_frame, psnr, ssim
 from ..model.bundle import PFPModel
 from ..model.causal_decode import StreamingDecoder
 from ..model.fast_conv import use_onednn_conv3d
-from ..model.memory_dit import history_recent_tokens, join_memory
+from ..model.memory_dit import history_recent_tokens, join_memory, recent_tokens
 from ..model.memory_encoder import MemoryCache
 from .flow import sample
 from .settings import SamplerSettings
@@ -74,6 +74,18 @@ def earlier_segments_of_prompt(segments: list[TimedSegment], seg: TimedSegment) 
     """At a shot start, the earlier segments whose prompt is the same as `seg`'s (a return); [] elsewhere."""
     shot_start = seg.index == 0 or segments[seg.index - 1].shot_index != seg.shot_index
     return [other for other in segments[: seg.index] if other.prompt == seg.prompt] if shot_start else []
+
+
+def return_keyframes(segments: list[TimedSegment], seg: TimedSegment, k: int) -> tuple[int, int] | None:
+    """(first latent, count) of the keyframes a return's first segment continues: the first k latent frames of
+    the first shot with its prompt (its first appearance, so that return after return starts from one view),
+    within that shot; None when `seg` is not a return's first segment or k is 0."""
+    earlier = earlier_segments_of_prompt(segments, seg)
+    if not earlier or k <= 0:
+        return None
+    shot = earlier[0].shot_index
+    opening = [s for s in segments if s.shot_index == shot]
+    return opening[0].first_latent, min(k, sum(s.num_latents for s in opening))
 
 
 @dataclass
@@ -181,9 +193,19 @@ class PFPPipeline:
                     on_step(k, len(segments), i, steps)
 
             gen = torch.Generator().manual_seed(segment_seed(run_seed, seg.index))
-            k = min(seg_sampler.context_latents, 0 if history is None else history.shape[2])
-            context = history[:, :, history.shape[2] - k:].to(self.dtype) if k else None  # (1, C, k, H', W')
-            if seg_sampler.recent_latents and history is not None:  # the frames this segment continues, unblurred
+            keys = return_keyframes(segments, seg, seg_sampler.return_keyframes)
+            if keys is not None:  # a return: continue its first appearance's opening frames (see SamplerSettings)
+                a, k = offset + keys[0], keys[1]
+                continues = history[:, :, a : a + k].to(self.dtype)  # (1, C, k, H', W')
+            else:  # within a shot: the history's last frames
+                k = min(seg_sampler.context_latents, 0 if history is None else history.shape[2])
+                continues = history[:, :, history.shape[2] - k:].to(self.dtype) if k else None
+            context = continues if k else None
+            if seg_sampler.recent_latents and keys is not None:  # a return continued: its keyframes, unblurred
+                recent = continues[:, :, -seg_sampler.recent_latents:]
+                back = torch.arange(recent.shape[2], 0, -1, dtype=positions.dtype, device=self.device)
+                memory = join_memory(memory, recent_tokens(self.model.transformer, recent, positions[:1] - back))
+            elif seg_sampler.recent_latents and history is not None:  # the frames this segment continues, unblurred
                 memory = join_memory(memory, history_recent_tokens(self.model.transformer, history,
                                                                    seg_sampler.recent_latents))
             if earlier and seg_sampler.return_latents:  # a return to an earlier shot: the frames it ended on

@@ -103,6 +103,19 @@ class SamplerSettings:
                        memory_guidance_scale=(self.memory_guidance_scale if memory_guidance_scale is None
                                               else float(memory_guidance_scale)))
 
+    def with_text_overrides(self, items: list[str]) -> "SamplerSettings":
+        """These settings with `field=value` overrides as typed on a command line (benchmarks' --sampler):
+        numbers, true/false, none, or text, each checked against the field's type."""
+        types = {f.name: f.type for f in fields(self)}
+        values = {}
+        for item in items:
+            name, sep, text = item.partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or name not in types:
+                raise ValueError(f"--sampler takes FIELD=VALUE with FIELD one of {', '.join(types)}; got {item!r}")
+            values[name] = _parse_value(name, text.strip(), str(types[name]))
+        return replace(self, **values)
+
     # ---- records ------------------------------------------------------------------------------------------------
     def to_record(self) -> dict:
         return asdict(self)
@@ -116,6 +129,23 @@ class SamplerSettings:
         if unknown:
             raise ValueError(f"unknown sampler setting(s): {', '.join(unknown)}")
         return replace(base or cls(), **record)
+
+
+def _parse_value(name: str, text: str, kind: str):
+    if text.lower() == "none" and "None" in kind:
+        return None
+    try:
+        if kind.startswith("bool"):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"--sampler {name}: {text!r} is not a {kind.split(' ')[0]}") from None
+    return text
 
 
 SAMPLER_FIELDS = tuple(f.name for f in fields(SamplerSettings))
