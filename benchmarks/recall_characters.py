@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     model = build_random_model("tiny", seed=0) if args.tiny else load_model(args.model, torch_dtype=torch.float32)
     clips, seconds = (3, 12.0) if args.tiny else (args.clips, 20.0)  # return_loss.py's clips
     v, codec = model.video, model.codec
-    steps = args.steps or v.steps
+    steps = args.steps or model.sampler.steps
     renders, latents, _ = rl.heldout_clips(model, clips, seconds, args.latent_cache)  # return_loss.py's clips
     r = codec.temporal_ratio
     rows, chance_pool = [], []
