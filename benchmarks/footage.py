@@ -236,7 +236,7 @@ def main(argv=None) -> int:
     model = load_model(args.model)
     pipe = PFPPipeline(model.to("cpu"))
     v = model.video
-    steps = args.steps or v.steps
+    steps = args.steps or model.sampler.steps
     protocol = {"model": args.model, "steps": steps, "return_segments": args.return_segments, "device": "2-core CPU" if not torch.cuda.is_available() else "cuda",
                 "footage_seconds": args.footage_seconds, "storyboard_seed": args.storyboard_seed,
                 "command": "python benchmarks/footage.py " + " ".join(sys.argv[1:] if argv is None else argv)}

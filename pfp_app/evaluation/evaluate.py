@@ -69,7 +69,7 @@ def evaluate_recall(model: PFPModel, num_clips: int = 16, seconds: float = 20.0,
     The interval is over per-clip means (frames of one clip are not independent samples)."""
     v = model.video
     ds = WorldClipDataset(num_clips, seconds=seconds, size=v.height, fps=v.fps, seed=seed)
-    steps = steps or v.steps
+    steps = steps or model.sampler.steps
     acc: dict[str, list[float]] = {}
     for start in range(0, num_clips, batch):
         frames = torch.stack([ds[i]["frames"] for i in range(start, min(start + batch, num_clips))])
