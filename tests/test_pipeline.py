@@ -181,3 +181,53 @@ def test_recall_of_a_negative_frame_is_a_value_error(tiny_pipeline, generated):
     history = torch.cat([r.latents for r in generated], dim=2)
     with pytest.raises(ValueError, match="outside the history"):
         tiny_pipeline.recall(history, -1, steps=STEPS)
+
+
+RETURNING = "0s: a red fox in the snow\n1s: a grey owl on a branch\n2s: A red fox in the snow.\nend: 3s\n"
+
+
+def test_a_return_continues_the_opening_frames_of_the_shot_it_returns_to(tiny_pipeline, monkeypatch):
+    """return_keyframes 1: the third shot repeats the first shot's prompt (whatever its case or full stop), so its
+    first segment is denoised beside the first shot's first latent frame, placed just before it and pinned (the
+    replacement method); the other segments are drawn exactly as without it."""
+    import pfp_app.sampling.pipeline as pipeline_module
+
+    seen, real_sample = [], pipeline_module.sample
+
+    def spy(model, shape, text, memory, positions, s, *args, context=None, **kwargs):
+        seen.append((None if context is None else context.clone(), positions.clone(), s))
+        return real_sample(model, shape, text, memory, positions, s, *args, context=context, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "sample", spy)
+    keyed = tiny_pipeline.generate(RETURNING, 0, settings(tiny_pipeline, return_keyframes=1))
+    plain = tiny_pipeline.generate(RETURNING, 0, settings(tiny_pipeline))
+    assert [r.segment.shot_index for r in keyed] == [0, 1, 2]
+    assert seen[0][0] is None and seen[1][0] is None
+    context, positions, s = seen[2]
+    torch.testing.assert_close(context, keyed[0].latents[:, :, :1].to(context.dtype))  # the fox shot's opening
+    assert s.shot_start_guidance_scale == settings(tiny_pipeline).shot_start_guidance_scale  # still a shot start
+    for i in (0, 1):
+        torch.testing.assert_close(keyed[i].latents, plain[i].latents)
+    assert not torch.allclose(keyed[2].latents, plain[2].latents)
+
+
+def test_a_return_can_be_drawn_as_the_continuation_of_its_keyframes(tiny_pipeline, monkeypatch):
+    """return_as_continuation: the return's first segment takes the within-shot settings (memory guidance, recent
+    frames), the keyframe standing for the frame it continues."""
+    import pfp_app.sampling.pipeline as pipeline_module
+
+    seen, real_sample = [], pipeline_module.sample
+
+    def spy(model, shape, text, memory, positions, s, *args, **kwargs):
+        seen.append((memory, positions.clone(), s))
+        return real_sample(model, shape, text, memory, positions, s, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "sample", spy)
+    s = settings(tiny_pipeline, return_keyframes=1, return_as_continuation=True, memory_guidance_scale=2.0,
+                 recent_latents=1, shot_start_guidance_scale=6.0)
+    tiny_pipeline.generate(RETURNING, 0, s)
+    memory, positions, used = seen[2]
+    assert used.memory_guidance_scale == 2.0 and used.recent_latents == 1  # a continuation's settings
+    assert seen[1][2].memory_guidance_scale == 0.0  # a new shot stays a shot start
+    recent = memory.coords[-4 * 4:]  # the keyframe as the frame it continues: 8x8 latents in 2x2 patches
+    assert torch.all(recent[:, 0] == positions[0] - 1)

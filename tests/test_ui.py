@@ -460,3 +460,25 @@ def test_loading_a_preset_after_generating_resets_the_shot_controls(studio, film
 def test_reopened_editor_keeps_comments_and_total(studio, film):
     text = studio.open_project("film")[1]
     assert text.startswith("# two shots") and "total: 2.5s" in text and "end:" not in text
+
+
+# ------------------------------------------------------------------ returns
+
+
+RETURNING = "0s: a red striped circle\n1s: a blue dotted square\n2.5s: A red striped circle.\nend: 4s\n"
+
+
+def test_the_shot_table_marks_a_return_and_the_inspector_compares_it(studio):
+    rows, msg, _, _, _ = studio.check(RETURNING)
+    assert [r[5] for r in rows] == ["", "", "shot 1"]  # the same prompt, whatever its case or full stop
+    assert "shot 3 returns to shot 1" in msg
+    assert isinstance(studio.generate("returns", RETURNING, 0, STEPS), Done)
+    picker = studio.return_choices("returns")
+    assert picker["choices"] == [("Shot 3 returns to shot 1", 2)] and picker["value"] == 2
+    first, recalled, returned, md = studio.compare_return("returns", 2, STEPS)
+    p = Project(studio.root / "returns")
+    film = np.concatenate([read_video(p.segment_video_path(i))[0] for i in range(p.finished_segments())])
+    assert np.array_equal(first[::4, ::4], film[0]) and np.array_equal(returned[::4, ::4], film[20])  # 2.5 s
+    assert recalled.shape == first.shape == returned.shape == (256, 256, 3)
+    assert "Shot 3 (2.5 s) returns to shot 1 (0 s)" in md and md.count(" dB ") == 2 and "tokens" in md
+    assert "returns to an earlier one" in studio.compare_return("returns", 1, STEPS)[3]

@@ -118,6 +118,24 @@ class Storyboard:
         return self.shots[self.shot_index_at(t)].prompt
 
 
+def prompt_key(prompt: str) -> str:
+    """What makes two prompts the same shot: their words, whatever the case or a closing full stop."""
+    return " ".join(prompt.casefold().split()).rstrip(".!")
+
+
+def shot_returns(prompts: list[str]) -> list[int | None]:
+    """For each shot (by its prompt), the shot it returns to: the first earlier shot with the same prompt
+    (`prompt_key`), where the place and characters appeared first; None for a shot whose prompt is new. A creator
+    brings a place or a character back as it was by repeating its shot's prompt."""
+    first: dict[str, int] = {}
+    out: list[int | None] = []
+    for k, prompt in enumerate(prompts):
+        key = prompt_key(prompt)
+        out.append(first.get(key))
+        first.setdefault(key, k)
+    return out
+
+
 @dataclass(frozen=True)
 class Segment:
     """One generation segment ``[start, end)`` and the prompt active when it begins."""

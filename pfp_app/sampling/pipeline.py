@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..film.storyboard import Storyboard, parse_storyboard
+from ..film.storyboard import Storyboard, parse_storyboard, prompt_key
 from ..film.timeline import TimedSegment, TimeGrid, shot_aligned_schedule
 from ..evaluation.metrics import history_mean_frame, psnr, ssim
 from ..model.bundle import PFPModel
@@ -73,18 +73,18 @@ class GenerationStopped(Exception):
 def earlier_segments_of_prompt(segments: list[TimedSegment], seg: TimedSegment) -> list[TimedSegment]:
     """At a shot start, the earlier segments whose prompt is the same as `seg`'s (a return); [] elsewhere."""
     shot_start = seg.index == 0 or segments[seg.index - 1].shot_index != seg.shot_index
-    return [other for other in segments[: seg.index] if other.prompt == seg.prompt] if shot_start else []
+    key = prompt_key(seg.prompt)
+    return [other for other in segments[: seg.index] if prompt_key(other.prompt) == key] if shot_start else []
 
 
 def return_keyframes(segments: list[TimedSegment], seg: TimedSegment, k: int) -> tuple[int, int] | None:
     """(first latent, count) of the keyframes a return's first segment continues: the first k latent frames of
-    the first shot with its prompt (its first appearance, so that return after return starts from one view),
-    within that shot; None when `seg` is not a return's first segment or k is 0."""
+    the shot it returns to (`storyboard.shot_returns`: its first appearance, so that return after return starts
+    from one view), within that shot; None when `seg` is not a return's first segment or k is 0."""
     earlier = earlier_segments_of_prompt(segments, seg)
     if not earlier or k <= 0:
         return None
-    shot = earlier[0].shot_index
-    opening = [s for s in segments if s.shot_index == shot]
+    opening = [s for s in segments if s.shot_index == earlier[0].shot_index]
     return opening[0].first_latent, min(k, sum(s.num_latents for s in opening))
 
 

@@ -30,14 +30,16 @@ from ...sampling.pipeline import PFPPipeline, seconds_to_frame
 from ...film.export import read_export_record, restore_footage, write_film
 from ...film.project import Project, ProjectError
 from ...film.session import Done, Event, GenerationSession, Plan
-from ...film.storyboard import Storyboard, StoryboardError, parse_storyboard
-from ...io.video import VideoReadError
+from ...evaluation.metrics import psnr, ssim
+from ...film.storyboard import Storyboard, StoryboardError, parse_storyboard, shot_returns
+from ...io.video import VideoReadError, tensor_to_frames
 from ...film import footage as fm
 from . import project_state as ps
 from .footage_view import FootagePanel
 from .status_view import status_html
-from .recall_view import check_upload, encode_clip, metrics_markdown, prepare_clip, recall_images
-from .storyboard_view import WHOLE_FILM, check_storyboard, preset_names, read_preset, replace_prompt_in_text
+from .recall_view import check_upload, encode_clip, metrics_markdown, prepare_clip, recall_images, zoom
+from .storyboard_view import (WHOLE_FILM, check_storyboard, preset_names, read_preset, replace_prompt_in_text,
+                              return_choices)
 
 DEFAULT_PROJECT = "untitled"
 MAX_STEPS = 100  # the sliders' range; pfp_app.app.options allows up to 1000 (the API and the CLI)
@@ -498,6 +500,58 @@ class Studio:
             where = (f"\n\nA frame of **your footage** (0–{lead:.2f} s)." if index / fps < lead else
                      f"\n\nStoryboard time {index / fps - lead:.2f} s (after the footage)." if lead else "")
             return (*recall_images(res), metrics_markdown(res, index / fps, fps, index) + where)
+
+        out = self._inspector_job(job)
+        return _no_change(4) if out is None else out
+
+    def return_choices(self, project_name: str):
+        """The inspector's return picker: the generated storyboard's shots that return to an earlier one."""
+        try:
+            project = self._open(project_name, create=False)
+            choices = return_choices(parse_storyboard(project.read_storyboard()))
+        except (gr.Error, StoryboardError):
+            choices = []
+        return gr.update(choices=choices, value=choices[0][1] if choices else None)
+
+    def compare_return(self, project_name: str, shot, steps, seed=0):
+        """-> (first appearance, what the memory recalled of it, the return's first frame, metrics Markdown): how a
+        shot that repeats an earlier shot's prompt came back, beside what the memory held of that earlier shot
+        when the return was drawn (φ of the history before it)."""
+        project = self._open(project_name, create=False)
+        opts = _checked(steps=steps, seed=seed)
+
+        def job():
+            history, frames = self._history(project)
+            text = project.read_storyboard()
+            if history is None or not text:
+                return None, None, None, "Generate a storyboard in which a shot repeats an earlier shot's prompt."
+            sb = parse_storyboard(text)
+            back = shot_returns([s.prompt for s in sb.shots])
+            k = int(shot) if shot is not None else -1
+            if not 0 <= k < len(sb.shots) or back[k] is None:
+                return None, None, None, "Pick a shot that returns to an earlier one (it repeats that shot's prompt)."
+            pipe = self._pipeline()
+            segments = pipe.schedule(sb, after_footage=fm.has_footage(project))
+            ret = next(s for s in segments if s.shot_index == k)
+            ref = next(s for s in segments if s.shot_index == back[k])
+            if ret.index >= project.finished_segments():
+                return None, None, None, f"Shot {k + 1} is not generated yet."
+            n_foot = int(fm.footage_meta(project).get("frames", 0))  # the film's frames start after the footage
+            offset = history.shape[2] - sum(s.num_latents for s in segments[: project.finished_segments()])
+            first, back_at = n_foot + ref.first_frame, n_foot + ret.first_frame  # indices into `frames`
+            before = history[:, :, : offset + ret.first_latent]  # what the memory held when the return was drawn
+            res = pipe.recall(before, first + ps.lead_frames(project), truth_frames=frames, truth_index=first, **opts)
+            returned = frames[:, back_at]
+            truth, recalled, _ = recall_images(res)
+            p, q = psnr(returned, frames[:, first]), ssim(returned, frames[:, first])
+            fps = pipe.model.video.fps
+            md = "\n".join([
+                f"Shot {k + 1} ({ret.start:g} s) returns to shot {back[k] + 1} ({ref.start:g} s).", "",
+                "| compared with shot " + f"{back[k] + 1}'s first frame | PSNR | SSIM |", "|---|---|---|",
+                f"| what the memory recalled of it, from the {before.shape[2]} latent frames before the return "
+                f"({res.memory_tokens:,} tokens) | {res.psnr:.2f} dB | {res.ssim:.3f} |",
+                f"| the return's first frame (at {back_at / fps:.2f} s of the film) | {p:.2f} dB | {q:.3f} |"])
+            return truth, recalled, zoom(tensor_to_frames(returned[:, None])[0]), md
 
         out = self._inspector_job(job)
         return _no_change(4) if out is None else out

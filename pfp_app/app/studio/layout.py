@@ -18,7 +18,7 @@ CSS = """
 .pfp-status progress { width: 100%; height: 14px; }
 .pfp-status .pfp-bar { display: grid; grid-template-columns: 9em 1fr; align-items: center; gap: .5em; }
 .pfp-status p { margin: .3em 0 0 0; }
-#true-frame img, #recalled-frame img, #error-map img { image-rendering: pixelated; }
+#true-frame img, #recalled-frame img, #error-map img, #return-first img, #return-recalled img, #return-frame img { image-rendering: pixelated; }
 #model-info { border-left: 4px solid var(--color-accent); padding-left: .6em; }
 """
 
@@ -74,7 +74,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     footage_remove = gr.Button("Remove the footage", size="sm", elem_id="footage-remove")
                 shot_table = gr.Dataframe(headers=TABLE_HEADERS, datatype=TABLE_TYPES,
                                           interactive=False, label="Shots", elem_id="shot-table", wrap=True,
-                                          column_widths=["7%", "12%", "12%", "10%", "59%"])
+                                          column_widths=["6%", "11%", "11%", "8%", "50%", "14%"])
                 save_btn = gr.Button("Save storyboard to project", size="sm", elem_id="save-storyboard")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="seed")
@@ -127,6 +127,22 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                                 elem_id="recalled-frame", height=200)
                         error_img = gr.Image(label="Error heat map", interactive=False, elem_id="error-map", height=200)
                     metrics = gr.Markdown(elem_id="inspect-metrics")
+                    with gr.Accordion("Returns: does a returning shot look as it did?", open=False,
+                                      elem_id="returns-panel"):
+                        gr.Markdown("A shot that repeats an earlier shot's prompt returns to it. Beside its first "
+                                    "frame: the earlier shot's first frame and what the memory recalled of it when "
+                                    "the return was drawn.")
+                        with gr.Row():
+                            return_shot = gr.Dropdown(choices=[], label="Return", scale=3, elem_id="return-shot")
+                            return_btn = gr.Button("Compare", scale=1, elem_id="return-compare")
+                        with gr.Row():
+                            first_img = gr.Image(label="First appearance", interactive=False, elem_id="return-first",
+                                                 height=200)
+                            remembered_img = gr.Image(label="Recalled from memory", interactive=False,
+                                                      elem_id="return-recalled", height=200)
+                            returned_img = gr.Image(label="The return's first frame", interactive=False,
+                                                    elem_id="return-frame", height=200)
+                        return_md = gr.Markdown(elem_id="return-metrics")
                     with gr.Accordion("Recall from an uploaded video", open=False, elem_id="upload-panel"):
                         upload = gr.File(label="Video (at most 2 GB)", file_types=["video"], type="filepath",
                                          elem_id="upload-video")
@@ -193,6 +209,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
             return studio.recall_upload(path, at_, hist, steps_, seed_, progress=progress)
 
         up_btn.click(recall_upload, [upload, up_at, up_hist, recall_steps, seed], inspect_outputs, **ijob)
+        return_shot.focus(studio.return_choices, project, return_shot, queue=False, show_progress="hidden")
+        return_btn.click(studio.compare_return, [project, return_shot, recall_steps, seed],
+                         [first_img, remembered_img, returned_img, return_md], **ijob)
         export_btn.click(studio.export, [project, crf, which, export_footage], [export_file, export_msg],
                          concurrency_id=JOB, concurrency_limit=2)
 

@@ -7,12 +7,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...film.storyboard import Shot, Storyboard, StoryboardError, format_storyboard, parse_storyboard
+from ...film.storyboard import Shot, Storyboard, StoryboardError, format_storyboard, parse_storyboard, shot_returns
 from ...film.timeline import TimeGrid, real_shot_times, shot_aligned_schedule
 
 PRESETS_DIR = Path(__file__).resolve().parents[3] / "presets" / "storyboards"
-TABLE_HEADERS = ["#", "start s", "end s", "segs", "prompt"]
-TABLE_TYPES = ["number", "str", "str", "number", "str"]
+TABLE_HEADERS = ["#", "start s", "end s", "segs", "prompt", "returns to"]
+TABLE_TYPES = ["number", "str", "str", "number", "str", "str"]
 WHOLE_FILM = -1
 _TOTAL_LINE = re.compile(r"(?:end|total)\s*:", re.IGNORECASE)
 
@@ -44,8 +44,9 @@ def check_storyboard(text: str, grid: TimeGrid) -> StoryboardCheck:
         return StoryboardCheck(None, [], f"**✗ Storyboard error** — {err}", [])
     counts = Counter(s.shot_index for s in segments)  # not a scan per shot: 12,000 shots took 0.9 s
     per_shot = [counts[k] for k in range(len(sb.shots))]
-    rows = [[k + 1, _time_cell(s.start, a), _time_cell(s.end, b), per_shot[k], s.prompt]
-            for k, (s, (a, b)) in enumerate(zip(sb.shots, real))]
+    back = shot_returns([s.prompt for s in sb.shots])
+    rows = [[k + 1, _time_cell(s.start, a), _time_cell(s.end, b), per_shot[k], s.prompt,
+             "" if back[k] is None else f"shot {back[k] + 1}"] for k, (s, (a, b)) in enumerate(zip(sb.shots, real))]
     film_s = real[-1][1]
     notes = [f"**✓ Valid:** {len(sb.shots)} shot{'s' * (len(sb.shots) != 1)}, a {film_s:g}-s film → "
              f"{len(segments)} segment{'s' * (len(segments) != 1)} (each at most "
@@ -56,6 +57,9 @@ def check_storyboard(text: str, grid: TimeGrid) -> StoryboardCheck:
         moved.append(f"end {sb.duration:g} s → {film_s:g} s")
     if moved:
         notes.append(f"cuts fall on the codec's {grid.step_seconds:g}-s steps: {', '.join(moved)}")
+    returns = [f"shot {k + 1} returns to shot {j + 1}" for k, j in enumerate(back) if j is not None]
+    if returns:
+        notes.append(", ".join(returns) + " (the same prompt: its place and characters come back from the memory)")
     return StoryboardCheck(sb, rows, " · ".join(notes), shot_choices(sb))
 
 
@@ -66,6 +70,12 @@ def shot_choices(sb: Storyboard) -> list[tuple[str, int]]:
 def shot_label(k: int, shot: Shot) -> str:
     prompt = shot.prompt if len(shot.prompt) <= 40 else shot.prompt[:39] + "…"
     return f"Shot {k + 1} · {shot.start:g}–{shot.end:g} s · {prompt}"
+
+
+def return_choices(sb: Storyboard) -> list[tuple[str, int]]:
+    """(label, shot index) of the shots that return to an earlier one, for the inspector's return picker."""
+    back = shot_returns([s.prompt for s in sb.shots])
+    return [(f"Shot {k + 1} returns to shot {j + 1}", k) for k, j in enumerate(back) if j is not None]
 
 
 def with_prompt(sb: Storyboard, shot_index: int, prompt: str) -> Storyboard:
