@@ -116,7 +116,8 @@ def cmd_generate(args) -> int:
     from ..film.storyboard import parse_storyboard, read_storyboard_file
     from ..io.atomic import atomic_copy
     from ..io.video import video_info
-    from .options import check_options, check_runtime_options, quote
+    from ..io.text import quote
+    from .options import check_options, check_runtime_options
 
     record = _export_record(args)
     if record is None and not args.storyboard:
@@ -231,7 +232,8 @@ def cmd_recall(args) -> int:
     from ..io.video import tensor_to_frames
 
     from ..io.atomic import atomic_path
-    from .options import check_options, check_runtime_options, quote
+    from ..io.text import quote
+    from .options import check_options, check_runtime_options
 
     vars(args).update(check_options(seed=args.seed, steps=args.steps))
     check_runtime_options(args.profile, args.device)
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             print("error: out of GPU memory; try --device cpu or a smaller profile (finished segments are kept)", file=sys.stderr)
             return 2
         if isinstance(err, EXPECTED_ERRORS):
-            from .options import shorten
+            from ..io.text import shorten
 
             print(f"error: {shorten(err, 2000)}", file=sys.stderr)  # never megabytes of echoed input
             return 2

@@ -2,7 +2,7 @@
 
 Both front ends call :func:`check_options` before any model work starts, so `--crf 99` fails at once
 instead of after every segment is generated. Messages name the option, the allowed range and the value
-given, cut short (:func:`shorten`) so an error line never echoes megabytes of a user's input.
+given, cut short (`io/text.py`) so an error line never echoes megabytes of a user's input.
 """
 
 from __future__ import annotations
@@ -10,18 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-ECHO_CHARS = 80  # user input echoed in a message is cut to this many characters + '…'
-
-
-def shorten(value: object, limit: int = ECHO_CHARS) -> str:
-    """str(value), cut to `limit` characters + '…' (for echoing user input in messages)."""
-    text = value if isinstance(value, str) else str(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def quote(value: object, limit: int = ECHO_CHARS) -> str:
-    """repr() of the shortened text: quotes and escapes, as a message shows user input."""
-    return repr(shorten(value, limit))
+from ..io.text import quote
 
 
 class OptionError(ValueError):

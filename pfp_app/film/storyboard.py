@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
-from ..app.options import quote
+from ..io.text import quote
 
 MAX_SECONDS = 600.0
 DEFAULT_LAST_SHOT_SECONDS = 5.0
