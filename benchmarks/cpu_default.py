@@ -121,7 +121,7 @@ def main() -> None:
         for k in range(args.recalls):
             at = round((k + 0.5) / args.recalls * (n_frames - 1)) / fps
             t0, c0 = time.perf_counter(), time.process_time()
-            md = studio.inspect("bench", at, args.recall_steps or model.sampler.steps, k)[3]
+            md = studio.inspector.inspect("bench", at, args.recall_steps or model.sampler.steps, k)[3]
             recall_times.append(time.perf_counter() - t0)
             recall_cpu.append(time.process_time() - c0)
             psnrs.append(float(md.split("| PSNR | ")[1].split(" dB")[0]))

@@ -97,16 +97,16 @@ def test_recall_beyond_the_decodable_length_is_one_clear_error(half_written, cap
 
 def test_studio_upload_warns_and_cached_clip_checks_the_range(tmp_path, half_written):
     studio = Studio(tmp_path / "projects", model_spec="tiny-random").load()
-    slider, msg = studio.upload_info(str(half_written))
+    slider, msg = studio.inspector.upload_info(str(half_written))
     info = video_info(half_written)
     assert slider["maximum"] == pytest.approx(round(info.duration, 3)) and "half-written" in msg
     t = np.arange(40)[:, None, None, None]
     frames = ((np.arange(96)[None, None, :, None] * 2 + t * 5 + np.array([0, 80, 160])) % 256).astype(np.uint8)
     video = write_mp4(tmp_path / "clip.mp4", frames.repeat(72, axis=1), fps=10)
-    studio.recall_upload(str(video), 3.0, 20, 2)  # fills the clip cache
+    studio.inspector.recall_upload(str(video), 3.0, 20, 2)  # fills the clip cache
     for bad in (1e9, float("inf"), float("nan")):
         with pytest.raises(gr.Error, match="outside"):
-            studio.recall_upload(str(video), bad, 20, 2)
+            studio.inspector.recall_upload(str(video), bad, 20, 2)
 
 
 # ------------------------------------------------------------------ 4. no silent overwrites

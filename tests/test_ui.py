@@ -208,7 +208,7 @@ def test_the_inspector_is_refused_while_a_generation_holds_the_model(studio, fil
             with studio.using_model("an export"):
                 pass
         with pytest.warns(UserWarning, match="Busy"):
-            out = studio.inspect("film", 0.5, STEPS)
+            out = studio.inspector.inspect("film", 0.5, STEPS)
         assert all(u == {"__type__": "update"} for u in out)
     assert not studio.busy
 
@@ -227,7 +227,7 @@ def test_failure_in_a_job_is_an_event_and_the_app_stays_usable(studio, film, mon
     assert isinstance(end, Failed) and isinstance(end.error, ZeroDivisionError)
     monkeypatch.undo()
     assert not studio.busy
-    assert studio.inspect("film", 0.5, STEPS)[3].count("PSNR") == 2  # the next job works
+    assert studio.inspector.inspect("film", 0.5, STEPS)[3].count("PSNR") == 2  # the next job works
 
 
 @pytest.mark.parametrize("name", ["../escape", "/etc", "a/b", "..", "", ".hidden", "x" * 81, "a\\b", "nul\0"])
@@ -335,21 +335,21 @@ def test_inspector_recalls_a_frame_of_the_history(studio, film, monkeypatch):
         raise AssertionError("the inspector decoded the whole history")
 
     monkeypatch.setattr(studio.pipe, "decode_history", no_decode)
-    studio._history_cache = None  # the first recall after opening
-    truth, recalled, heat, md = studio.inspect("film", 1.25, STEPS)
+    studio.inspector._history_cache = None  # the first recall after opening
+    truth, recalled, heat, md = studio.inspector.inspect("film", 1.25, STEPS)
     film_frames = np.concatenate([read_video(film.segment_video_path(i))[0] for i in range(2)])
     assert np.array_equal(truth[::4, ::4], film_frames[10])  # the film's frame at 1.25 s, zoomed 4x
     for img in (truth, recalled, heat):
         assert isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.shape == (256, 256, 3)
     for needle in ("frame 10", "PSNR", "SSIM", "baseline PSNR", "memory tokens", "compression ratio"):
         assert needle in md
-    last = studio.inspect("film", 99, STEPS)[3]  # past the end: the last frame
+    last = studio.inspector.inspect("film", 99, STEPS)[3]  # past the end: the last frame
     assert "frame 19" in last and "2.38 s" in last
 
 
 def test_inspector_without_history_says_what_to_do(studio):
     studio.save_storyboard("empty", STORYBOARD)
-    assert "Generate at least one segment" in studio.inspect("empty", 0, STEPS)[3]
+    assert "Generate at least one segment" in studio.inspector.inspect("empty", 0, STEPS)[3]
 
 
 def test_recall_from_an_uploaded_video(studio, tmp_path):
@@ -357,16 +357,16 @@ def test_recall_from_an_uploaded_video(studio, tmp_path):
     x = np.arange(96)[None, None, :, None]
     frames = ((x * 2 + t * 5 + np.array([0, 80, 160])) % 256).astype(np.uint8).repeat(72, axis=1)  # (40,72,96,3)
     video = write_mp4(tmp_path / "clip.mp4", frames, fps=10)
-    slider, msg = studio.upload_info(str(video))
+    slider, msg = studio.inspector.upload_info(str(video))
     assert slider["maximum"] == pytest.approx(4.0) and "96×72" in msg
-    truth, recalled, heat, md = studio.recall_upload(str(video), 3.0, 20, STEPS)
+    truth, recalled, heat, md = studio.inspector.recall_upload(str(video), 3.0, 20, STEPS)
     assert truth.shape == recalled.shape == heat.shape == (256, 256, 3)
     assert "PSNR" in md and "3.00 s" in md
 
 
 
 def test_upload_recall_compresses_the_window_around_the_time_and_reuses_it(studio, tmp_path, monkeypatch):
-    from pfp_app.app.studio import callbacks as studio_module
+    from pfp_app.app.studio import inspector_view as studio_module
 
     frames = np.broadcast_to(((np.arange(48) * 5) % 256).astype(np.uint8)[:, None, None, None], (48, 64, 64, 3))
     video = write_mp4(tmp_path / "ramp.mp4", frames, fps=8, crf=0)  # 6 s, frame i is grey level 5 i
@@ -376,7 +376,7 @@ def test_upload_recall_compresses_the_window_around_the_time_and_reuses_it(studi
                         lambda pipe, clip, progress=None: windows.append(clip.first_time) or encode(pipe, clip, progress))
     steps = []
     for at in (5.0, 4.5, 0.5):  # history 2 s: [3, 5] holds 4.5 too; 0.5 s needs the first 2 s
-        truth, _, _, md = studio.recall_upload(str(video), at, 2, STEPS, progress=lambda f, desc="": steps.append(desc))
+        truth, _, _, md = studio.inspector.recall_upload(str(video), at, 2, STEPS, progress=lambda f, desc="": steps.append(desc))
         assert f"{at:.2f} s" in md
         assert abs(truth.mean() - 5 * round(at * 8)) < 2  # the true frame is the one at `at`
     assert windows == [3.0, 0.0]
@@ -386,17 +386,17 @@ def test_upload_recall_compresses_the_window_around_the_time_and_reuses_it(studi
 def test_unreadable_or_huge_uploads_are_refused(studio, tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_text("not a video")
-    slider, msg = studio.upload_info(str(junk))
+    slider, msg = studio.inspector.upload_info(str(junk))
     assert "cannot read video 'junk.mp4'" in msg and slider["interactive"] is False
     with pytest.raises(gr.Error, match="cannot read video"):
-        studio.recall_upload(str(junk), 0.0, 20, STEPS)
+        studio.inspector.recall_upload(str(junk), 0.0, 20, STEPS)
     huge = tmp_path / "huge.mp4"
     with open(huge, "wb") as f:  # sparse: takes no disk space
         f.truncate(2 * 1024**3 + 1)
     assert os.path.getsize(huge) > 2 * 1024**3
-    assert "limited to 2 GiB" in studio.upload_info(str(huge))[1]
+    assert "limited to 2 GiB" in studio.inspector.upload_info(str(huge))[1]
     with pytest.raises(gr.Error, match="limited to 2 GiB"):
-        studio.recall_upload(str(huge), 0.0, 20, STEPS)
+        studio.inspector.recall_upload(str(huge), 0.0, 20, STEPS)
 
 
 # ------------------------------------------------------------------ model and app entry
@@ -473,12 +473,12 @@ def test_the_shot_table_marks_a_return_and_the_inspector_compares_it(studio):
     assert [r[5] for r in rows] == ["", "", "shot 1"]  # the same prompt, whatever its case or full stop
     assert "shot 3 returns to shot 1" in msg
     assert isinstance(studio.generate("returns", RETURNING, 0, STEPS), Done)
-    picker = studio.return_choices("returns")
+    picker = studio.inspector.return_choices("returns")
     assert picker["choices"] == [("Shot 3 returns to shot 1", 2)] and picker["value"] == 2
-    first, recalled, returned, md = studio.compare_return("returns", 2, STEPS)
+    first, recalled, returned, md = studio.inspector.compare_return("returns", 2, STEPS)
     p = Project(studio.root / "returns")
     film = np.concatenate([read_video(p.segment_video_path(i))[0] for i in range(p.finished_segments())])
     assert np.array_equal(first[::4, ::4], film[0]) and np.array_equal(returned[::4, ::4], film[20])  # 2.5 s
     assert recalled.shape == first.shape == returned.shape == (256, 256, 3)
     assert "Shot 3 (2.5 s) returns to shot 1 (0 s)" in md and md.count(" dB ") == 2 and "tokens" in md
-    assert "returns to an earlier one" in studio.compare_return("returns", 1, STEPS)[3]
+    assert "returns to an earlier one" in studio.inspector.compare_return("returns", 1, STEPS)[3]

@@ -37,9 +37,9 @@ def test_upload_generate_inspect_export_and_restore(studio, tmp_path):
 
     assert isinstance(studio.generate("cont", STORYBOARD, 3, 1), Done)
     assert studio._slider(project)["maximum"] == pytest.approx((17 + 24 - 1) / 8)  # the slider covers footage + film
-    truth, recalled, _, metrics = studio.inspect("cont", 0.5, 1)
+    truth, recalled, _, metrics = studio.inspector.inspect("cont", 0.5, 1)
     assert "your footage" in metrics and "PSNR" in metrics and recalled is not None
-    assert "after the footage" in studio.inspect("cont", 3.0, 1)[3]
+    assert "after the footage" in studio.inspector.inspect("cont", 3.0, 1)[3]
 
     path, msg = studio.export("cont", 18)
     assert len(read_video(path)[0]) == 17 + 24 and read_export_record(path).footage_frames == 17

@@ -11,35 +11,28 @@ return plain values (text, numbers, file paths, numpy images, `gr.update` dicts)
 
 from __future__ import annotations
 
-import math
 import shutil
-import sys
 import threading
-import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
-import torch
 
 from ...model.memory_encoder import memory_token_count
 from ...model.bundle import ModelLoadError, load_model
-from ..options import MAX_SEED, OptionError, check_options, check_seconds
-from ...sampling.pipeline import PFPPipeline, seconds_to_frame
+from ...sampling.pipeline import PFPPipeline
 from ...film.export import read_export_record, restore_footage, write_film
 from ...film.project import Project, ProjectError
 from ...film.session import Done, Event, GenerationSession, Plan
-from ...evaluation.metrics import psnr, ssim
-from ...film.storyboard import Storyboard, StoryboardError, parse_storyboard, shot_returns
-from ...io.video import VideoReadError, tensor_to_frames
+from ...film.storyboard import Storyboard, StoryboardError, parse_storyboard
 from ...film import footage as fm
 from . import project_state as ps
+from .errors import checked
 from .footage_view import FootagePanel
+from .inspector_view import InspectorPanel
 from .status_view import status_html
-from .recall_view import check_upload, encode_clip, metrics_markdown, prepare_clip, recall_images, zoom
-from .storyboard_view import (WHOLE_FILM, check_storyboard, preset_names, read_preset, replace_prompt_in_text,
-                              return_choices)
+from .storyboard_view import WHOLE_FILM, check_storyboard, preset_names, read_preset, replace_prompt_in_text
 
 DEFAULT_PROJECT = "untitled"
 MAX_STEPS = 100  # the sliders' range; pfp_app.app.options allows up to 1000 (the API and the CLI)
@@ -53,22 +46,6 @@ def _optional_runtime():
     except ImportError:
         return None
     return runtime if callable(getattr(runtime, "apply_profile", None)) else None
-
-
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
-def _checked(**values) -> dict:
-    """The options layer (pfp_app.app.options), its message as a gr.Error."""
-    try:
-        return check_options("ui", **values)
-    except OptionError as err:
-        raise gr.Error(str(err)) from None
-
-
-def _no_change(n: int) -> tuple:
-    return tuple(gr.update() for _ in range(n))
 
 
 RESTORE_FILE = "restore_source.mp4"  # an export being restored, copied into its project when the job is queued
@@ -86,9 +63,8 @@ class Studio:
         self._applied_profile: str | None = None
         self._model_lock = threading.Lock()
         self._busy_with = ""  # what holds the model: 'a generation', 'a recall', ...
-        self._history_cache: tuple | None = None  # (key, history latents, the film's frames)
-        self._clip_cache: tuple | None = None  # (key, Clip, latents)
         self.footage = FootagePanel(self)  # "start from footage" (footage_view.py)
+        self.inspector = InspectorPanel(self)  # the memory inspector (inspector_view.py)
 
     # model ------------------------------------------------------------------------------------------
     def load(self) -> "Studio":
@@ -270,7 +246,7 @@ class Studio:
         """A Generate request checked before it is queued: storyboard, project name and options (gr.Error)."""
         self._parse(text)
         self._open(name)
-        return dict(project=name.strip(), text=text, **_checked(seed=seed, steps=steps))
+        return dict(project=name.strip(), text=text, **checked(seed=seed, steps=steps))
 
     def generate(self, project_name: str, text: str, seed, steps, profile: str = "auto",
                  emit: Callable[[Event], None] = lambda e: None, should_stop: Callable[[], bool] | None = None) -> Event:
@@ -278,7 +254,7 @@ class Studio:
         (a stopped or killed run resumes); what it replaces is kept as a take. Returns the run's last event."""
         self._parse(text)
         project = self._open(project_name)
-        opts = _checked(seed=seed, steps=steps)
+        opts = checked(seed=seed, steps=steps)
         ps.save_draft(project, text)
         ps.remember_last(self.root, project_name)
         return self._run(project, profile, emit, should_stop,
@@ -291,7 +267,7 @@ class Studio:
         the segments before it are kept untouched."""
         _, k, text, _ = self.shot_edit(text, shot, prompt)
         project = self._open(project_name)
-        opts = _checked(seed=seed, steps=steps)
+        opts = checked(seed=seed, steps=steps)
         ps.save_draft(project, text)
         ps.remember_last(self.root, project_name)
 
@@ -427,7 +403,7 @@ class Studio:
         """-> (MP4 path, message). Whole film -> film.mp4 (starting with the footage unless `footage` says
         'generated part only'), one shot -> shot_NN.mp4, in the project folder."""
         project = self._open(project_name, create=False)
-        crf = _checked(crf=crf)["crf"]
+        crf = checked(crf=crf)["crf"]
         which = WHOLE_FILM if which is None else int(which)
         if which == WHOLE_FILM:
             segments, out = range(project.finished_segments()), project.film_path
@@ -441,164 +417,3 @@ class Studio:
         return str(path), (f"Exported {len(segments)} segment{'s' * (len(segments) != 1)} to `{path}` (CRF {crf}); "
                            "its comment holds the storyboard, the seeds and the sampler settings: dropping it in "
                            "'Start from footage' restores the same film.")
-
-    # memory inspector -----------------------------------------------------------------------------------
-    def _history(self, project: Project):
-        """(latents (1, C, T', H', W'), the film's frames (3, T, H, W)) of the project, cached until it changes.
-        The frames are the segments' MP4s as generation wrote them: nothing is decoded again."""
-        n = project.finished_segments()
-        lead = fm.footage_latents_path(project)
-        if n == 0 and not lead.is_file():
-            return None, None
-        key = (str(project.folder), n, project.segment_latents_path(n - 1).stat().st_mtime_ns if n else 0,
-               lead.stat().st_mtime_ns if lead.is_file() else 0)
-        if self._history_cache is None or self._history_cache[0] != key:
-            # the footage's latents and prepared frames, then the segments' latents and the MP4s generation wrote
-            parts = [(fm.load_footage_latents(project), fm.footage_frames(project))]
-            if n:
-                parts.append((project.load_history(n), ps.read_film_frames(project, n)))
-            parts = [(lat, fr) for lat, fr in parts if lat is not None]
-            self._history_cache = (key, torch.cat([lat for lat, _ in parts], dim=2), torch.cat([fr for _, fr in parts], dim=1))
-        return self._history_cache[1], self._history_cache[2]
-
-    def _inspector_job(self, fn):
-        if not self._model_lock.acquire(blocking=False):
-            gr.Warning(f"Busy: {self._busy_with} is running; the inspector works when it is finished.")
-            return None
-        self._busy_with = "a recall"
-        try:
-            return fn()
-        except gr.Error:
-            raise
-        except (ValueError, VideoReadError) as err:
-            raise gr.Error(str(err)) from None
-        except Exception as err:
-            if _is_oom(err):
-                raise gr.Error("Out of GPU memory during recall; try a lower-memory runtime profile.") from None
-            traceback.print_exception(err, file=sys.stderr)
-            raise gr.Error(f"Recall failed ({type(err).__name__}: {err})") from None
-        finally:
-            self._busy_with = ""
-            self._model_lock.release()
-
-    def inspect(self, project_name: str, seconds, steps, seed=0):
-        """-> (true frame, recalled frame, error map, metrics Markdown) at `seconds` of the project's history."""
-        project = self._open(project_name, create=False)
-        opts = _checked(steps=steps, seed=seed)
-
-        def job():
-            history, frames = self._history(project)
-            if history is None:
-                return None, None, None, "Generate at least one segment, then move the slider."
-            pipe = self._pipeline()
-            fps = pipe.model.video.fps
-            at = check_seconds("The time", seconds)  # finite, >= 0; past the end means the last frame
-            index = min(frames.shape[1] - 1, seconds_to_frame(at, fps))
-            # frame -> its index among the history's pixel frames (a film without footage leaves out the lead frame)
-            res = pipe.recall(history, index + ps.lead_frames(project), truth_frames=frames, truth_index=index, **opts)
-            lead = fm.footage_seconds(project, fps)
-            where = (f"\n\nA frame of **your footage** (0–{lead:.2f} s)." if index / fps < lead else
-                     f"\n\nStoryboard time {index / fps - lead:.2f} s (after the footage)." if lead else "")
-            return (*recall_images(res), metrics_markdown(res, index / fps, fps, index) + where)
-
-        out = self._inspector_job(job)
-        return _no_change(4) if out is None else out
-
-    def return_choices(self, project_name: str):
-        """The inspector's return picker: the generated storyboard's shots that return to an earlier one."""
-        try:
-            project = self._open(project_name, create=False)
-            choices = return_choices(parse_storyboard(project.read_storyboard()))
-        except (gr.Error, StoryboardError):
-            choices = []
-        return gr.update(choices=choices, value=choices[0][1] if choices else None)
-
-    def compare_return(self, project_name: str, shot, steps, seed=0):
-        """-> (first appearance, what the memory recalled of it, the return's first frame, metrics Markdown): how a
-        shot that repeats an earlier shot's prompt came back, beside what the memory held of that earlier shot
-        when the return was drawn (φ of the history before it)."""
-        project = self._open(project_name, create=False)
-        opts = _checked(steps=steps, seed=seed)
-
-        def job():
-            history, frames = self._history(project)
-            text = project.read_storyboard()
-            if history is None or not text:
-                return None, None, None, "Generate a storyboard in which a shot repeats an earlier shot's prompt."
-            sb = parse_storyboard(text)
-            back = shot_returns([s.prompt for s in sb.shots])
-            k = int(shot) if shot is not None else -1
-            if not 0 <= k < len(sb.shots) or back[k] is None:
-                return None, None, None, "Pick a shot that returns to an earlier one (it repeats that shot's prompt)."
-            pipe = self._pipeline()
-            segments = pipe.schedule(sb, after_footage=fm.has_footage(project))
-            ret = next(s for s in segments if s.shot_index == k)
-            ref = next(s for s in segments if s.shot_index == back[k])
-            if ret.index >= project.finished_segments():
-                return None, None, None, f"Shot {k + 1} is not generated yet."
-            n_foot = int(fm.footage_meta(project).get("frames", 0))  # the film's frames start after the footage
-            offset = history.shape[2] - sum(s.num_latents for s in segments[: project.finished_segments()])
-            first, back_at = n_foot + ref.first_frame, n_foot + ret.first_frame  # indices into `frames`
-            before = history[:, :, : offset + ret.first_latent]  # what the memory held when the return was drawn
-            res = pipe.recall(before, first + ps.lead_frames(project), truth_frames=frames, truth_index=first, **opts)
-            returned = frames[:, back_at]
-            truth, recalled, _ = recall_images(res)
-            p, q = psnr(returned, frames[:, first]), ssim(returned, frames[:, first])
-            fps = pipe.model.video.fps
-            md = "\n".join([
-                f"Shot {k + 1} ({ret.start:g} s) returns to shot {back[k] + 1} ({ref.start:g} s).", "",
-                "| compared with shot " + f"{back[k] + 1}'s first frame | PSNR | SSIM |", "|---|---|---|",
-                f"| what the memory recalled of it, from the {before.shape[2]} latent frames before the return "
-                f"({res.memory_tokens:,} tokens) | {res.psnr:.2f} dB | {res.ssim:.3f} |",
-                f"| the return's first frame (at {back_at / fps:.2f} s of the film) | {p:.2f} dB | {q:.3f} |"])
-            return truth, recalled, zoom(tensor_to_frames(returned[:, None])[0]), md
-
-        out = self._inspector_job(job)
-        return _no_change(4) if out is None else out
-
-    def upload_info(self, path):
-        """After an upload: (slider over the video, message). Refuses > 2 GiB or unreadable files clearly."""
-        if not path:
-            return gr.update(maximum=1.0, value=0.0, interactive=False), ""
-        try:
-            info = check_upload(path)
-        except VideoReadError as err:
-            gr.Warning(str(err))
-            return gr.update(maximum=1.0, value=0.0, interactive=False), f"**✗** {err}"
-        d = round(info.duration, 3)
-        msg = f"{info.width}×{info.height}, {info.fps:g} fps, {info.duration:.2f} s — pick a time and press Recall."
-        if info.damaged:
-            gr.Warning(info.damage_note())
-            msg += f" **Warning:** {info.damage_note()}."
-        return gr.update(maximum=d, value=round(d / 2, 3), interactive=True), msg
-
-    def recall_upload(self, path, seconds, history_seconds, steps, seed=0, progress: Callable | None = None):
-        """Compress the history around `seconds` of an uploaded video (the `history_seconds` that end there, or
-        the first ones, which hold it) and recall the frame at `seconds` from memory alone. A compressed window
-        is kept and reused while the asked time falls inside it."""
-        if not path:
-            raise gr.Error("Upload a video first")
-        opts = _checked(steps=steps, seed=seed)
-
-        def job():
-            pipe = self._pipeline()
-            at = float(seconds)
-            p = Path(path)
-            key = (str(p), p.stat().st_mtime_ns if p.is_file() else 0, float(history_seconds))
-            cached = self._clip_cache if self._clip_cache is not None and self._clip_cache[0] == key else None
-            if cached is not None and math.isfinite(at) and cached[1].holds(at):
-                clip, latents = cached[1], cached[2]
-            else:  # read, resample and compress the window once; later recalls inside it reuse it
-                report = None if progress is None else (lambda f, desc: progress(f, desc=desc))
-                clip = prepare_clip(pipe, path, at, float(history_seconds), progress=report)
-                latents = encode_clip(pipe, clip, progress=report)
-                self._clip_cache = (key, clip, latents)
-                if progress is not None:
-                    progress(0.9, desc="recalling")
-            index = clip.frame_index(float(seconds))
-            res = pipe.recall(latents, index, truth_frames=clip.frames, **opts)
-            return (*recall_images(res), metrics_markdown(res, clip.first_time + index / clip.fps, clip.fps))
-
-        out = self._inspector_job(job)
-        return _no_change(4) if out is None else out
-

@@ -12,7 +12,8 @@ import gradio as gr
 from ...film.footage import DEFAULT_STILL_SECONDS, EXPORT_GENERATED_ONLY, EXPORT_WITH_FOOTAGE
 from .job_view import POLL_SECONDS, StudioJobs
 from .storyboard_view import TABLE_HEADERS, TABLE_TYPES, WHOLE_FILM
-from .callbacks import DEFAULT_PROJECT, MAX_SEED, MAX_STEPS, Studio
+from ..options import MAX_SEED
+from .callbacks import DEFAULT_PROJECT, MAX_STEPS, Studio
 
 CSS = """
 .pfp-status progress { width: 100%; height: 14px; }
@@ -202,15 +203,15 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         inspect_outputs = [truth_img, recalled_img, error_img, metrics]
         ijob = dict(concurrency_id=JOB, concurrency_limit=2, trigger_mode="always_last")
-        at.release(studio.inspect, [project, at, recall_steps, seed], inspect_outputs, **ijob)
-        recall_btn.click(studio.inspect, [project, at, recall_steps, seed], inspect_outputs, **ijob)
-        upload.change(studio.upload_info, upload, [up_at, upload_msg])
+        at.release(studio.inspector.inspect, [project, at, recall_steps, seed], inspect_outputs, **ijob)
+        recall_btn.click(studio.inspector.inspect, [project, at, recall_steps, seed], inspect_outputs, **ijob)
+        upload.change(studio.inspector.upload_info, upload, [up_at, upload_msg])
         def recall_upload(path, at_, hist, steps_, seed_, progress=gr.Progress()):
-            return studio.recall_upload(path, at_, hist, steps_, seed_, progress=progress)
+            return studio.inspector.recall_upload(path, at_, hist, steps_, seed_, progress=progress)
 
         up_btn.click(recall_upload, [upload, up_at, up_hist, recall_steps, seed], inspect_outputs, **ijob)
-        return_shot.focus(studio.return_choices, project, return_shot, queue=False, show_progress="hidden")
-        return_btn.click(studio.compare_return, [project, return_shot, recall_steps, seed],
+        return_shot.focus(studio.inspector.return_choices, project, return_shot, queue=False, show_progress="hidden")
+        return_btn.click(studio.inspector.compare_return, [project, return_shot, recall_steps, seed],
                          [first_img, remembered_img, returned_img, return_md], **ijob)
         export_btn.click(studio.export, [project, crf, which, export_footage], [export_file, export_msg],
                          concurrency_id=JOB, concurrency_limit=2)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ...evaluation.metrics import error_heatmap
-from ...sampling.pipeline import PFPPipeline, RecallResult
-from ...film.recall_clip import Clip, check_video, encode_clip, prepare_clip  # noqa: F401 (re-exported for the studio)
+from ...sampling.pipeline import RecallResult
+from ...film.recall_clip import check_video
 from ...io.video import VideoReadError
 from ...io.video import tensor_to_frames
 
