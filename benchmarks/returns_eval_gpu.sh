@@ -4,8 +4,9 @@
 #
 #   benchmarks/returns_eval_gpu.sh OUT MODEL BUDGET_MIN 'NAME:FIELD=VALUE,...' ['NAME:...' ...]
 #
-# Per variant: fidelity.py's 60-s drift storyboard for seeds 50000-50002 (a return every 12 s), fidelity.py's 32
-# held-out storyboards (FID=0 skips them) and return_consistency.py's 16 storyboards (RC=0 skips them). The caption
+# Per variant: fidelity.py's 60-s drift storyboard for seeds 50000-50002 (a return every 12 s; DRIFT=0 skips them),
+# fidelity.py's 32 held-out storyboards (FID=0 skips them) and return_consistency.py's 16 storyboards (RC=0 skips
+# them). The caption
 # tables come from a machine with MiniLM (a GPU machine has none):
 #   python benchmarks/fidelity.py --num-storyboards 32 --drift-seconds 60 --seed 50000 --write-captions .carry/fid_50000.safetensors
 #   python benchmarks/fidelity.py --num-storyboards 0 --drift-seconds 60 --seed 5000N --write-captions .carry/fid_5000N.safetensors
@@ -28,12 +29,14 @@ for v in "$@"; do
   for f in "${kv[@]}"; do [ -n "$f" ] && sampler="$sampler --sampler $f"; done
   if [ "${FID:-1}" = 1 ]; then
     cmds+=("python3 benchmarks/fidelity.py --model $model --num-storyboards 32 --drift-seconds 60 --seed 50000 --text-table .carry/fid_50000.safetensors$sampler --out $out/fid_$name.json")
-  else
+  elif [ "${DRIFT:-1}" = 1 ]; then
     cmds+=("python3 benchmarks/fidelity.py --model $model --num-storyboards 0 --drift-seconds 60 --seed 50000 --text-table .carry/fid_50000.safetensors$sampler --out $out/drift_${name}_50000.json")
   fi
-  for s in 50001 50002; do
-    cmds+=("python3 benchmarks/fidelity.py --model $model --num-storyboards 0 --drift-seconds 60 --seed $s --text-table .carry/fid_$s.safetensors$sampler --out $out/drift_${name}_$s.json")
-  done
+  if [ "${DRIFT:-1}" = 1 ]; then
+    for s in 50001 50002; do
+      cmds+=("python3 benchmarks/fidelity.py --model $model --num-storyboards 0 --drift-seconds 60 --seed $s --text-table .carry/fid_$s.safetensors$sampler --out $out/drift_${name}_$s.json")
+    done
+  fi
   if [ "${RC:-1}" = 1 ]; then
     cmds+=("python3 benchmarks/return_consistency.py --model $model --storyboards 16 --text-table .carry/rc.safetensors$sampler --out $out/rc_$name.json")
   fi

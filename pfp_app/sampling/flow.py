@@ -145,6 +145,8 @@ def sample(
     device="cpu",
     dtype=torch.float32,
     context: torch.Tensor | None = None,
+    init: torch.Tensor | None = None,
+    init_sigma: float = 1.0,
 ) -> torch.Tensor:
     """Integrate the flow from noise to latents of `shape` (B, C, T, H, W). Classifier-free guidance
     when guidance_scale != 1 (needs null_text). on_step(i, n) is called after every step.
@@ -153,7 +155,11 @@ def sample(
     are denoised beside it, held on their own exact path x_t = (1 - t) context + t ε_c with velocity ε_c - context
     (the replacement method of Ho et al., "Video Diffusion Models", 2022): the new frames are drawn to continue
     them, with no retraining, since G was trained on segments that start anywhere in a clip. The segment's own
-    noise is drawn first, so a segment with context starts from the same noise as one without."""
+    noise is drawn first, so a segment with context starts from the same noise as one without.
+
+    init: latents of `shape` the segment starts from instead of pure noise (SDEdit, Meng et al. 2022): noised to
+    the first step whose noise level is at most `init_sigma`, x = (1 - σ) init + σ ε with the segment's own noise,
+    and integrated from there (the steps above it are skipped: the layout is init's, the details are drawn anew)."""
     scheduler = make_scheduler(settings.sampler, settings.shift)
     scheduler.set_timesteps(settings.steps, device=device)
     x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
@@ -164,10 +170,18 @@ def sample(
         back = torch.arange(k, 0, -1, dtype=frame_positions.dtype, device=frame_positions.device)
         frame_positions = torch.cat([frame_positions[:1] - back, frame_positions])  # (k + T,)
         x = torch.cat([ctx_noise, x], dim=2)  # (B, C, k + T, H, W)
+    start = 0
+    if init is not None:
+        sigmas = [float(s) for s in scheduler.sigmas[: len(scheduler.timesteps)]]
+        start = next((i for i, s in enumerate(sigmas) if s <= init_sigma), len(sigmas))
+        if start == len(sigmas):
+            return init.float().to(device)
+        x[:, :, k:] = (1 - sigmas[start]) * init.float().to(device) + sigmas[start] * x[:, :, k:]
+        scheduler.set_begin_index(start)
     scales = [settings.guidance_at(float(t)) for t in scheduler.timesteps]
-    if any(g != 1.0 for g in scales) and null_text is None:
+    if any(g != 1.0 for g in scales[start:]) and null_text is None:
         raise ValueError("guidance needs the unconditional text embedding")
-    for i, (t, scale) in enumerate(zip(scheduler.timesteps, scales)):
+    for i, (t, scale) in list(enumerate(zip(scheduler.timesteps, scales)))[start:]:
         if k:  # the context on its exact path at this step's noise level
             sigma = float(scheduler.sigmas[i])
             x[:, :, :k] = (1 - sigma) * ctx + sigma * ctx_noise

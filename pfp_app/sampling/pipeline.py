@@ -77,6 +77,19 @@ def earlier_segments_of_prompt(segments: list[TimedSegment], seg: TimedSegment) 
     return [other for other in segments[: seg.index] if prompt_key(other.prompt) == key] if shot_start else []
 
 
+def retake_source(segments: list[TimedSegment], seg: TimedSegment) -> int | None:
+    """The first latent of what `seg` re-takes at a return: the latents of the shot its shot returns to
+    (`storyboard.shot_returns`), at the same time into the shot; None when its shot is not a return or the shot it
+    returns to is shorter than that."""
+    own = [s for s in segments if s.shot_index == seg.shot_index]
+    earlier = earlier_segments_of_prompt(segments, own[0])
+    if not earlier:
+        return None
+    shot = [s for s in segments if s.shot_index == earlier[0].shot_index]
+    first = shot[0].first_latent + seg.first_latent - own[0].first_latent
+    return first if first + seg.num_latents <= shot[-1].first_latent + shot[-1].num_latents else None
+
+
 def return_keyframes(segments: list[TimedSegment], seg: TimedSegment, k: int) -> tuple[int, int] | None:
     """(first latent, count) of the keyframes a return's first segment continues: the first k latent frames of
     the shot it returns to (`storyboard.shot_returns`: its first appearance, so that return after return starts
@@ -218,9 +231,12 @@ class PFPPipeline:
                 at = first if seg_sampler.return_latents_as_recent else None
                 memory = join_memory(memory, history_recent_tokens(self.model.transformer, history,
                                                                    seg_sampler.return_latents, end, at))
+            init = None
+            if seg_sampler.return_retake and (src := retake_source(segments, seg)) is not None:
+                init = history[:, :, offset + src : offset + src + n]  # (1, C, n, H', W'): the first appearance
             latents = sample(self._velocity, self.latent_shape(n), text, memory, positions, seg_sampler, gen,
                              null_text=null_text, on_step=step_cb, device=self.device, dtype=self.dtype,
-                             context=context)
+                             context=context, init=init, init_sigma=seg_sampler.return_retake)
             t1 = time.perf_counter()
             frames = self._film_frames(seg, decoder.decode(latents)[0], footage is not None)  # (3, seg.num_frames, H, W)
             history = latents if history is None else torch.cat([history, latents], dim=2)

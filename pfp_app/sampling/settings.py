@@ -60,6 +60,12 @@ class SamplerSettings:
     # and that segment is sampled as a shot's continuation (the within-shot guidance, memory guidance and recent
     # frames, the keyframes as the frames it continues) instead of as a shot start
     return_as_continuation: bool = False
+    # at a return, every segment of the returning shot is a re-take of the shot it returns to: it starts from that
+    # first appearance's latents at the same time into the shot, noised to this level (`flow.sample`'s init), and
+    # is denoised with its prompt and the memory; the steps above that noise level are skipped. The place's view
+    # and the characters come back as they first appeared, and return after return takes the same first
+    # appearance, so nothing drifts. 0: off (a return is drawn anew); 1: pure noise (the same)
+    return_retake: float = 0.0
 
     def __post_init__(self):
         if self.return_latents_from not in RETURN_SOURCES:
