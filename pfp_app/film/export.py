@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.video import VideoReadError, frame_count, read_mp4_comment, read_video, write_mp4
+from ..io.video import VideoReadError, frame_count, read_mp4_comment, read_video, video_info, write_mp4
 from ..sampling.settings import SamplerSettings
 from .footage import FootageError, footage_from_frames, footage_meta, footage_video_path, has_footage
 from .project import Project
@@ -113,13 +113,13 @@ def write_film(project: Project, out: str | Path | None = None, segments: range 
     if len(segments) == 0:
         raise ValueError("nothing to export: the project has no finished segment")
     settings = project.read_settings()
-    src_fps = int(settings.get("video", {}).get("fps") or fps or 8)
     lead = footage_video_path(project) if with_footage and segments.start == 0 and has_footage(project) else None
     n_lead = int(footage_meta(project)["frames"]) if lead is not None else None
     excluded = has_footage(project) and lead is None
     comment = export_comment(settings.get("model"), project_runs(project, segments), project.read_storyboard(),
                              n_lead, excluded)
     paths = ([lead] if lead is not None else []) + [project.segment_video_path(i) for i in segments]
+    src_fps = video_info(paths[-1]).fps  # the rate the segments were made at (the model's)
     fps = fps or src_fps
     return write_mp4(out or project.film_path, stream_frames(paths, src_fps, fps), fps, crf=crf, comment=comment)
 
