@@ -1,7 +1,8 @@
 """Training the codec (stage `codec`): the Wan VAE (AutoencoderKLWan) learns to reconstruct windows of frames, in
 image mode (--codec-window 1) or video mode (1 + 4k frames: world or folder clips, photographs in motion and real
 clips, mixed by --codec-mix). The shipped codec is the EMA one, with its latents' per-channel statistics measured
-on it at the end. What both loops share (options, checkpoints, EMA, time budget, metrics): common.py.
+on it at the end. What both loops share (options, checkpoints, EMA, time budget, metrics, the optimizer loop):
+common.py.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from ..model.bundle import MODEL_CONFIGS, PFPModel
 from .codec_data import CodecBatches, parse_codec_mix
 from .common import (
     CODEC_LOSSES,
-    RunLog,
     TrainConfig,
     build_model,
     check_config,
-    lr_at,
     make_accelerator,
     make_optimizer,
     require_choice,
+    run_steps,
     save_checkpoint,
     seed_this_rank,
     set_trained,
@@ -95,41 +95,19 @@ def train_codec(cfg: TrainConfig) -> dict:
     module, optimizer = accelerator.prepare(module, optimizer)
 
     gen = torch.Generator().manual_seed(np_seed(cfg.seed, accelerator.process_index, state["step"]))
-    log = RunLog(accelerator, cfg, state, t_start)
     accelerator.print(f"{cfg.stage}: {world} process(es) x batch {cfg.batch_size} x grad-accum {cfg.grad_accum} "
                       f"= {cfg.batch_size * world * cfg.grad_accum} samples per step, {batches.num_clips} clips on "
                       f"this rank")
-    stop, progress = log.over(state), 0.0  # progress: share of this run done, for lr_at
-    while not stop:
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(state["step"], cfg, progress)
-        micro_losses = []
-        for _ in range(cfg.grad_accum):  # the last micro-batch syncs the gradients and steps the optimizer
-            with accelerator.accumulate(module):
-                with accelerator.autocast():
-                    x = batches(cfg.batch_size, cfg.codec_window, gen)  # (B, 3, window, H, W) in [-1, 1]
-                    loss, parts = module(x)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            micro_losses.append(loss.detach())
-        ema.step(params)
-        state["step"] += 1
-        state["samples"] += cfg.batch_size * world * cfg.grad_accum
-        log.record(state, torch.stack(micro_losses).float().mean(), "codec", lr_at(state["step"], cfg, progress),
-                   parts)
-        stop, checkpoint_due, progress = log.check(state)
-        if checkpoint_due and not stop:  # the final checkpoint follows the loop
-            log.summarise(state)
-            save_checkpoint(accelerator, cfg, model, optimizer, ema, params, state, log)
-    log.close()
+
+    def micro_step():  # one micro-batch: windows (B, 3, window, H, W) in [-1, 1], their loss and its parts
+        loss, parts = module(batches(cfg.batch_size, cfg.codec_window, gen))
+        return loss, "codec", parts
+
+    # the optimizer loop, the same for every stage (common.run_steps): lr, micro-batches, EMA, log, checkpoints
+    log = run_steps(accelerator, cfg, model, module, optimizer, ema, params, state, t_start, micro_step)
     result = {"world_size": world, "grad_accum": cfg.grad_accum}
-    if not log.losses and state["step"] > 0:  # resumed a finished run (or no time left): the checkpoint stands as is
-        accelerator.print(f"nothing to do: {cfg.out} is at step {state['step']} (max {cfg.max_steps})")
+    if log is None:  # nothing to do: the checkpoint stands as is
         return {**state, **result}
-    log.summarise(state)
     if accelerator.is_main_process and not cfg.codec_freeze_encoder:
         ema.copy_to(params)  # the shipped codec is the EMA one: its latent statistics are measured on it
         stats_gen = torch.Generator().manual_seed(cfg.seed)

@@ -1,6 +1,7 @@
 """What the two training loops share: the options (TrainConfig, each with its help), the model a run starts from,
 the accelerator, the learning-rate schedule, the optimizer, checkpoints (save, resume, EMA), the time budget agreed
-across ranks and the metrics log. The loops: codec_loop.py (the codec) and memory_loop.py (base, pretrain, finetune).
+across ranks, the metrics log and the optimizer loop itself (`run_steps`). The loops: codec_loop.py (the codec) and
+memory_loop.py (base, pretrain, finetune), each with its own module, batches and what follows its last step.
 
 Built on `accelerate`: the same command runs on the CPU, one GPU, or many (`accelerate launch` / `torchrun`); bf16
 autocast on GPU; EMA of weights (diffusers' EMAModel); a time budget so a run fits a fixed window; checkpoints
@@ -277,6 +278,48 @@ def save_checkpoint(accelerator, cfg: TrainConfig, model: PFPModel, optimizer, e
     if final:
         accelerator.wait_for_everyone()
     log.last_checkpoint = time.time()
+
+
+def run_steps(accelerator, cfg: TrainConfig, model: PFPModel, module: nn.Module, optimizer, ema,
+              params: list[nn.Parameter], state: dict, t_start: float,
+              micro_step: Callable[[], tuple[torch.Tensor, str, dict | None]],
+              export: Callable[[PFPModel], PFPModel] | None = None) -> RunLog | None:
+    """The optimizer loop of every stage, until --max-steps or the time budget (counted from `t_start`): each step
+    sets the learning rate, runs --grad-accum micro-batches (`micro_step()`, under autocast: one micro-batch's loss,
+    its kind and the parts to log or None; the last micro-batch syncs the gradients and steps the optimizer), updates
+    the EMA, logs, and writes a checkpoint when one is due (`export` as in save_checkpoint). The final checkpoint is
+    the caller's: this returns the run's log once its losses are summarised into `state`, None when there was nothing
+    to do (a finished run resumed, or no time left: the checkpoint stands as is)."""
+    log = RunLog(accelerator, cfg, state, t_start)
+    stop, progress = log.over(state), 0.0  # progress: share of this run done, for lr_at
+    while not stop:
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(state["step"], cfg, progress)
+        micro_losses = []
+        for _ in range(cfg.grad_accum):  # the last micro-batch syncs the gradients and steps the optimizer
+            with accelerator.accumulate(module):
+                with accelerator.autocast():
+                    loss, kind, parts = micro_step()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_losses.append(loss.detach())
+        ema.step(params)
+        state["step"] += 1
+        state["samples"] += cfg.batch_size * accelerator.num_processes * cfg.grad_accum
+        log.record(state, torch.stack(micro_losses).float().mean(), kind, lr_at(state["step"], cfg, progress), parts)
+        stop, checkpoint_due, progress = log.check(state)
+        if checkpoint_due and not stop:  # the final checkpoint follows the loop
+            log.summarise(state)
+            save_checkpoint(accelerator, cfg, model, optimizer, ema, params, state, log, export=export)
+    log.close()
+    if not log.losses and state["step"] > 0:  # resumed a finished run (or no time left): the checkpoint stands as is
+        accelerator.print(f"nothing to do: {cfg.out} is at step {state['step']} (max {cfg.max_steps})")
+        return None
+    log.summarise(state)
+    return log
 
 
 def agree(accelerator, *flags: bool) -> list[bool]:

@@ -5,7 +5,8 @@ the paper starts stage 1 from).
 The clips are encoded once by the frozen codec (or read from --latent-cache) and kept on the device. Each batch's
 randomness is drawn here (`_memory_step`); its loss is one of the paper's two objectives in sampling/flow.py
 (`retrieval_loss`, `next_segment_loss`), computed inside `MemoryTrainingModule.forward`, so that one DDP forward
-covers φ and G. What both loops share (options, checkpoints, EMA, time budget, metrics): common.py.
+covers φ and G. What both loops share (options, checkpoints, EMA, time budget, metrics, the optimizer loop):
+common.py.
 """
 
 from __future__ import annotations
@@ -23,13 +24,12 @@ from ..model.memory_dit import history_recent_tokens, memory_dit_forward, recent
 from ..model.text_encoder import PrecomputedTextEncoder
 from ..sampling.flow import draw_split, next_segment_loss, retrieval_batch, retrieval_loss, sample_train_t
 from .common import (
-    RunLog,
     TrainConfig,
     build_model,
     check_config,
-    lr_at,
     make_accelerator,
     make_optimizer,
+    run_steps,
     save_checkpoint,
     seed_this_rank,
     set_trained,
@@ -137,39 +137,18 @@ def train_memory(cfg: TrainConfig) -> dict:
     # per-tensor AdamW/EMA, it left an H200 idle half of each step (benchmarks/g_throughput.py: kernel busy 48%
     # as v2 was trained, 93% now)
     noise_gen = torch.Generator(device).manual_seed(np_seed(cfg.seed, accelerator.process_index, state["step"], 1))
-    log = RunLog(accelerator, cfg, state, t_start)
     accelerator.print(f"{cfg.stage}: {world} process(es) x batch {cfg.batch_size} x grad-accum {cfg.grad_accum} "
                       f"= {cfg.batch_size * world * cfg.grad_accum} samples per step, {len(clips)} clips on this rank")
-    stop, progress = log.over(state), 0.0  # progress: share of this run done, for lr_at
-    while not stop:
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(state["step"], cfg, progress)
-        micro_losses = []
-        for _ in range(cfg.grad_accum):  # the last micro-batch syncs the gradients and steps the optimizer
-            with accelerator.accumulate(module):
-                with accelerator.autocast():
-                    loss, kind = _memory_step(module, clips, text_encoder, cfg, gen, device, n, retrieval_clips,
-                                              noise_gen, starts)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            micro_losses.append(loss.detach())
-        ema.step(params)
-        state["step"] += 1
-        state["samples"] += cfg.batch_size * world * cfg.grad_accum
-        log.record(state, torch.stack(micro_losses).float().mean(), kind, lr_at(state["step"], cfg, progress))
-        stop, checkpoint_due, progress = log.check(state)
-        if checkpoint_due and not stop:  # the final checkpoint follows the loop
-            log.summarise(state)
-            save_checkpoint(accelerator, cfg, model, optimizer, ema, params, state, log, export=export)
-    log.close()
+
+    def micro_step():  # one micro-batch: its loss and kind (retrieval, next_segment or segment), no parts to log
+        loss, kind = _memory_step(module, clips, text_encoder, cfg, gen, device, n, retrieval_clips, noise_gen, starts)
+        return loss, kind, None
+
+    # the optimizer loop, the same for every stage (common.run_steps): lr, micro-batches, EMA, log, checkpoints
+    log = run_steps(accelerator, cfg, model, module, optimizer, ema, params, state, t_start, micro_step, export=export)
     result = {"world_size": world, "grad_accum": cfg.grad_accum}
-    if not log.losses and state["step"] > 0:  # resumed a finished run (or no time left): the checkpoint stands as is
-        accelerator.print(f"nothing to do: {cfg.out} is at step {state['step']} (max {cfg.max_steps})")
+    if log is None:  # nothing to do: the checkpoint stands as is
         return {**state, **result}
-    log.summarise(state)
     save_checkpoint(accelerator, cfg, model, optimizer, ema, params, state, log, final=True, export=export)
     return {**state, **result}
 
