@@ -204,7 +204,8 @@ def test_a_return_continues_the_opening_frames_of_the_shot_it_returns_to(tiny_pi
     assert [r.segment.shot_index for r in keyed] == [0, 1, 2]
     assert seen[0][0] is None and seen[1][0] is None
     context, positions, s = seen[2]
-    torch.testing.assert_close(context, keyed[0].latents[:, :, :1].to(context.dtype))  # the fox shot's opening
+    # the fox shot's opening: its first latent that shows film frames (latent 0 holds the lead frame, not shown)
+    torch.testing.assert_close(context, keyed[0].latents[:, :, 1:2].to(context.dtype))
     assert s.shot_start_guidance_scale == settings(tiny_pipeline).shot_start_guidance_scale  # still a shot start
     for i in (0, 1):
         torch.testing.assert_close(keyed[i].latents, plain[i].latents)
@@ -231,3 +232,33 @@ def test_a_return_can_be_drawn_as_the_continuation_of_its_keyframes(tiny_pipelin
     assert seen[1][2].memory_guidance_scale == 0.0  # a new shot stays a shot start
     recent = memory.coords[-4 * 4:]  # the keyframe as the frame it continues: 8x8 latents in 2x2 patches
     assert torch.all(recent[:, 0] == positions[0] - 1)
+
+
+def test_a_return_can_be_a_retake_of_its_first_appearance_at_the_same_time_into_the_shot(tiny_pipeline, monkeypatch):
+    """return_retake: each segment of the returning shot starts from the first appearance's latents that show the
+    same film frames into the shot, noised to that level; other segments start from noise as before."""
+    import pfp_app.sampling.pipeline as pipeline_module
+
+    story = "0s: a red fox in the snow\n1.5s: a grey owl on a branch\n2.5s: a red fox in the snow\nend: 4s\n"
+    seen, real_sample = [], pipeline_module.sample
+
+    def spy(model, shape, text, memory, positions, s, *args, init=None, init_sigma=1.0, **kwargs):
+        seen.append((None if init is None else init.clone(), init_sigma))
+        return real_sample(model, shape, text, memory, positions, s, *args, init=init, init_sigma=init_sigma, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "sample", spy)
+    res = tiny_pipeline.generate(story, 0, settings(tiny_pipeline, return_retake=0.6))
+    segs = [r.segment for r in res]
+    assert [s.shot_index for s in segs] == [0, 0, 1, 2]  # the fox shot: latents 0-3 in two segments
+    assert all(init is None for init, _ in seen[:3])
+    init, sigma = seen[3]
+    history = torch.cat([r.latents for r in res[:3]], dim=2)
+    # the return shows film frames 20.. of the film; its first 12 frames are the fox shot's film frames 0-11,
+    # which latents 1-3 show (latent 0 is the lead frame)
+    torch.testing.assert_close(init, history[:, :, 1:4].to(init.dtype))
+    assert sigma == 0.6
+    plain = tiny_pipeline.generate(story, 0, settings(tiny_pipeline))
+    for i in (0, 1, 2):
+        torch.testing.assert_close(res[i].latents, plain[i].latents)
+    close = lambda a, b: float((a - b).abs().mean())  # noqa: E731
+    assert close(res[3].latents, history[:, :, 1:4]) < close(plain[3].latents, history[:, :, 1:4])

@@ -77,28 +77,41 @@ def earlier_segments_of_prompt(segments: list[TimedSegment], seg: TimedSegment) 
     return [other for other in segments[: seg.index] if prompt_key(other.prompt) == key] if shot_start else []
 
 
-def retake_source(segments: list[TimedSegment], seg: TimedSegment) -> int | None:
-    """The first latent of what `seg` re-takes at a return: the latents of the shot its shot returns to
-    (`storyboard.shot_returns`), at the same time into the shot; None when its shot is not a return or the shot it
-    returns to is shorter than that."""
-    own = [s for s in segments if s.shot_index == seg.shot_index]
-    earlier = earlier_segments_of_prompt(segments, own[0])
-    if not earlier:
-        return None
-    shot = [s for s in segments if s.shot_index == earlier[0].shot_index]
-    first = shot[0].first_latent + seg.first_latent - own[0].first_latent
-    return first if first + seg.num_latents <= shot[-1].first_latent + shot[-1].num_latents else None
+def shot_of(segments: list[TimedSegment], shot: int) -> list[TimedSegment]:
+    return [s for s in segments if s.shot_index == shot]
 
 
-def return_keyframes(segments: list[TimedSegment], seg: TimedSegment, k: int) -> tuple[int, int] | None:
-    """(first latent, count) of the keyframes a return's first segment continues: the first k latent frames of
-    the shot it returns to (`storyboard.shot_returns`: its first appearance, so that return after return starts
-    from one view), within that shot; None when `seg` is not a return's first segment or k is 0."""
-    earlier = earlier_segments_of_prompt(segments, seg)
-    if not earlier or k <= 0:
+def returned_to(segments: list[TimedSegment], seg: TimedSegment) -> list[TimedSegment]:
+    """The segments of the shot that `seg`'s shot returns to (`storyboard.shot_returns`), or []."""
+    earlier = earlier_segments_of_prompt(segments, shot_of(segments, seg.shot_index)[0])
+    return shot_of(segments, earlier[0].shot_index) if earlier else []
+
+
+def film_latent(grid: TimeGrid, film_frame: int) -> int:
+    """The latent frame that shows film frame `film_frame` (the film's first latent may be a lead frame's)."""
+    return grid.latent_of_film_frame(film_frame)
+
+
+def retake_source(segments: list[TimedSegment], seg: TimedSegment, grid: TimeGrid) -> int | None:
+    """The first latent of what `seg` re-takes at a return: the latents of the shot its shot returns to, aligned by
+    film frame (the same time into the shot); None when its shot is not a return or that shot is too short."""
+    ref = returned_to(segments, seg)
+    if not ref:
         return None
-    opening = [s for s in segments if s.shot_index == earlier[0].shot_index]
-    return opening[0].first_latent, min(k, sum(s.num_latents for s in opening))
+    own_start = shot_of(segments, seg.shot_index)[0].first_frame
+    first = film_latent(grid, ref[0].first_frame + seg.first_frame - own_start)
+    return first if first + seg.num_latents <= ref[-1].first_latent + ref[-1].num_latents else None
+
+
+def return_keyframes(segments: list[TimedSegment], seg: TimedSegment, k: int, grid: TimeGrid) -> tuple[int, int] | None:
+    """(first latent, count) of the keyframes a return's first segment continues: the first k latent frames that
+    show the shot it returns to (its first appearance, so that return after return starts from one view); None
+    when `seg` is not a return's first segment or k is 0."""
+    if k <= 0 or not earlier_segments_of_prompt(segments, seg):
+        return None
+    ref = returned_to(segments, seg)
+    first = film_latent(grid, ref[0].first_frame)
+    return first, min(k, ref[-1].first_latent + ref[-1].num_latents - first)
 
 
 @dataclass
@@ -179,6 +192,7 @@ class PFPPipeline:
             history = footage if history is None else torch.cat([footage, history], dim=2)
         if history is not None:
             history = history.to(self.device)
+        grid = TimeGrid.of(self.model, after_footage=footage is not None)
         decoder = StreamingDecoder(self.model.codec)  # each segment decoded once, continuing the previous one
         decoder.warm_up(history)
         cache: MemoryCache | None = None
@@ -206,7 +220,7 @@ class PFPPipeline:
                     on_step(k, len(segments), i, steps)
 
             gen = torch.Generator().manual_seed(segment_seed(run_seed, seg.index))
-            keys = return_keyframes(segments, seg, seg_sampler.return_keyframes)
+            keys = return_keyframes(segments, seg, seg_sampler.return_keyframes, grid)
             if keys is not None:  # a return: continue its first appearance's opening frames (see SamplerSettings)
                 a, k = offset + keys[0], keys[1]
                 continues = history[:, :, a : a + k].to(self.dtype)  # (1, C, k, H', W')
@@ -232,7 +246,7 @@ class PFPPipeline:
                 memory = join_memory(memory, history_recent_tokens(self.model.transformer, history,
                                                                    seg_sampler.return_latents, end, at))
             init = None
-            if seg_sampler.return_retake and (src := retake_source(segments, seg)) is not None:
+            if seg_sampler.return_retake and (src := retake_source(segments, seg, grid)) is not None:
                 init = history[:, :, offset + src : offset + src + n]  # (1, C, n, H', W'): the first appearance
             latents = sample(self._velocity, self.latent_shape(n), text, memory, positions, seg_sampler, gen,
                              null_text=null_text, on_step=step_cb, device=self.device, dtype=self.dtype,
