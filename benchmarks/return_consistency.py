@@ -91,20 +91,21 @@ def format_table(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_comparison(res: dict, base: dict, base_name: str) -> str:
-    """This run's memory arm against another run's (`base`, e.g. the shipped sampler's record), paired per
-    storyboard over the storyboards both scored; and how closely their φ-zeroed arms agree (the same storyboards
-    and seeds drawn twice: a check that the two runs pair)."""
+def format_comparison(res: dict, base: dict, base_name: str, arm: str = "memory") -> str:
+    """This run's memory arm against another run's arm `arm` (`base`, e.g. the shipped sampler's record; its
+    "zeroed" arm: a reference with nothing of the history), paired per storyboard over the storyboards both scored;
+    and how closely their φ-zeroed arms agree (the same storyboards and seeds drawn twice: a check that the two
+    runs pair; a sampler that draws returns from the history makes them differ)."""
     other = {sb["index"]: sb for sb in base["storyboards"]}
     both = [(sb, other[sb["index"]]) for sb in res["storyboards"] if sb["index"] in other]
     zeroed = [abs(a["zeroed"][k] - b["zeroed"][k]) for a, b in both for k, _ in cons.METRICS
               if a["zeroed"].get(k) is not None and b["zeroed"].get(k) is not None]
-    lines = [f"This run's memory arm against `{base_name}`'s, paired over {len(both)} storyboards (×100, mean ± 95% "
+    lines = [f"This run's memory arm against `{base_name}`'s {arm} arm, paired over {len(both)} storyboards (×100, mean ± 95% "
              f"interval); their φ-zeroed arms differ by at most {100 * max(zeroed, default=float('nan')):.2f}.", "",
              "| score | this run | that run | Δ (this − that) | verdict |", "|---|---|---|---|---|"]
     for key, title in cons.METRICS:
-        pairs = [(a["memory"][key], b["memory"][key]) for a, b in both
-                 if a["memory"].get(key) is not None and b["memory"].get(key) is not None]
+        pairs = [(a["memory"][key], b[arm][key]) for a, b in both
+                 if a["memory"].get(key) is not None and b[arm].get(key) is not None]
         o = ra.compare([x for x, _ in pairs], [y for _, y in pairs], True)
         d = ra.fmt(o["diff"] * 100, o["ci95"] * 100, 1) if o["diff"] is not None else "–"
         mean = lambda xs: f"{100 * sum(xs) / len(xs):.1f}" if xs else "–"  # noqa: E731
@@ -126,6 +127,8 @@ def parse_args(argv=None):
     ap.add_argument("--report", action="store_true", help="only rewrite the table from --out")
     ap.add_argument("--compare", nargs="+", default=[], metavar="JSON",
                     help="with --report: also this run's memory arm against each other run's, paired per storyboard")
+    ap.add_argument("--compare-arm", choices=("memory", "zeroed"), default="memory",
+                    help="with --compare: the other runs' arm to pair with (zeroed: φ zeroed, nothing of the history)")
     args = ap.parse_args(argv)
     if args.compare and not args.report:
         ap.error("--compare goes with --report")
@@ -154,7 +157,7 @@ def main(argv=None) -> int:
         res = json.loads(out.read_text())
         text = format_table(res)
         for path in args.compare:
-            text += "\n" + format_comparison(res, json.loads(Path(path).read_text()), Path(path).name)
+            text += "\n" + format_comparison(res, json.loads(Path(path).read_text()), Path(path).name, args.compare_arm)
         out.with_suffix(".md").write_text(text)
         print(text)
         return 0
@@ -197,8 +200,8 @@ def main(argv=None) -> int:
 
 def without_history_at_returns(sampler):
     """The settings of the φ-zeroed arm: nothing of the history at a return either (no earlier shot's frames, no
-    keyframes, no memory guidance there)."""
-    return replace(sampler, return_latents=0, return_memory_guidance_scale=0.0, return_keyframes=0)
+    keyframes, no re-take, no memory guidance there)."""
+    return replace(sampler, return_latents=0, return_memory_guidance_scale=0.0, return_keyframes=0, return_retake=0.0)
 
 
 if __name__ == "__main__":

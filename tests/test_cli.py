@@ -377,3 +377,19 @@ def test_ci_runs_the_readme_test_command_and_a_readme_cli_line_as_written():
     # every command line the README shows runs the venv's Python
     commands = [line for line in readme.splitlines() if line.startswith(("python ", "accelerate "))]
     assert commands == []
+
+
+def test_any_sampler_setting_can_be_given_and_a_bad_one_fails_before_the_model_loads(tmp_path, capsys):
+    story = tmp_path / "s.txt"
+    story.write_text("0s: a fox\n1s: an owl\n2s: a fox\nend: 3s\n")
+    base = ["generate", "--storyboard", str(story), "--model", "tiny-random", "--steps", "1"]
+    line = expect_error(capsys, base + ["--out", str(tmp_path / "x.mp4"), "--sampler", "return_retake=much"],
+                        "--sampler return_retake: 'much' is not a float")
+    assert not (tmp_path / "x_project").exists()
+    expect_error(capsys, base + ["--out", str(tmp_path / "y.mp4"), "--sampler", "nope=1"], "--sampler takes FIELD=VALUE")
+    rc, _, err = run_cli(capsys, *base, "--out", str(tmp_path / "z.mp4"), "--sampler", "return_retake=0")
+    assert rc == 0, err
+    from pfp_app.film.project import Project
+
+    assert Project(tmp_path / "z_project").read_segment_record(2)["sampler"]["return_retake"] == 0.0
+    assert line

@@ -60,6 +60,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     g.add_argument("--project", default=None, help="project folder (default: OUT's name + '_project' beside it)")
     g.add_argument("--fps", default=None, help="frame rate of the MP4 (default: the model's; frames are resampled, duration kept)")
     g.add_argument("--crf", default=18, help="H.264 quality, lower is better (0-51)")
+    g.add_argument("--sampler", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other sampler setting of pfp_app/sampling/settings.py, repeatable (default: the model's), "
+                        "e.g. return_retake=0 to draw a shot that repeats an earlier prompt anew instead of as a "
+                        "re-take of its first appearance")
     g.add_argument("--guidance", default=None,
                    help="classifier-free guidance for every segment, 1-20; 1 = none, higher follows the prompts more "
                         "closely at the cost of sharper cuts between segments (default: the model's; the embedded "
@@ -117,6 +121,7 @@ def cmd_generate(args) -> int:
     from ..io.atomic import atomic_copy
     from ..io.video import video_info
     from ..io.text import quote
+    from ..sampling.settings import SamplerSettings
     from .options import check_options, check_runtime_options
 
     record = _export_record(args)
@@ -126,8 +131,10 @@ def cmd_generate(args) -> int:
     vars(args).update(check_options(seed=args.seed, steps=args.steps, crf=args.crf, fps=args.fps,
                                     guidance=args.guidance))
     check_runtime_options(args.profile, args.device)
-    if record is not None and (args.steps is not None or args.guidance is not None):
-        raise ValueError("--restore regenerates the export with its own settings: leave out --steps and --guidance")
+    SamplerSettings().with_text_overrides(args.sampler)  # a bad --sampler fails before the model loads
+    if record is not None and (args.steps is not None or args.guidance is not None or args.sampler):
+        raise ValueError("--restore regenerates the export with its own settings: leave out --steps, --guidance "
+                         "and --sampler")
     text = record.storyboard if record is not None else read_storyboard_file(args.storyboard)
     storyboard = parse_storyboard(text)
     source = check_footage(args.footage, args.still_seconds) if args.footage and record is None else None
@@ -139,6 +146,7 @@ def cmd_generate(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     project = Project(folder)
     pipe = _load(args)
+    sampler = pipe.model.sampler.overridden(args.steps, args.guidance).with_text_overrides(args.sampler)
     session = GenerationSession(pipe, project)
     if record is not None:
         print(f"restoring '{record.path.name}': {record.describe()}", file=sys.stderr)
@@ -153,7 +161,7 @@ def cmd_generate(args) -> int:
     if record is not None:
         plan = session.plan_restore(record)
     else:
-        plan = session.plan(text, args.seed, pipe.model.sampler.overridden(args.steps, args.guidance))
+        plan = session.plan(text, args.seed, sampler)
     n = len(plan.segments)
     print(f"{pipe.model.label}: {n} segments (at most {pipe.segment_seconds:.2f} s, cut at every shot) "
           f"for {storyboard.duration:g} s -> project '{project.folder}'", file=sys.stderr)
