@@ -55,7 +55,7 @@ import math
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np

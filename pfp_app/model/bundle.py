@@ -63,6 +63,13 @@ _DEFAULT_DIT = dict(_WAN_DIT, in_channels=_DEFAULT_LATENT, out_channels=_DEFAULT
                     attention_head_dim=64, ffn_dim=1024, num_layers=6, text_dim=384, freq_dim=128, rope_max_seq_len=512)
 _DEFAULT_VAE = dict(base_dim=32, z_dim=_DEFAULT_LATENT, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True])
 
+_WAN_REST = dict(
+    vae=_WAN_VAE,
+    memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=128, hr_channels=512, hr_attention_layers=2, hr_heads=8),
+    video=VideoSpec(height=480, width=832, fps=16, segment_latent_frames=9, text_encoder="umt5", text_max_tokens=512),
+    sampler=SamplerSettings(steps=30, guidance_scale=5.0),
+)
+
 MODEL_CONFIGS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         transformer=dict(_WAN_DIT, in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=32,
@@ -89,20 +96,11 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         sampler=SamplerSettings(steps=16),
         notes="CPU-sized experiments (benchmarks/*.py --scale cpu): 64x64 with the default model's codec",
     ),
-    "wan2.1-1.3b": ModelConfig(
-        transformer=dict(_WAN_DIT, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),
-        vae=_WAN_VAE,
-        memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=128, hr_channels=512, hr_attention_layers=2, hr_heads=8),
-        video=VideoSpec(height=480, width=832, fps=16, segment_latent_frames=9, text_encoder="umt5", text_max_tokens=512),
-        sampler=SamplerSettings(steps=30, guidance_scale=5.0),
-    ),
-    "wan2.1-14b": ModelConfig(
-        transformer=dict(_WAN_DIT, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40),
-        vae=_WAN_VAE,
-        memory=dict(rate="4x4x2", variant="proposed", hr_base_channels=128, hr_channels=512, hr_attention_layers=2, hr_heads=8),
-        video=VideoSpec(height=480, width=832, fps=16, segment_latent_frames=9, text_encoder="umt5", text_max_tokens=512),
-        sampler=SamplerSettings(steps=30, guidance_scale=5.0),
-    ),
+    # the two Wan 2.1 sizes share their codec, φ, video and sampler; only the DiT differs
+    "wan2.1-1.3b": ModelConfig(transformer=dict(_WAN_DIT, num_attention_heads=12, attention_head_dim=128,
+                                                ffn_dim=8960, num_layers=30), **_WAN_REST),
+    "wan2.1-14b": ModelConfig(transformer=dict(_WAN_DIT, num_attention_heads=40, attention_head_dim=128,
+                                               ffn_dim=13824, num_layers=40), **_WAN_REST),
 }
 
 

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...film.storyboard import Shot, Storyboard, StoryboardError, format_storyboard, parse_storyboard, shot_returns
+from ...film.storyboard import Shot, Storyboard, StoryboardError, parse_storyboard, shot_returns
 from ...film.timeline import TimeGrid, real_shot_times, shot_aligned_schedule
 
 PRESETS_DIR = Path(__file__).resolve().parents[3] / "presets" / "storyboards"
@@ -76,17 +76,6 @@ def return_choices(sb: Storyboard) -> list[tuple[str, int]]:
     """(label, shot index) of the shots that return to an earlier one, for the inspector's return picker."""
     back = shot_returns([s.prompt for s in sb.shots])
     return [(f"Shot {k + 1} returns to shot {j + 1}", k) for k, j in enumerate(back) if j is not None]
-
-
-def with_prompt(sb: Storyboard, shot_index: int, prompt: str) -> Storyboard:
-    """The storyboard with one shot's prompt replaced (one line, stripped)."""
-    prompt = " ".join((prompt or "").split())
-    if not prompt:
-        raise StoryboardError(f"the new prompt of shot {shot_index + 1} is empty")
-    shots = tuple(Shot(s.start, s.end, prompt if k == shot_index else s.prompt) for k, s in enumerate(sb.shots))
-    out = Storyboard(shots=shots, duration=sb.duration)
-    format_storyboard(out)  # checks the prompt is writable
-    return out
 
 
 def replace_prompt_in_text(text: str, sb: Storyboard, shot_index: int, prompt: str) -> str:
