@@ -478,7 +478,8 @@ def test_the_shot_table_marks_a_return_and_the_inspector_compares_it(studio):
     first, recalled, returned, md = studio.inspector.compare_return("returns", 2, STEPS)
     p = Project(studio.root / "returns")
     film = np.concatenate([read_video(p.segment_video_path(i))[0] for i in range(p.finished_segments())])
-    assert np.array_equal(first[::4, ::4], film[0]) and np.array_equal(returned[::4, ::4], film[20])  # 2.5 s
+    # each shot's second frame (the codec blends a cut's first frame with the shot before): film frames 1 and 21
+    assert np.array_equal(first[::4, ::4], film[1]) and np.array_equal(returned[::4, ::4], film[21])
     assert recalled.shape == first.shape == returned.shape == (256, 256, 3)
     assert "Shot 3 (2.5 s) returns to shot 1 (0 s)" in md and md.count(" dB ") == 2 and "tokens" in md
     assert "returns to an earlier one" in studio.inspector.compare_return("returns", 1, STEPS)[3]

@@ -108,9 +108,10 @@ class InspectorPanel:
         return gr.update(choices=choices, value=choices[0][1] if choices else None)
 
     def compare_return(self, project_name: str, shot, steps, seed=0):
-        """-> (first appearance, what the memory recalled of it, the return's first frame, metrics Markdown): how a
+        """-> (first appearance, what the memory recalled of it, the return's opening frame, metrics Markdown): how a
         shot that repeats an earlier shot's prompt came back, beside what the memory held of that earlier shot
-        when the return was drawn (φ of the history before it)."""
+        when the return was drawn (φ of the history before it). Each shot's second frame is shown: the causal codec
+        blends a cut's own first frame with the shot before it."""
         project = self.studio._open(project_name, create=False)
         opts = checked(steps=steps, seed=seed)
 
@@ -132,7 +133,9 @@ class InspectorPanel:
                 return None, None, None, f"Shot {k + 1} is not generated yet."
             n_foot = int(fm.footage_meta(project).get("frames", 0))  # the film's frames start after the footage
             offset = history.shape[2] - sum(s.num_latents for s in segments[: project.finished_segments()])
-            first, back_at = n_foot + ref.first_frame, n_foot + ret.first_frame  # indices into `frames`
+            # one frame after each cut: the codec blends a cut's own first frame with the shot before it
+            into = 1 if min(ref.num_frames, ret.num_frames) > 1 else 0
+            first, back_at = n_foot + ref.first_frame + into, n_foot + ret.first_frame + into  # indices into `frames`
             before = history[:, :, : offset + ret.first_latent]  # what the memory held when the return was drawn
             res = pipe.recall(before, first + ps.lead_frames(project), truth_frames=frames, truth_index=first, **opts)
             returned = frames[:, back_at]
@@ -141,10 +144,11 @@ class InspectorPanel:
             fps = pipe.model.video.fps
             md = "\n".join([
                 f"Shot {k + 1} ({ret.start:g} s) returns to shot {back[k] + 1} ({ref.start:g} s).", "",
-                "| compared with shot " + f"{back[k] + 1}'s first frame | PSNR | SSIM |", "|---|---|---|",
+                f"| compared with shot {back[k] + 1}'s frame {into + 1} | PSNR | SSIM |", "|---|---|---|",
                 f"| what the memory recalled of it, from the {before.shape[2]} latent frames before the return "
                 f"({res.memory_tokens:,} tokens) | {res.psnr:.2f} dB | {res.ssim:.3f} |",
-                f"| the return's first frame (at {back_at / fps:.2f} s of the film) | {p:.2f} dB | {q:.3f} |"])
+                f"| the return's frame {into + 1} (at {back_at / fps:.2f} s of the film) | {p:.2f} dB | {q:.3f} |", "",
+                "(Frame 2 of each shot: the codec blends a cut's first frame with the shot before it.)" if into else ""])
             return truth, recalled, zoom(tensor_to_frames(returned[:, None])[0]), md
 
         out = self._inspector_job(job)

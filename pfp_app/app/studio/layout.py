@@ -130,9 +130,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     metrics = gr.Markdown(elem_id="inspect-metrics")
                     with gr.Accordion("Returns: does a returning shot look as it did?", open=False,
                                       elem_id="returns-panel"):
-                        gr.Markdown("A shot that repeats an earlier shot's prompt returns to it. Beside its first "
-                                    "frame: the earlier shot's first frame and what the memory recalled of it when "
-                                    "the return was drawn.")
+                        gr.Markdown("A shot that repeats an earlier shot's prompt returns to it. Beside its opening "
+                                    "frame: the earlier shot's and what the memory recalled of it when the return "
+                                    "was drawn.")
                         with gr.Row():
                             return_shot = gr.Dropdown(choices=[], label="Return", scale=3, elem_id="return-shot")
                             return_btn = gr.Button("Compare", scale=1, elem_id="return-compare")
@@ -141,7 +141,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                                  height=200)
                             remembered_img = gr.Image(label="Recalled from memory", interactive=False,
                                                       elem_id="return-recalled", height=200)
-                            returned_img = gr.Image(label="The return's first frame", interactive=False,
+                            returned_img = gr.Image(label="The return", interactive=False,
                                                     elem_id="return-frame", height=200)
                         return_md = gr.Markdown(elem_id="return-metrics")
                     with gr.Accordion("Recall from an uploaded video", open=False, elem_id="upload-panel"):
