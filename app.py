@@ -1,4 +1,4 @@
-"""PFP Studio: `python app.py` opens the studio on http://127.0.0.1:7860 (entry point only; the UI is pfp_app/ui).
+"""PFP Studio: `python app.py` opens the studio on http://127.0.0.1:7860 (entry point only; the studio is pfp_app/app/studio).
 
 Safe by default: binds 127.0.0.1 unless --listen, no public share link unless --share, nothing downloaded.
 """
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default",
                    help="'default' (the embedded model in assets/; falls back to the untrained 'tiny-random' when "
                         "missing), 'tiny-random', a PFP model folder or a Wan 2.1 diffusers folder")
-    p.add_argument("--profile", default="auto", help="runtime profile (when pfp_app.runtime.profiles is installed)")
+    p.add_argument("--profile", default="auto", help="runtime profile: auto, resident, lowvram, fp8, offload, offload+fp8, cpu (presets/profiles/)")
     p.add_argument("--projects", default="projects", help="folder holding the projects (default ./projects)")
     p.add_argument("--listen", nargs="?", const="0.0.0.0", default=False, metavar="HOST",
                    help="serve on HOST, or on all interfaces (0.0.0.0) when no HOST is given, instead of 127.0.0.1; "

@@ -1,5 +1,5 @@
 """Where G's training time goes (issue 13): samples/s, model FLOPs utilisation and GPU kernel time per step of
-the trainer's own memory step (`pfp_app.train.trainer._memory_step`), for several batch sizes and for the
+the trainer's own memory step (`pfp_app.train.memory_loop._memory_step`), for several batch sizes and for the
 trainer loop as shipped with model v2 (noise drawn on the CPU, a `.item()` sync per step, per-tensor AdamW and
 EMA) against the loop now (noise on the device, no per-step sync, fused AdamW, foreach EMA).
 

@@ -436,7 +436,7 @@ def test_runtime_profiles_are_offered_when_installed(studio):
     runtime = studio.runtime
     if runtime is None:
         assert studio.profile_choices() == ["auto"]  # CPU only
-        pytest.skip("pfp_app.runtime.profiles (issue 5) is not installed: the studio runs on the CPU only")
+        pytest.skip("pfp_app.runtime is not importable: the studio runs on the CPU only")
     assert studio.profile_choices()[0] == "auto" and "cpu" in studio.profile_choices()
     assert isinstance(studio.generate("profiled", STORYBOARD, 0, STEPS, "cpu"), Done)
     assert "cpu" in studio.profile_note
