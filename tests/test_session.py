@@ -194,3 +194,23 @@ def test_the_export_comment_is_json_with_every_sampler_field(tiny_pipeline, gene
     head = read_mp4_comment(film).split("\n", 1)[0]
     record = json.loads(head.split("|", 1)[1])
     assert record["format"] == 2 and record["runs"][0]["sampler"] == sampler(tiny_pipeline).to_record()
+
+
+def test_a_shots_export_records_every_run_and_restores_the_whole_film(tiny_pipeline, generated, tmp_path):
+    project = copy(generated[0], tmp_path / "p")
+    run(tiny_pipeline, project, seed=7, from_shot=1)
+    shot = read_export_record(write_film(project, tmp_path / "shot.mp4", segments=range(1, 3), with_footage=False))
+    assert [(r.start, r.seed) for r in shot.runs] == [(0, 0), (1, 7)] and shot.seed_of(0) == 0
+
+
+def test_sampler_settings_are_checked_where_they_are_made():
+    from pfp_app.sampling.settings import SamplerSettings
+
+    for bad, message in ((dict(steps=0), "steps must be a whole number ≥ 1"), (dict(sampler="ddim"), "unipc or euler"),
+                         (dict(return_retake=1.5), "return_retake must be from 0 to 1"),
+                         (dict(recent_latents=-1), "recent_latents must be a whole number ≥ 0"),
+                         (dict(guidance_scale=float("nan")), "guidance_scale must be a number ≥ 0")):
+        with pytest.raises(ValueError, match=message):
+            SamplerSettings(**bad)
+    with pytest.raises(ValueError, match="cannot be read"):  # an export's record is checked when it is read
+        parse_export_comment('PFP Studio | {"runs": [{"start": 0, "seed": 1, "sampler": {"steps": "abc"}}]}\n0s: a', "x.mp4")

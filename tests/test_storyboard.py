@@ -244,3 +244,10 @@ def test_parse_never_raises_anything_else(text: str) -> None:
 @given(storyboards())
 def test_round_trip(sb: Storyboard) -> None:
     assert parse_storyboard(format_storyboard(sb)) == sb
+
+
+def test_a_return_is_a_repeated_prompt_whatever_its_case_spaces_or_closing_stop():
+    from pfp_app.film.storyboard import prompt_key, shot_returns
+
+    assert prompt_key("A red  fox .") == prompt_key("a red fox") == prompt_key("a red fox!")
+    assert shot_returns(["a fox", "an owl", "A fox.", "an owl", "a fox"]) == [None, None, 0, 1, 0]

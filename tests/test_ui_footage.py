@@ -68,6 +68,10 @@ def test_upload_generate_inspect_export_and_restore(studio, tmp_path):
     fresh = Project(studio.root / "fresh")
     assert fm.footage_meta(fresh)["frames"] == "17" and fresh.finished_segments() == 2
     assert [fresh.read_segment_record(i)["seed"] for i in range(2)] == [3, 3]  # exported before shot 2 was redone
+    before = [fresh.segment_latents_path(i).read_bytes() for i in range(2)]
+    assert isinstance(studio.restore_export("fresh"), Done)  # run again (a job resumed after a restart): kept
+    assert [fresh.segment_latents_path(i).read_bytes() for i in range(2)] == before
+    assert not (fresh.folder / "takes").exists()
     # (the footage comes back from the MP4's frames, which H.264 stored lossily: the film is regenerated from
     # a history a little off the original's; without footage the restored film is the same: tests/test_ui.py)
 

@@ -279,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished segments are kept in the project folder", file=sys.stderr)
         return 130
     except Exception as err:  # one clear line, never a traceback, for anything a user can cause
-        if _is_oom(err):
+        from ..film.session import is_out_of_memory
+
+        if is_out_of_memory(err):
             print("error: out of GPU memory; try --device cpu or a smaller profile (finished segments are kept)", file=sys.stderr)
             return 2
         if isinstance(err, EXPECTED_ERRORS):
@@ -288,9 +290,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {shorten(err, 2000)}", file=sys.stderr)  # never megabytes of echoed input
             return 2
         raise
-
-
-def _is_oom(err: BaseException) -> bool:
-    import torch
-
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()

@@ -48,8 +48,8 @@ class ExportRecord:
     footage_excluded: bool = False  # the project had footage; the file holds the generated part only
 
     def run_of(self, segment: int) -> Run:
-        """The run that made `segment` (a shot's export starts at its first segment: earlier ones take its first)."""
-        return ([r for r in self.runs if r.start <= segment] or self.runs)[-1]
+        """The run that made `segment`."""
+        return ([r for r in self.runs if r.start <= segment] or self.runs[:1])[-1]
 
     @property
     def seed(self) -> int:
@@ -116,8 +116,9 @@ def write_film(project: Project, out: str | Path | None = None, segments: range 
     lead = footage_video_path(project) if with_footage and segments.start == 0 and has_footage(project) else None
     n_lead = int(footage_meta(project)["frames"]) if lead is not None else None
     excluded = has_footage(project) and lead is None
-    comment = export_comment(settings.get("model"), project_runs(project, segments), project.read_storyboard(),
-                             n_lead, excluded)
+    # every finished segment's run, also for a shot's file: restoring any export regenerates the whole film
+    comment = export_comment(settings.get("model"), project_runs(project, range(project.finished_segments())),
+                             project.read_storyboard(), n_lead, excluded)
     paths = ([lead] if lead is not None else []) + [project.segment_video_path(i) for i in segments]
     src_fps = video_info(paths[-1]).fps  # the rate the segments were made at (the model's)
     fps = fps or src_fps

@@ -330,23 +330,8 @@ def footage_frames(project: Project | None) -> torch.Tensor | None:
     return frames_to_tensor(frames)
 
 
-def footage_comment(project: Project | None, included_frames: int | None) -> str:
-    """The export comment's footage field: ' footage_frames=N' (its first N frames are the footage),
-    ' footage=excluded' (the project has footage, the file holds the generated part only) or ''."""
-    if included_frames is not None:
-        return f" footage_frames={included_frames}"
-    return " footage=excluded" if has_footage(project) else ""
-
-
 EXPORT_WITH_FOOTAGE = "with the footage"
 EXPORT_GENERATED_ONLY = "generated part only"
-
-
-def with_footage_field(comment: str, project: Project, included: Path | None) -> str:
-    """An export comment with the footage field on its first line (see footage_comment)."""
-    head, sep, rest = comment.partition("\n")
-    n = int(footage_meta(project)["frames"]) if included is not None else None
-    return head + footage_comment(project, n) + sep + rest
 
 
 def footage_seconds(project: Project | None, fps: float) -> float:

@@ -1,10 +1,12 @@
 """A generation session: the pipeline's segments, kept in a project as they are made.
 
 The pipeline generates and writes nothing; this layer owns what is on disk. One policy for the CLI and the
-studio decides what a run keeps: the longest prefix of finished segments that the run would make again
-exactly (same prompt, times and model; same sampler settings; the film's seed for a plain run, each segment's
-recorded seed for a restore). Before anything finished is replaced, the project's current state is kept as a
-take (`takes/NNN/`), so nothing a creator made is lost.
+studio decides what a run keeps: the longest prefix of finished segments that still fit the storyboard (same
+prompt, times and model name) and were made with this run's sampler settings. A plain run asks segment 0 for the
+film's seed and keeps later segments whatever their seed (a shot regenerated with its own seed stays as it was);
+a restore asks every segment for its recorded seed; a regenerate keeps what fits before its shot. Before anything
+finished is replaced, the project's current state is kept as a take (`takes/NNN/`), so nothing a creator made is
+lost.
 
 A run reports typed events through one callback: `Started`, `Step` (every denoising step), `SegmentDone` (a
 segment is on disk), then one of `Done`, `Stopped` or `Failed`, which `run` also returns. The CLI prints them; the studio's
@@ -81,7 +83,12 @@ class Failed:
 
     @property
     def out_of_memory(self) -> bool:
-        return isinstance(self.error, torch.cuda.OutOfMemoryError) or "out of memory" in str(self.error).lower()
+        return is_out_of_memory(self.error)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A CUDA out-of-memory error (also as a RuntimeError from a kernel): the one message that suggests a profile."""
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 Event = Started | Step | SegmentDone | Done | Stopped | Failed
@@ -165,7 +172,7 @@ class GenerationSession:
 
     def _segments(self, text: str) -> tuple[Storyboard, list[TimedSegment]]:
         sb = parse_storyboard(text)
-        return sb, self.pipe.schedule(sb, after_footage=load_footage_latents(self.project) is not None)
+        return sb, self.pipe.schedule(sb, after_footage=has_footage(self.project))
 
     def _prefix(self, segments: list[TimedSegment], want: Callable[[int], tuple[int | None, SamplerSettings | None]]) -> int:
         """How many leading finished segments are what `segments` would make: same prompt, times and model, and,
@@ -226,12 +233,11 @@ class GenerationSession:
 
     def settings_record(self, plan: Plan) -> dict:
         """settings.json: the run as a whole (what the project was last generated with)."""
-        after_footage = load_footage_latents(self.project) is not None
-        grid = TimeGrid.of(self.model, after_footage)
+        grid = TimeGrid.of(self.model, has_footage(self.project))
         enc = self.model.memory_encoder.config
         return {"timeline": TIMELINE, "film_frames": grid.film_frames(plan.storyboard.duration),
                 "lead_frames": grid.lead_frames, "model": self.model.name, "trained": self.model.trained,
-                "seed": plan.seeds[-1] if plan.seeds else 0, "sampler_settings": plan.samplers[-1].to_record()
+                "seed": plan.seeds[0] if plan.seeds else 0, "sampler_settings": plan.samplers[-1].to_record()
                 if plan.samplers else self.model.sampler.to_record(),
                 "video": asdict(self.model.video), "memory_rate": enc.rate, "memory_variant": enc.variant,
                 "segment_seconds": self.pipe.segment_seconds, "num_segments": len(plan.segments),

@@ -120,7 +120,7 @@ class Storyboard:
 
 def prompt_key(prompt: str) -> str:
     """What makes two prompts the same shot: their words, whatever the case or a closing full stop."""
-    return " ".join(prompt.casefold().split()).rstrip(".!")
+    return " ".join(prompt.casefold().strip().rstrip(".!").split())
 
 
 def shot_returns(prompts: list[str]) -> list[int | None]:

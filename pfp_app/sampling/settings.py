@@ -12,10 +12,16 @@ Records, exports, restore and resume carry it with no further change.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 NUM_TRAIN_TIMESTEPS = 1000
 RETURN_SOURCES = ("end", "start")
+SAMPLERS = ("unipc", "euler")  # flow.make_scheduler's
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,25 @@ class SamplerSettings:
     def __post_init__(self):
         if self.return_latents_from not in RETURN_SOURCES:
             raise ValueError(f"return_latents_from must be 'end' or 'start', not {self.return_latents_from!r}")
+        checks = [("steps", isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 1,
+                   "a whole number ≥ 1"),
+                  ("sampler", self.sampler in SAMPLERS, " or ".join(SAMPLERS)),
+                  ("shift", _number(self.shift) and self.shift > 0, "a number > 0"),
+                  ("boundary_ratio", _number(self.boundary_ratio) and 0 <= self.boundary_ratio <= 1, "from 0 to 1"),
+                  ("return_retake", _number(self.return_retake) and 0 <= self.return_retake <= 1, "from 0 to 1"),
+                  ("return_as_continuation", isinstance(self.return_as_continuation, bool), "true or false"),
+                  ("return_latents_as_recent", isinstance(self.return_latents_as_recent, bool), "true or false")]
+        checks += [(name, isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool)
+                    and getattr(self, name) >= 0, "a whole number ≥ 0")
+                   for name in ("context_latents", "recent_latents", "return_latents", "return_keyframes")]
+        checks += [(name, _number(getattr(self, name)) and getattr(self, name) >= 0, "a number ≥ 0")
+                   for name in ("guidance_scale", "memory_guidance_scale", "return_memory_guidance_scale")]
+        checks += [(name, getattr(self, name) is None or (_number(getattr(self, name)) and getattr(self, name) >= 0),
+                    "a number ≥ 0 or none")
+                   for name in ("guidance_scale_2", "shot_start_guidance_scale", "shot_start_guidance_scale_2")]
+        for name, ok, what in checks:
+            if not ok:
+                raise ValueError(f"sampler setting {name} must be {what}, not {getattr(self, name)!r}")
 
     # ---- what one segment uses --------------------------------------------------------------------------------
     def for_segment(self, shot_start: bool, returning: bool = False) -> "SamplerSettings":

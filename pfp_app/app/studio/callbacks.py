@@ -12,19 +12,22 @@ return plain values (text, numbers, file paths, numpy images, `gr.update` dicts)
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
+import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from ...model.memory_encoder import memory_token_count
 from ...model.bundle import ModelLoadError, load_model
 from ...sampling.pipeline import PFPPipeline
 from ...film.export import read_export_record, restore_footage, write_film
 from ...film.project import Project, ProjectError
-from ...film.session import Done, Event, GenerationSession, Plan
+from ...film.session import END_EVENTS, Event, GenerationSession, Plan
 from ...film.storyboard import Storyboard, StoryboardError, parse_storyboard
 from ...film import footage as fm
 from . import project_state as ps
@@ -290,7 +293,10 @@ class Studio:
 
         def plan(session: GenerationSession) -> Plan:
             footage = restore_footage(session.pipe, record)
-            if footage is not None or fm.has_footage(project):  # the export's footage (or none) starts the film
+            held = fm.load_footage_latents(project)
+            same = (held is None and footage is None) or (
+                held is not None and footage is not None and torch.equal(held, footage.latents.to(held)))
+            if not same:  # the export's footage (or none) starts the film; a restore run again keeps its segments
                 session.replace_footage(footage)
             return session.plan_restore(record)
 
@@ -314,9 +320,18 @@ class Studio:
         with self.using_model("a generation", wait=True):
             pipe = self._job_pipeline(profile)
             session = GenerationSession(pipe, project)
-            end = session.run(make_plan(session), emit, should_stop)
-            if isinstance(end, Done) or project.finished_segments():
-                self.film_preview(project)
+
+            def emit_but_the_end(event):  # the end goes out once the film's preview is written
+                if not isinstance(event, END_EVENTS):
+                    emit(event)
+
+            end = session.run(make_plan(session), emit_but_the_end, should_stop)
+            if project.finished_segments():
+                try:
+                    self.film_preview(project)
+                except Exception as err:  # a preview that cannot be written does not undo the run
+                    traceback.print_exception(err, file=sys.stderr)
+            emit(end)
             return end
 
     def _job_pipeline(self, profile: str | None) -> PFPPipeline:
@@ -395,8 +410,9 @@ class Studio:
         """One shot's segments as one MP4, playable on its own."""
         project = self._open(project_name, create=False)
         k = int(shot) if shot is not None else 0
-        path = write_film(project, project.folder / "previews" / f"shot_{k + 1:02d}.mp4", self._shot_segments(project, k),
-                          crf=18, with_footage=False)
+        with self.using_model("a shot preview"):  # the segments must not change while they are read
+            path = write_film(project, project.folder / "previews" / f"shot_{k + 1:02d}.mp4",
+                              self._shot_segments(project, k), crf=18, with_footage=False)
         return str(path)
 
     def export(self, project_name: str, crf, which=WHOLE_FILM, footage: str = fm.EXPORT_WITH_FOOTAGE):

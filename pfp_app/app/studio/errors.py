@@ -1,16 +1,11 @@
-"""How the studio's callbacks say what went wrong: the options layer's message as a `gr.Error`, out-of-memory told
-apart, and "nothing changes" for a refused action."""
+"""How the studio's callbacks say what went wrong: the options layer's message as a `gr.Error`, and "nothing
+changes" for a refused action."""
 
 from __future__ import annotations
 
 import gradio as gr
-import torch
 
 from ..options import OptionError, check_options
-
-
-def is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 def checked(**values) -> dict:

@@ -99,7 +99,8 @@ class FootagePanel:
     def remove(self, project_name: str):
         project = self.studio._open(project_name, create=False)
         try:
-            fm.remove_footage(project)
+            with self.studio.using_model("footage removal"):  # not while a generation continues it
+                fm.remove_footage(project)
         except fm.FootageError as err:
             raise gr.Error(str(err)) from None
         return None, NO_FOOTAGE

@@ -25,7 +25,8 @@ from ...io.video import VideoReadError, tensor_to_frames
 from ...sampling.pipeline import seconds_to_frame
 from ..options import check_seconds
 from . import project_state as ps
-from .errors import checked, is_oom, no_change
+from ...film.session import is_out_of_memory
+from .errors import checked, no_change
 from ...film.recall_clip import encode_clip, prepare_clip
 from .recall_view import check_upload, metrics_markdown, recall_images, zoom
 from .storyboard_view import return_choices
@@ -67,7 +68,7 @@ class InspectorPanel:
         except (ValueError, VideoReadError) as err:
             raise gr.Error(str(err)) from None
         except Exception as err:
-            if is_oom(err):
+            if is_out_of_memory(err):
                 raise gr.Error("Out of GPU memory during recall; try a lower-memory runtime profile.") from None
             traceback.print_exception(err, file=sys.stderr)
             raise gr.Error(f"Recall failed ({type(err).__name__}: {err})") from None

@@ -132,7 +132,9 @@ class StudioJobs:
                 return s.restore_export(p["project"], **run)
             raise ValueError(f"unknown job kind {job.kind!r}")
         except gr.Error as err:  # a user's mistake found when the job ran (a profile, a vanished export)
-            return Failed(ValueError(err.message), 0, 0)
+            project = self._project(job)
+            kept = project.finished_segments() if project is not None else 0
+            return Failed(ValueError(err.message), kept, kept)
 
     # watching (the page's timer) ----------------------------------------------------------------------------
     def poll(self, seen: dict | None):
@@ -147,20 +149,26 @@ class StudioJobs:
                            and job.status == seen.get("status")):
             return gr.update(), gr.update(), gr.update(), md, seen
         preview = slider = gr.update()
-        project = self._project(job)
         seg, end = job.events.get("SegmentDone"), next(
             (job.events[k] for k in ("Done", "Stopped", "Failed") if k in job.events), None)
-        shown = None
-        if end is not None and project is not None and project.finished_segments():
-            n = project.finished_segments()
-            shown = [str(project.folder / "previews" / "film.mp4"), f"The film so far: {_plural(n, 'segment')}"]
-        elif isinstance(seg, SegmentDone):
-            shown = [str(seg.video), f"Newest segment {seg.segment + 1}/{seg.num_segments} · shot {seg.shot_index + 1}"]
-        if shown is not None and shown != seen.get("preview"):
-            preview = gr.update(value=shown[0], label=shown[1])
-            seen["preview"] = shown
-        if project is not None and (seg is not None or end is not None):
-            slider = self.studio._slider(project)
+        marker = [job.id, seg.segment if seg is not None else None, type(end).__name__ if end is not None else None]
+        if (seg is not None or end is not None) and marker != seen.get("marker"):  # a segment or the end came
+            seen["marker"] = marker
+            project = self._project(job)
+            shown = None
+            if end is not None and project is not None and project.finished_segments():
+                film = project.folder / "previews" / "film.mp4"  # written before the end event went out
+                n = project.finished_segments()
+                shown = [str(film), f"The film so far: {_plural(n, 'segment')}",
+                         film.stat().st_mtime_ns if film.is_file() else 0]
+            elif isinstance(seg, SegmentDone):
+                shown = [str(seg.video), f"Newest segment {seg.segment + 1}/{seg.num_segments} · shot "
+                                         f"{seg.shot_index + 1}", 0]
+            if shown is not None and shown != seen.get("preview"):
+                preview = gr.update(value=shown[0], label=shown[1])
+                seen["preview"] = shown
+            if project is not None:
+                slider = self.studio._slider(project)  # reads every segment's file: once per segment, not per tick
         seen.update(id=job.id, version=job.version, status=job.status)
         return preview, job_status(job), slider, md, seen
 
