@@ -87,11 +87,6 @@ def returned_to(segments: list[TimedSegment], seg: TimedSegment) -> list[TimedSe
     return shot_of(segments, earlier[0].shot_index) if earlier else []
 
 
-def film_latent(grid: TimeGrid, film_frame: int) -> int:
-    """The latent frame that shows film frame `film_frame` (the film's first latent may be a lead frame's)."""
-    return grid.latent_of_film_frame(film_frame)
-
-
 def retake_source(segments: list[TimedSegment], seg: TimedSegment, grid: TimeGrid) -> int | None:
     """The first latent of what `seg` re-takes at a return: the latents of the shot its shot returns to, aligned by
     film frame (the same time into the shot); None when its shot is not a return or that shot is too short."""
@@ -99,7 +94,7 @@ def retake_source(segments: list[TimedSegment], seg: TimedSegment, grid: TimeGri
     if not ref:
         return None
     own_start = shot_of(segments, seg.shot_index)[0].first_frame
-    first = film_latent(grid, ref[0].first_frame + seg.first_frame - own_start)
+    first = grid.latent_of_film_frame(ref[0].first_frame + seg.first_frame - own_start)
     return first if first + seg.num_latents <= ref[-1].first_latent + ref[-1].num_latents else None
 
 
@@ -110,7 +105,7 @@ def return_keyframes(segments: list[TimedSegment], seg: TimedSegment, k: int, gr
     if k <= 0 or not earlier_segments_of_prompt(segments, seg):
         return None
     ref = returned_to(segments, seg)
-    first = film_latent(grid, ref[0].first_frame)
+    first = grid.latent_of_film_frame(ref[0].first_frame)  # latent 0 may be the lead frame's
     return first, min(k, ref[-1].first_latent + ref[-1].num_latents - first)
 
 

@@ -229,13 +229,19 @@ class Studio:
 
     # the model, one job at a time ----------------------------------------------------------------------
     @contextmanager
-    def using_model(self, what: str, wait: bool = False):
-        """Hold the model for `what`; wait=False: refuse at once (gr.Error 'Busy: ...') while another job holds it."""
+    def using_model(self, what: str, wait: bool = False, warn: bool = False):
+        """Hold the model for `what`, yielding True. wait=False: while another job holds it, refuse at once with a
+        gr.Error 'Busy: ...', or, warn=True, with a warning, yielding False (the inspector: nothing changes)."""
         if not self._model_lock.acquire(blocking=wait):
-            raise gr.Error(f"Busy: {self._busy_with or 'a job'} is running. One job at a time: wait for it or press Stop.")
+            if not warn:
+                raise gr.Error(f"Busy: {self._busy_with or 'a job'} is running. One job at a time: wait for it or "
+                               "press Stop.")
+            gr.Warning(f"Busy: {self._busy_with or 'a job'} is running; the inspector works when it is finished.")
+            yield False
+            return
         self._busy_with = what
         try:
-            yield
+            yield True
         finally:
             self._busy_with = ""
             self._model_lock.release()

@@ -57,24 +57,20 @@ class InspectorPanel:
         return self._history_cache[1], self._history_cache[2]
 
     def _inspector_job(self, fn):
-        if not self.studio._model_lock.acquire(blocking=False):
-            gr.Warning(f"Busy: {self.studio._busy_with} is running; the inspector works when it is finished.")
-            return None
-        self.studio._busy_with = "a recall"
-        try:
-            return fn()
-        except gr.Error:
-            raise
-        except (ValueError, VideoReadError) as err:
-            raise gr.Error(str(err)) from None
-        except Exception as err:
-            if is_out_of_memory(err):
-                raise gr.Error("Out of GPU memory during recall; try a lower-memory runtime profile.") from None
-            traceback.print_exception(err, file=sys.stderr)
-            raise gr.Error(f"Recall failed ({type(err).__name__}: {err})") from None
-        finally:
-            self.studio._busy_with = ""
-            self.studio._model_lock.release()
+        with self.studio.using_model("a recall", warn=True) as held:
+            if not held:  # a generation holds the model: a warning, the inspector stays as it is
+                return None
+            try:
+                return fn()
+            except gr.Error:
+                raise
+            except (ValueError, VideoReadError) as err:
+                raise gr.Error(str(err)) from None
+            except Exception as err:
+                if is_out_of_memory(err):
+                    raise gr.Error("Out of GPU memory during recall; try a lower-memory runtime profile.") from None
+                traceback.print_exception(err, file=sys.stderr)
+                raise gr.Error(f"Recall failed ({type(err).__name__}: {err})") from None
 
     def inspect(self, project_name: str, seconds, steps, seed=0):
         """-> (true frame, recalled frame, error map, metrics Markdown) at `seconds` of the project's history."""
