@@ -49,6 +49,7 @@ from pathlib import Path
 
 from benchmarks import retrieval_ablation as ra  # shared: init folders, trainer calls, statistics, results files
 from benchmarks.world_scoring import locate_by_colour, shot_frames, spread
+from pfp_app.sampling.settings import SamplerSettings
 
 ARMS = ("with_pretrain", "without_pretrain")
 ARM_NAMES = {"with_pretrain": "Proposed (with stage-1 pretraining)", "without_pretrain": "Without pretrain"}
@@ -82,6 +83,8 @@ class Settings(ra.Settings):
     g_from: str = ""  # a model folder whose trained G both arms start from (each with a fresh φ of the seed)
     recent_latents: int = 0  # stage 2 and generation: within a shot, G also sees the last k latents (v7's recipe)
     gradient_checkpointing: bool = False  # memory, not results: several runs side by side on an 80-GB GPU
+    # generation: the arms' sampler settings as `FIELD=VALUE` overrides of the model's (sampling/settings.py)
+    gen_sampler: tuple[str, ...] = ()
 
     def protocol(self) -> dict:
         base = super().protocol()
@@ -96,12 +99,23 @@ class Settings(ra.Settings):
             base["g_from"] = self.g_from
         if self.recent_latents:  # absent from older results files, whose runs had none
             base["recent_latents"] = self.recent_latents
+        if self.gen_sampler:  # likewise
+            base["gen_sampler"] = list(self.gen_sampler)
         return base
 
 
 TINY = dict(ra.TINY, pretrain_steps=2, finetune_steps=2, storyboards=3, min_gap=3.0, gen_steps=2)
 CPU = dict(ra.CPU, pretrain_steps=600, finetune_steps=600, storyboards=16)
-SCALES = {"gpu": {}, "cpu": CPU, "tiny": TINY}
+# The paper's protocol in one device call: G starts memory-free (trained alone first, stage `base`, as the paper's
+# base video model never read a memory), then stage 1 + stage 2 against stage 2 alone from that G. The shipped
+# architecture (G `default`, φ 4x4x2, the shipped codec) at 64x64, a quarter of the tokens, so that two seeds'
+# three trainings and their generations fit one 10-minute call on one GPU (benchmarks/table2_paper_gpu.sh).
+# Generation with the shipped model's text guidance (3; 6 at a shot's start above 0.6) and no return mechanism:
+# the question is what φ's pretraining gives G, not what the sampler adds.
+PAPER = dict(size=64, base_steps=2000, pretrain_steps=500, finetune_steps=500, gen_steps=16,
+             gen_sampler=("guidance_scale=3", "shot_start_guidance_scale=6", "shot_start_guidance_scale_2=1",
+                          "boundary_ratio=0.6"))
+SCALES = {"gpu": {}, "paper": PAPER, "cpu": CPU, "tiny": TINY}
 
 
 # ---------------------------------------------------------------------------------------------- storyboards
@@ -217,7 +231,7 @@ def generate_and_score(pipe, index: int, s: Settings, sampler=None) -> dict:
 
     t0 = time.time()
     sb, truth = make_storyboard(index, s, pipe.segment_seconds)
-    sampler = sampler or pipe.model.sampler.overridden(steps=s.gen_steps or None)
+    sampler = sampler or pipe.model.sampler.overridden(steps=s.gen_steps or None).with_text_overrides(list(s.gen_sampler))
     gen, segments = fidelity.generate(pipe, sb, index, sampler)
     v = pipe.model.video
     gt = render_storyboard(sb, size=v.height, fps=v.fps, seed=truth["render_seed"])
@@ -324,7 +338,8 @@ def format_table(results: dict) -> str:
         f"without: stage 2 for {p['pretrain_steps'] + p['finetune_steps']} steps; batch {p['batch_size']}, lr "
         f"{p['lr']}, stage-2 retrieval share {p['retrieval_share']}, {p['num_clips']} training clips (data seed "
         f"{p['data_seed']}). {p['storyboards']} storyboards (character re-enters after ≥ {p['min_gap']:g} s, "
-        f"camera returns to the first place), {p['gen_steps']} sampler steps. Scores ×100, mean ± 95% interval "
+        f"camera returns to the first place), {p['gen_steps']} sampler steps"
+        + (f" ({', '.join(p['gen_sampler'])})" if p.get("gen_sampler") else "") + ". Scores ×100, mean ± 95% interval "
         "over storyboards (averaged over seeds).",
         ra.calls_summary(calls),
         "",
@@ -359,7 +374,8 @@ def parse_args(argv=None):
     ap.add_argument("--plan", action="store_true")
     ap.add_argument("--report", action="store_true", help="only rewrite the table from the results JSON")
     ap.add_argument("--scale", choices=tuple(SCALES), default="gpu",
-                    help="gpu: the protocol (default); cpu: shrunk to hours on a 2-core CPU; tiny: smoke test")
+                    help="gpu: G from a trained model (default); paper: a memory-free G first, at 64x64 (one GPU "
+                         "call); cpu: shrunk to hours on a 2-core CPU; tiny: smoke test")
     ap.add_argument("--tiny", action="store_true", help="the same as --scale tiny")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--arms", default=",".join(ARMS),
@@ -369,6 +385,8 @@ def parse_args(argv=None):
     ap.add_argument("--storyboards", type=int, default=None)
     ap.add_argument("--retrieval-share", type=float, default=None, help="stage-2 share of retrieval batches (default 0)")
     ap.add_argument("--gen-steps", type=int, default=None, help="sampler steps per segment (default 16)")
+    ap.add_argument("--gen-sampler", action="append", default=None, metavar="FIELD=VALUE",
+                    help="generation: any sampler setting over the model's (sampling/settings.py), repeatable")
     ap.add_argument("--budget-min", type=float, default=9.0)
     ap.add_argument("--out", default=None, help="run folders (default runs/consistency[-tiny])")
     ap.add_argument("--results", default=None, help="results JSON (default OUT/results.json); table beside it")
@@ -408,6 +426,10 @@ def main(argv=None) -> int:
     s = ra.settings_from_args(args, Settings, SCALES, extra=("pretrain_steps", "finetune_steps", "storyboards",
                                                              "retrieval_share", "gen_steps", "g_from",
                                                              "recent_latents", "gradient_checkpointing"))
+    if args.gen_sampler is not None:
+        s.gen_sampler = tuple(args.gen_sampler)
+    s.gen_sampler = tuple(s.gen_sampler)
+    SamplerSettings().with_text_overrides(list(s.gen_sampler))  # a bad override stops here, before any training
     if s.g_from and s.base_steps:
         raise SystemExit("--g-from and --base-steps both say where G starts: give one")
     out = ra.default_out(args, "consistency")

@@ -57,12 +57,13 @@ def zeroed_memory(model):
 def summarise(res: dict) -> dict:
     """Per arm, mean ± 95% interval over storyboards; memory > zeroed, paired per storyboard."""
     sbs = res["storyboards"]
-    rows = {arm: {k: ra.mean_ci(vals) if (vals := [sb[arm][k] for sb in sbs if sb[arm].get(k) is not None]) else
-                  (None, None) for k in {k for sb in sbs for k in sb[arm]} if k != "seconds"} for arm, _ in ARMS}
+    rows = {arm: {k: ra.mean_ci(vals) if (vals := [sb[arm][k] for sb in sbs if sb.get(arm, {}).get(k) is not None])
+                  else (None, None) for k in {k for sb in sbs for k in sb.get(arm, {})} if k != "seconds"}
+            for arm, _ in ARMS}
     orderings = {}
     for key, _ in cons.METRICS:
         pairs = [(sb["memory"][key], sb["zeroed"][key]) for sb in sbs
-                 if sb["memory"].get(key) is not None and sb["zeroed"].get(key) is not None]
+                 if sb["memory"].get(key) is not None and sb.get("zeroed", {}).get(key) is not None]
         orderings[key] = ra.compare([a for a, _ in pairs], [b for _, b in pairs], True)
     return {"rows": rows, "orderings": orderings}
 
@@ -77,9 +78,12 @@ def format_table(res: dict) -> str:
              "Scores ×100, mean ± 95% interval over storyboards.", "",
              "| arm | " + cons.score_header(), "|---|" + "---|" * (len(cons.METRICS) + 2)]
     for arm, title in ARMS:
-        lines.append(f"| {title} | " + cons.score_cells(summ["rows"][arm], x100))
+        if summ["rows"][arm]:  # a run of --memory-only has no zeroed arm
+            lines.append(f"| {title} | " + cons.score_cells(summ["rows"][arm], x100))
     gt, chance = cons.reference_cells(summ["rows"]["memory"], x100)
     lines += ["| *ground-truth render (ceiling)* | " + gt, "| *chance: a different character / place* | " + chance]
+    if not summ["rows"]["zeroed"]:
+        return "\n".join(lines) + "\n\nNo φ-zeroed arm in this run (--memory-only): compare it with another run's.\n"
     lines += ["", "Memory > φ zeroed (paired per storyboard, ×100, mean ± 95% interval):", "",
               "| score | Δ (memory − zeroed) | verdict |", "|---|---|---|"]
     for key, title in cons.METRICS:
@@ -99,9 +103,11 @@ def format_comparison(res: dict, base: dict, base_name: str, arm: str = "memory"
     other = {sb["index"]: sb for sb in base["storyboards"]}
     both = [(sb, other[sb["index"]]) for sb in res["storyboards"] if sb["index"] in other]
     zeroed = [abs(a["zeroed"][k] - b["zeroed"][k]) for a, b in both for k, _ in cons.METRICS
-              if a["zeroed"].get(k) is not None and b["zeroed"].get(k) is not None]
+              if a.get("zeroed", {}).get(k) is not None and b.get("zeroed", {}).get(k) is not None]
+    check = (f"their φ-zeroed arms differ by at most {100 * max(zeroed):.2f}" if zeroed else
+             "this run has no φ-zeroed arm (--memory-only) to check the pairing with")
     lines = [f"This run's memory arm against `{base_name}`'s {arm} arm, paired over {len(both)} storyboards (×100, mean ± 95% "
-             f"interval); their φ-zeroed arms differ by at most {100 * max(zeroed, default=float('nan')):.2f}.", "",
+             f"interval); {check}.", "",
              "| score | this run | that run | Δ (this − that) | verdict |", "|---|---|---|---|---|"]
     for key, title in cons.METRICS:
         pairs = [(a["memory"][key], b[arm][key]) for a, b in both
@@ -125,6 +131,9 @@ def parse_args(argv=None):
     ap.add_argument("--tiny", action="store_true", help="tiny-random model, 2 short storyboards (smoke test)")
     ap.add_argument("--out", default=None, help="results JSON; the markdown table is written beside it (.md)")
     ap.add_argument("--report", action="store_true", help="only rewrite the table from --out")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="generate the memory arm alone (a sampler variant scored against another run's zeroed arm "
+                         "with --report --compare RUN.json --compare-arm zeroed): half the time")
     ap.add_argument("--compare", nargs="+", default=[], metavar="JSON",
                     help="with --report: also this run's memory arm against each other run's, paired per storyboard")
     ap.add_argument("--compare-arm", choices=("memory", "zeroed"), default="memory",
@@ -184,12 +193,13 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     for i in range(s.storyboards):
         row = {"index": i, "memory": cons.generate_and_score(pipe, i, s, sampler)}
-        with zeroed_memory(model):  # and no earlier shot's frames at a return: G sees no history where it is scored
-            row["zeroed"] = cons.generate_and_score(pipe, i, s, without_history_at_returns(sampler))
+        if not args.memory_only:
+            with zeroed_memory(model):  # and no earlier shot's frames at a return: G sees no history where scored
+                row["zeroed"] = cons.generate_and_score(pipe, i, s, without_history_at_returns(sampler))
         res["storyboards"].append(row)
         out.write_text(json.dumps(res, indent=1))  # after every storyboard: a stopped run keeps what it measured
-        print(f"  storyboard {i + 1}/{s.storyboards}: {row['memory']['seconds'] + row['zeroed']['seconds']:.0f} s",
-              flush=True)
+        took = sum(arm["seconds"] for key, arm in row.items() if key != "index")
+        print(f"  storyboard {i + 1}/{s.storyboards}: {took:.0f} s", flush=True)
     res["meta"]["total_s"] = round(time.time() - t_start, 1)
     out.write_text(json.dumps(res, indent=1))
     table = format_table(res)

@@ -191,6 +191,38 @@ def test_consistency_tiny_on_cpu(tmp_path):
     report(f"consistency --tiny: {elapsed:.1f} s (3 trainer sessions, 6 generations)")
 
 
+def test_consistency_generates_with_the_protocols_sampler_overrides(tmp_path, monkeypatch):
+    """--gen-sampler FIELD=VALUE (the paper scale's text guidance) reaches every generation of both arms, is part of
+    the protocol and the table, and a bad field stops the run before any training."""
+    from benchmarks import fidelity
+
+    seen = []
+    real = fidelity.generate
+
+    def spy(pipe, sb, seed, sampler=None):
+        seen.append(sampler)
+        return real(pipe, sb, seed, sampler)
+
+    monkeypatch.setattr(fidelity, "generate", spy)
+    out = tmp_path / "cons"
+    assert cons.main(["--tiny", "--out", str(out), "--arms", "without_pretrain", "--gen-sampler", "guidance_scale=3",
+                      "--gen-sampler", "shot_start_guidance_scale=6"]) == 0
+    assert len(seen) == cons.TINY["storyboards"]
+    assert all(s.guidance_scale == 3.0 and s.shot_start_guidance_scale == 6.0 and s.steps == cons.TINY["gen_steps"]
+               for s in seen)
+    res = json.loads((out / "results.json").read_text())
+    assert res["protocol"]["gen_sampler"] == ["guidance_scale=3", "shot_start_guidance_scale=6"]
+    assert "(guidance_scale=3, shot_start_guidance_scale=6)" in (out / "table.md").read_text()
+    assert "gen_sampler" not in cons.Settings().protocol()  # older results files (none) still match
+    with pytest.raises(ValueError, match="bogus=1"):
+        cons.main(["--tiny", "--out", str(tmp_path / "bad"), "--gen-sampler", "bogus=1"])
+    assert not (tmp_path / "bad" / "s0").exists()
+    paper = cons.Settings(**cons.PAPER)  # the paper's protocol: G starts memory-free, not from a trained model
+    assert paper.base_steps > 0 and not paper.g_from and paper.gen_sampler
+    with pytest.raises(SystemExit, match="--g-from and --base-steps"):
+        cons.main(["--scale", "paper", "--out", str(tmp_path / "x"), "--g-from", str(tmp_path), "--plan"])
+
+
 def test_consistency_verdicts_follow_the_numbers():
     def fake(delta):
         runs = {}

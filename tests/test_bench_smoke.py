@@ -297,3 +297,27 @@ def test_return_consistency_compares_two_runs_memory_arms_per_storyboard():
     assert "paired over 3 storyboards" in text and "differ by at most 0.30" in text
     # Δ = mean(0.2, 0.1, 0.3) = 0.2 -> 20.0 ×100; means 60.0 against 40.0
     assert f"| {cons.METRICS[0][1]} | 60.0 | 40.0 | 20.0 ±" in text
+
+
+def test_return_consistency_memory_only_run_pairs_with_another_runs_zeroed_arm(tmp_path):
+    """--memory-only generates the memory arm alone (a sampler variant); its table says so, and --compare-arm zeroed
+    pairs it with another run's φ-zeroed arm per storyboard."""
+    from benchmarks import consistency as cons
+    from benchmarks.return_consistency import format_comparison, format_table
+
+    out = tmp_path / "rc.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "return_consistency.py"), "--tiny", "--memory-only",
+                           "--out", str(out)], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert all(set(sb) == {"index", "memory"} for sb in res["storyboards"])
+    table = format_table(res)
+    assert "| as shipped (φ's memory) |" in table and "| φ's output zeroed |" not in table
+    assert "No φ-zeroed arm in this run" in table
+    keys = [k for k, _ in cons.METRICS]
+    other = {"storyboards": [{"index": sb["index"], "memory": {k: 1.0 for k in keys}, "zeroed": {k: 0.25 for k in keys}}
+                             for sb in res["storyboards"]]}
+    text = format_comparison(res, other, "base.json", arm="zeroed")
+    assert "paired over 2 storyboards" in text and "no φ-zeroed arm" in text
+    mine = [sb["memory"][keys[2]] for sb in res["storyboards"]]
+    assert f"| {100 * sum(mine) / 2:.1f} | 25.0 |" in text  # this run's memory arm against that run's zeroed arm
