@@ -106,10 +106,10 @@ class Settings(ra.Settings):
 
 TINY = dict(ra.TINY, pretrain_steps=2, finetune_steps=2, storyboards=3, min_gap=3.0, gen_steps=2)
 CPU = dict(ra.CPU, pretrain_steps=600, finetune_steps=600, storyboards=16)
-# The paper's protocol in one device call: G starts memory-free (trained alone first, stage `base`, as the paper's
+# The paper's protocol in 10 minutes on one GPU: G starts memory-free (trained alone first, stage `base`, as the paper's
 # base video model never read a memory), then stage 1 + stage 2 against stage 2 alone from that G. The shipped
 # architecture (G `default`, φ 4x4x2, the shipped codec) at 64x64, a quarter of the tokens, so that two seeds'
-# three trainings and their generations fit one 10-minute call on one GPU (benchmarks/table2_paper_gpu.sh).
+# three trainings and their generations fit in 10 minutes on one GPU (benchmarks/table2_paper_gpu.sh).
 # Generation with the shipped model's text guidance (3; 6 at a shot's start above 0.6) and no return mechanism:
 # the question is what φ's pretraining gives G, not what the sampler adds.
 PAPER = dict(size=64, base_steps=2000, pretrain_steps=500, finetune_steps=500, gen_steps=16,
@@ -428,7 +428,6 @@ def main(argv=None) -> int:
                                                              "recent_latents", "gradient_checkpointing"))
     if args.gen_sampler is not None:
         s.gen_sampler = tuple(args.gen_sampler)
-    s.gen_sampler = tuple(s.gen_sampler)
     SamplerSettings().with_text_overrides(list(s.gen_sampler))  # a bad override stops here, before any training
     if s.g_from and s.base_steps:
         raise SystemExit("--g-from and --base-steps both say where G starts: give one")
